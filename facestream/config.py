@@ -1,0 +1,143 @@
+"""One typed settings object for every facestream process.
+
+Values come from, in order of precedence: explicit keyword arguments (the CLI), environment
+variables ``FACESTREAM_<FIELD>``, then the defaults below.  Unknown keys fail loudly with the
+closest known name, so a misspelt option is never silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from facestream.errors import ConfigError
+
+ENV_PREFIX = "FACESTREAM_"
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "facestream"
+
+
+def _doc(text: str, *, ge: float | None = None, le: float | None = None,
+         choices: tuple[str, ...] | None = None) -> dict[str, Any]:
+    return {"doc": text, "ge": ge, "le": le, "choices": choices}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Settings shared by ``analyze``, the workers and the benchmarks."""
+
+    cache_dir: Path = field(default_factory=_default_cache_dir, metadata=_doc(
+        "Where `facestream models pull` puts model files and sample media."))
+    fps: float = field(default=10.0, metadata=_doc(
+        "Analysis rate in frames per second of media time; frames are picked by timestamp.",
+        ge=0.1, le=120))
+    window_s: float = field(default=1.0, metadata=_doc(
+        "Length of one analysis window per track, in seconds of media time.", ge=0.2, le=10))
+    min_detection_confidence: float = field(default=0.5, metadata=_doc(
+        "MediaPipe full-range detector score threshold.", ge=0.05, le=0.99))
+    min_face_px: int = field(default=20, metadata=_doc(
+        "Faces whose box is narrower than this many source pixels are ignored.", ge=8))
+    max_faces: int = field(default=16, metadata=_doc(
+        "Most faces analysed per frame (largest first).", ge=1, le=256))
+    track_confirm_hits: int = field(default=2, metadata=_doc(
+        "Detections needed before a tentative track is confirmed.", ge=1, le=30))
+    track_max_lost_s: float = field(default=1.0, metadata=_doc(
+        "A track missing for longer than this (media seconds) ends.", ge=0, le=30))
+    track_min_iou: float = field(default=0.1, metadata=_doc(
+        "Smallest IoU between a predicted track box and a detection to associate them.",
+        ge=0, le=1))
+    encoder_backend: str = field(default="onnxruntime", metadata=_doc(
+        "Runtime for the visual nets.", choices=("onnxruntime", "torch")))
+    threads: int = field(default=0, metadata=_doc(
+        "CPU threads for the nets and the LLM; 0 lets each library choose.", ge=0, le=256))
+    describe: bool = field(default=True, metadata=_doc(
+        "Write a natural-language description with the small LLM."))
+    description_max_tokens: int = field(default=32, metadata=_doc(
+        "Longest description, in tokens.", ge=8, le=512))
+    reconnect_attempts: int = field(default=5, metadata=_doc(
+        "Reconnects tried for a live source that drops, before giving up.", ge=0, le=1000))
+    reconnect_backoff_s: float = field(default=0.5, metadata=_doc(
+        "First reconnect delay; doubles each try (with jitter) up to reconnect_backoff_max_s.",
+        ge=0, le=60))
+    reconnect_backoff_max_s: float = field(default=8.0, metadata=_doc(
+        "Longest delay between reconnects.", ge=0, le=600))
+    open_timeout_s: float = field(default=10.0, metadata=_doc(
+        "How long opening or reading a network source may block.", ge=0.1, le=600))
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            meta, value = f.metadata, getattr(self, f.name)
+            if meta.get("ge") is not None and value < meta["ge"]:
+                raise ConfigError(f"setting {f.name}={value!r}: must be >= {meta['ge']}")
+            if meta.get("le") is not None and value > meta["le"]:
+                raise ConfigError(f"setting {f.name}={value!r}: must be <= {meta['le']}")
+            if meta.get("choices") and value not in meta["choices"]:
+                raise ConfigError(
+                    f"setting {f.name}={value!r}: must be one of {', '.join(meta['choices'])}")
+        if self.reconnect_backoff_max_s < self.reconnect_backoff_s:
+            raise ConfigError("setting reconnect_backoff_max_s must be >= reconnect_backoff_s")
+        if self.window_s < 1.0 / self.fps:
+            raise ConfigError(
+                f"setting window_s={self.window_s} is shorter than one sampled frame at "
+                f"fps={self.fps}; raise window_s or fps")
+
+    @classmethod
+    def load(cls, overrides: Mapping[str, Any] | None = None, *,
+             environ: Mapping[str, str] | None = None) -> "Settings":
+        """Defaults, then ``FACESTREAM_*`` variables, then ``overrides`` (None values skipped)."""
+        environ = os.environ if environ is None else environ
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        for key, raw in environ.items():
+            if not key.startswith(ENV_PREFIX):
+                continue
+            name = key[len(ENV_PREFIX):].lower()
+            if name in known:
+                values[name] = _coerce(known[name], raw, source=key)
+        for name, value in (overrides or {}).items():
+            if name not in known:
+                hint = difflib.get_close_matches(name, list(known), n=1)
+                raise ConfigError(f"unknown setting {name!r}"
+                                  + (f"; did you mean {hint[0]!r}?" if hint else ""))
+            if value is not None:
+                values[name] = _coerce(known[name], value, source=name)
+        return cls(**values)
+
+    @classmethod
+    def describe_fields(cls) -> list[tuple[str, str, Any]]:
+        """(name, doc, default) for every setting, for help text and docs."""
+        out = []
+        for f in dataclasses.fields(cls):
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            out.append((f.name, f.metadata["doc"], default))
+        return out
+
+
+def _coerce(f: dataclasses.Field, value: Any, *, source: str) -> Any:
+    kind = f.type if isinstance(f.type, str) else f.type.__name__
+    try:
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if kind == "int":
+            return int(value)
+        if kind == "float":
+            return float(value)
+        if kind == "Path":
+            return Path(value).expanduser()
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"setting {source}={value!r}: expected {kind}") from None

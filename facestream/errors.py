@@ -1,0 +1,41 @@
+"""The error tree.
+
+Two kinds of failure and nothing in between:
+
+* recoverable, data-shaped problems (a bad chunk, a dropped camera, a damaged tail) become
+  error events or warnings and processing goes on;
+* ``FacestreamError`` subclasses stop the thing they concern.  The CLI turns them into a
+  one-line message and an exit code; nothing else should catch them broadly.
+
+Messages say what was expected, what came, and what to do.
+"""
+
+from __future__ import annotations
+
+
+class FacestreamError(Exception):
+    """Base class; ``exit_code`` is what the CLI returns for it."""
+
+    exit_code = 1
+
+
+class InputError(FacestreamError):
+    """A source that cannot be used: missing, empty, not video, unsupported codec, no answer."""
+
+    exit_code = 2
+
+
+class SourceDropped(InputError):
+    """A live source stopped delivering and reconnecting did not bring it back."""
+
+
+class AssetError(FacestreamError):
+    """A model file is missing or corrupt; the message names the command that fixes it."""
+
+    exit_code = 2
+
+
+class ConfigError(FacestreamError):
+    """Settings that cannot be right: unknown keys, values out of range, conflicting fields."""
+
+    exit_code = 2

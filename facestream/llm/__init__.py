@@ -1,0 +1,1 @@
+"""Language stage: prompts, model loading and batched generation."""

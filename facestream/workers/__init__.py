@@ -1,0 +1,1 @@
+"""Per-stream work: decode, faces, tracks, windows, events and their sinks."""

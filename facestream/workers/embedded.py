@@ -1,0 +1,209 @@
+"""Embedded mode: one source, every stage in one process, events to a JSONL file.
+
+Decoding runs one frame ahead in a thread (a bounded in-memory queue stands where Kafka
+stands in the distributed mode); faces, tracks, windows, the encoder and the LLM run on the
+calling thread.  The stages are the ones the workers use.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from facestream import events
+from facestream.config import Settings
+from facestream.errors import SourceDropped
+from facestream.ingest.sources import SourceSpec
+from facestream.retry import Backoff
+from facestream.workers.decode import DecodedFrame, Decoder, StreamInfo
+from facestream.workers.faces import FaceAnalyzer
+from facestream.workers.pipeline import PROFILE, StreamState, WindowAnalyzer
+from facestream.workers.sinks import JsonlSink
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Models:
+    """Everything loaded once per process."""
+
+    faces: FaceAnalyzer
+    analyzer: WindowAnalyzer
+
+    @classmethod
+    def load(cls, settings: Settings) -> "Models":
+        from facestream.encoder.compact import CompactEncoder
+
+        encoder = CompactEncoder(settings.cache_dir, backend=settings.encoder_backend,
+                                 threads=settings.threads)
+        describer = None
+        if settings.describe:
+            from facestream import assets
+            from facestream.llm.smollm import SmolDescriber
+
+            model_dir = assets.require_dir(settings.cache_dir, assets.SMOLLM_DIR,
+                                           marker="model.safetensors")
+            describer = SmolDescriber(model_dir, max_new_tokens=settings.description_max_tokens,
+                                      threads=settings.threads)
+        faces = FaceAnalyzer(min_confidence=settings.min_detection_confidence,
+                             min_face_px=settings.min_face_px, max_faces=settings.max_faces)
+        return cls(faces, WindowAnalyzer(encoder, describer))
+
+
+@dataclass
+class Summary:
+    stream_id: str
+    events_path: Path
+    annotated_path: Path | None
+    info: StreamInfo
+    media_s: float = 0.0
+    wall_s: float = 0.0
+    frames: int = 0
+    windows: int = 0
+    events: int = 0
+    llm_calls: int = 0
+    tracks: dict[str, str] = field(default_factory=dict)     # track id -> dominant expression
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def speed(self) -> float:
+        """Media seconds analysed per wall second."""
+        return self.media_s / self.wall_s if self.wall_s > 0 else 0.0
+
+
+def _prefetch(frames: Iterator[DecodedFrame], depth: int = 4) -> Iterator[DecodedFrame]:
+    """Run ``frames`` in a thread, ``depth`` items ahead; exceptions re-raised here."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in frames:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as exc:     # handed to the consumer, raised there
+            q.put(exc)
+
+    thread = threading.Thread(target=produce, name="facestream-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def analyze(spec: SourceSpec, settings: Settings, *, out_dir: Path, stream_id: str | None = None,
+            annotate: bool = False, models: Models | None = None,
+            progress: Callable[[float, float | None, int], None] | None = None) -> Summary:
+    """Analyse ``spec`` into ``out_dir/events.jsonl`` (and ``annotated.mp4``).
+
+    Raises InputError when the source cannot be used at all; a damaged tail or a live source
+    that drops after delivering frames is a warning in the summary and an error event.
+    """
+    stream_id = stream_id or spec.name
+    started = time.monotonic()
+    sink = JsonlSink(out_dir / "events.jsonl")
+    error_events: list[dict[str, Any]] = []
+
+    def on_error(message: str) -> None:
+        error_events.append(events.stream_error(
+            stream_id=stream_id, message=message, time_s=decoder.report.last_time_s,
+            profile=PROFILE, time_epoch=time.time(), fatal=False))
+
+    backoff = Backoff(settings.reconnect_attempts, settings.reconnect_backoff_s,
+                      settings.reconnect_backoff_max_s)
+    try:
+        decoder = Decoder(spec, stream_id=stream_id, fps=settings.fps, backoff=backoff,
+                          timeout_s=settings.open_timeout_s, threads=settings.threads,
+                          on_error=on_error)
+    except BaseException:
+        sink.close()
+        raise
+    models = models or Models.load(settings)
+    summary = Summary(stream_id, sink.path, None, decoder.info)
+    state = StreamState(stream_id, settings, confirm_hits=1 if spec.kind == "image" else None)
+    annotator = None
+    if annotate:
+        from facestream.workers.annotate import Annotator
+
+        annotator = Annotator(out_dir / "annotated.mp4", width=decoder.info.width,
+                              height=decoder.info.height)
+        summary.annotated_path = annotator.path
+    try:
+        try:
+            for frame in _prefetch(decoder.frames()):
+                faces = models.faces(frame.image)
+                started_ev, windows, ended_ev = state.observe(frame, faces)
+                analysis = models.analyzer.analyze([(state, w) for w in windows])
+                sink.write(error_events + started_ev + analysis + ended_ev)
+                error_events.clear()
+                summary.frames += 1
+                summary.windows += len(windows)
+                if annotator is not None:
+                    annotator.write(frame.image, frame.time_s, _overlay(state, faces))
+                if progress is not None:
+                    progress(frame.time_s, decoder.info.duration_s, summary.frames)
+        except SourceDropped as exc:
+            if decoder.report.picked == 0:
+                raise
+            summary.warnings.append(str(exc))
+            error_events.append(events.stream_error(
+                stream_id=stream_id, message=str(exc), time_s=decoder.report.last_time_s,
+                profile=PROFILE, time_epoch=time.time(), fatal=True))
+        if decoder.report.stopped_early:
+            summary.warnings.append(f"source {spec.text}: {decoder.report.stopped_early}")
+            error_events.append(events.stream_error(
+                stream_id=stream_id, message=decoder.report.stopped_early,
+                time_s=decoder.report.last_time_s, profile=PROFILE, time_epoch=time.time(),
+                fatal=False))
+        windows, ended_ev = state.finish()
+        analysis = models.analyzer.analyze([(state, w) for w in windows])
+        sink.write(error_events + analysis + ended_ev)
+        summary.windows += len(windows)
+    finally:
+        decoder.close()
+        sink.close()
+        if annotator is not None:
+            annotator.close()
+    summary.events = sink.count
+    summary.media_s = decoder.report.last_time_s if spec.kind != "image" else 0.0
+    summary.wall_s = time.monotonic() - started
+    summary.llm_calls = models.analyzer.llm_calls
+    summary.tracks = {tid: (m.labels.most_common(1)[0][0] if m.labels else "-")
+                      for tid, m in sorted(state.memory.items(), key=lambda kv: int(kv[0][1:]))}
+    return summary
+
+
+def _overlay(state: StreamState, faces) -> list[tuple[str, Any, str]]:
+    out = []
+    for track in state.tracker.active:
+        if track.track_id is None or track.last_time_s != state.last_time_s:
+            continue
+        memory = state.memory.get(track.track_id)
+        text = ""
+        if memory is not None and memory.latest is not None:
+            o = memory.latest
+            text = f"{o.expression_label} {o.gender[0].upper()}{o.age_years:.0f}"
+        out.append((track.track_id, track.box, text))
+    return out

@@ -1,0 +1,139 @@
+"""Face detection and landmarks with MediaPipe 0.10.21's bundled models.
+
+Per frame: the full-range BlazeFace detector finds every face (the short-range one
+stands in when it finds none, for close-ups); then the face-mesh model runs
+on a square crop around *each* detection (so the face count is not capped by a whole-frame
+mesh's ``max_num_faces``).  A detection whose crop yields no mesh is dropped: it was rarely a
+face.  The 68 iBUG points are read off the mesh with a fixed index table.
+
+Not thread-safe (MediaPipe graphs keep state); one :class:`FaceAnalyzer` per thread.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from facestream.errors import AssetError
+from facestream.workers.crops import FaceChips, make_chips
+from facestream.workers.landmarks import ibug68_from_mesh
+
+MESH_POINTS = 468
+CROP_SCALE = 1.6        # mesh crop side, in detection-box sides
+
+
+@dataclass(frozen=True, eq=False)
+class FaceDetections:
+    """The faces of one frame, all in source pixels.  N may be 0 (see :meth:`empty`)."""
+
+    boxes: np.ndarray       # [N, 4] float32 x1, y1, x2, y2 (from the mesh's extent)
+    scores: np.ndarray      # [N] float32 detector confidence
+    mesh: np.ndarray        # [N, 468, 3] float32 x, y pixels; z in pixel-like units
+    landmarks: np.ndarray   # [N, 68, 2] float32 iBUG order
+    chips: FaceChips
+
+    def __post_init__(self) -> None:
+        n = len(self.boxes)
+        shapes = {"boxes": (n, 4), "scores": (n,), "mesh": (n, MESH_POINTS, 3),
+                  "landmarks": (n, 68, 2)}
+        for name, shape in shapes.items():
+            if getattr(self, name).shape != shape:
+                raise ValueError(f"FaceDetections.{name}: expected {shape}, "
+                                 f"got {getattr(self, name).shape}")
+        if len(self.chips) != n:
+            raise ValueError(f"FaceDetections: {n} faces but {len(self.chips)} chips")
+
+    @classmethod
+    def empty(cls) -> "FaceDetections":
+        return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
+                   np.zeros((0, MESH_POINTS, 3), np.float32), np.zeros((0, 68, 2), np.float32),
+                   FaceChips.empty())
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+
+class FaceAnalyzer:
+    """Detect faces and compute their mesh, landmarks and chips.  Blocking, CPU."""
+
+    def __init__(self, *, min_confidence: float = 0.5, min_face_px: int = 20,
+                 max_faces: int = 16) -> None:
+        os.environ.setdefault("GLOG_minloglevel", "2")   # MediaPipe's C++ info logs
+        try:
+            from mediapipe.python.solutions import face_detection, face_mesh
+        except ImportError as exc:
+            raise AssetError(f"mediapipe is not usable ({exc}); install facestream's "
+                             "dependencies (`./dev setup`)") from None
+        self._detector = face_detection.FaceDetection(
+            model_selection=1, min_detection_confidence=min_confidence)
+        # The full-range model misses faces that fill most of the frame (close-ups, photos);
+        # the short-range one finds those, so it runs when the first finds nothing.
+        self._close_detector = face_detection.FaceDetection(
+            model_selection=0, min_detection_confidence=min_confidence)
+        self._mesh = face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1,
+                                        refine_landmarks=False, min_detection_confidence=0.3)
+        self._min_face_px = min_face_px
+        self._max_faces = max_faces
+
+    def close(self) -> None:
+        self._detector.close()
+        self._close_detector.close()
+        self._mesh.close()
+
+    def detect_boxes(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Detector only: ([N, 4] boxes in pixels, [N] scores), largest first."""
+        height, width = image.shape[:2]
+        result = self._detector.process(image)
+        if not result.detections:
+            result = self._close_detector.process(image)
+        boxes, scores = [], []
+        for det in result.detections or ():
+            rel = det.location_data.relative_bounding_box
+            x1, y1 = rel.xmin * width, rel.ymin * height
+            x2, y2 = x1 + rel.width * width, y1 + rel.height * height
+            if x2 - x1 >= self._min_face_px:
+                boxes.append((x1, y1, x2, y2))
+                scores.append(det.score[0])
+        if not boxes:
+            return np.zeros((0, 4), np.float32), np.zeros(0, np.float32)
+        boxes_a, scores_a = np.asarray(boxes, np.float32), np.asarray(scores, np.float32)
+        order = np.argsort(-(boxes_a[:, 2] - boxes_a[:, 0]), kind="stable")[: self._max_faces]
+        return boxes_a[order], scores_a[order]
+
+    def mesh_in_box(self, image: np.ndarray, box: np.ndarray) -> np.ndarray | None:
+        """[468, 3] mesh in frame pixels for the face in ``box``, or None if none is found."""
+        height, width = image.shape[:2]
+        cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+        side = max(box[2] - box[0], box[3] - box[1]) * CROP_SCALE
+        x1, y1 = int(max(0, cx - side / 2)), int(max(0, cy - side / 2))
+        x2, y2 = int(min(width, cx + side / 2)), int(min(height, cy + side / 2))
+        if x2 - x1 < 8 or y2 - y1 < 8:
+            return None
+        crop = np.ascontiguousarray(image[y1:y2, x1:x2])
+        result = self._mesh.process(crop)
+        if not result.multi_face_landmarks:
+            return None
+        pts = result.multi_face_landmarks[0].landmark
+        cw, ch = x2 - x1, y2 - y1
+        mesh = np.array([(p.x * cw + x1, p.y * ch + y1, p.z * cw) for p in pts], np.float32)
+        return mesh[:MESH_POINTS]
+
+    def __call__(self, image: np.ndarray) -> FaceDetections:
+        """All faces of one [H, W, 3] uint8 RGB frame."""
+        det_boxes, det_scores = self.detect_boxes(image)
+        meshes, scores = [], []
+        for box, score in zip(det_boxes, det_scores):
+            mesh = self.mesh_in_box(image, box)
+            if mesh is not None:
+                meshes.append(mesh)
+                scores.append(score)
+        if not meshes:
+            return FaceDetections.empty()
+        mesh_a = np.stack(meshes)
+        landmarks = ibug68_from_mesh(mesh_a).astype(np.float32)
+        xy = mesh_a[:, :, :2]
+        boxes = np.concatenate([xy.min(1), xy.max(1)], axis=1).astype(np.float32)
+        return FaceDetections(boxes, np.asarray(scores, np.float32), mesh_a, landmarks,
+                              make_chips(image, landmarks))

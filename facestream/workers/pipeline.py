@@ -1,0 +1,182 @@
+"""The stages between a decoded frame and its events, independent of transport.
+
+* :class:`StreamState` — one stream's tracker and windows: frames and their faces in, track
+  events and closed windows out.  Cheap; one per stream.
+* :class:`WindowAnalyzer` — the models: turns closed windows of *any* streams into analysis
+  events, running the encoder once per call over all of them and the LLM only for windows
+  whose track is new or whose results changed.  One per process.
+
+``facestream analyze`` (embedded) and the Kafka workers both drive these two classes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from facestream import events
+from facestream.config import Settings
+from facestream.encoder.compact import COMPONENTS, CompactEncoder, EncoderOutput
+from facestream.workers.decode import DecodedFrame
+from facestream.workers.faces import FaceDetections
+from facestream.workers.tracker import Track, Tracker
+from facestream.workers.windows import FaceSample, FaceWindow, Windower
+
+PROFILE = "compact"
+
+
+@dataclass
+class TrackMemory:
+    """What the analyzer remembers about a track between windows."""
+
+    signature: tuple | None = None       # the facts the last description was written from
+    description: str | None = None
+    described_at_s: float | None = None
+    labels: Counter = field(default_factory=Counter)
+    latest: EncoderOutput | None = None
+
+
+class StreamState:
+    """Tracker and windower of one stream.  Not thread-safe."""
+
+    def __init__(self, stream_id: str, settings: Settings, *, confirm_hits: int | None = None,
+                 wall_origin: float | None = None) -> None:
+        self.stream_id = stream_id
+        self.tracker = Tracker(confirm_hits=confirm_hits or settings.track_confirm_hits,
+                               max_lost_s=settings.track_max_lost_s,
+                               min_iou=settings.track_min_iou)
+        self.windower = Windower(stream_id, window_s=settings.window_s)
+        self.memory: dict[str, TrackMemory] = {}
+        self.frame_size = (0, 0)
+        self.last_time_s = 0.0
+        self.wall_origin = wall_origin     # source wall clock at media time 0, if known
+        self._first_seen: dict[int, tuple[float, int | None, float]] = {}
+
+    def observe(self, frame: DecodedFrame,
+                faces: FaceDetections) -> tuple[list[dict[str, Any]], list[FaceWindow], list[dict[str, Any]]]:
+        """One frame's faces -> (track.started events, closed windows, track.ended events)."""
+        self.frame_size = (frame.width, frame.height)
+        self.last_time_s = frame.time_s
+        update = self.tracker.update(faces.boxes, frame.time_s)
+        started = [self._track_event(events.TRACK_STARTED, t, frame.arrival) for t in update.started]
+        windows: list[FaceWindow] = []
+        for track, j in update.matches:
+            self._first_seen.setdefault(track.key, (frame.time_s, frame.pts, frame.arrival))
+            sample = FaceSample(frame.time_s, frame.pts, frame.arrival, faces.boxes[j],
+                                faces.landmarks[j], faces.mesh[j], faces.chips.take(j))
+            windows += self.windower.add(track, sample, self.frame_size)
+        self.windower.discard_missing({t.key for t in self.tracker.active})
+        ended = []
+        for track in update.ended:
+            windows += self.windower.close(track, self.frame_size)
+            ended.append(self._track_event(events.TRACK_ENDED, track, frame.arrival, last=True))
+        return started, windows, ended
+
+    def finish(self) -> tuple[list[FaceWindow], list[dict[str, Any]]]:
+        """End of stream: every open window and the end of every track."""
+        windows, ended = [], []
+        now = time.time()
+        for track in self.tracker.finish():
+            windows += self.windower.close(track, self.frame_size)
+            ended.append(self._track_event(events.TRACK_ENDED, track, now, last=True))
+        return windows, ended
+
+    def event_time(self, media_s: float, fallback_epoch: float) -> float:
+        return self.wall_origin + media_s if self.wall_origin is not None else fallback_epoch
+
+    def _track_event(self, kind: str, track: Track, arrival: float, *, last: bool = False) -> dict[str, Any]:
+        assert track.track_id is not None
+        first_s, first_pts, first_arrival = self._first_seen.get(
+            track.key, (track.first_time_s, None, arrival))
+        time_s = track.last_time_s if last else first_s
+        return events.track_event(kind, stream_id=self.stream_id, track_id=track.track_id,
+                                  time_s=time_s, pts=first_pts, profile=PROFILE,
+                                  time_epoch=self.event_time(time_s, arrival if last else first_arrival))
+
+
+def _facts(out: EncoderOutput) -> str:
+    label = out.expression_label
+    aus = [f"{au} {v:.1f}" for au, v in out.action_units.items() if v is not None and v >= 2.0]
+    text = (f"{'a woman' if out.gender == 'female' else 'a man'}, about {out.age_years:.0f} years "
+            f"old; expression: {label} ({out.expression[label]:.0%})")
+    return text + (f"; action units: {', '.join(aus)}" if aus else "")
+
+
+def _signature(out: EncoderOutput) -> tuple:
+    # What a description is about: a new expression or a changed gender call is news; the
+    # age estimate wobbles window to window and would cost a description each time.
+    return (out.expression_label, out.gender)
+
+
+class WindowAnalyzer:
+    """Runs the visual stage and the LLM over windows from any number of streams."""
+
+    def __init__(self, encoder: CompactEncoder, describer=None) -> None:
+        self.encoder = encoder
+        self.describer = describer
+        self.components = dict(COMPONENTS)
+        if describer is not None:
+            from facestream.llm.smollm import MODEL_VERSION
+
+            self.components["description"] = MODEL_VERSION
+        self.llm_calls = 0
+        self.descriptions_reused = 0
+
+    def analyze(self, items: list[tuple[StreamState, FaceWindow]]) -> list[dict[str, Any]]:
+        """Analysis events for the windows, in the order given.  Blocking."""
+        if not items:
+            return []
+        outputs = self.encoder.encode([w for _, w in items])
+        fresh: dict[int, str] = {}
+        if self.describer is not None:
+            due = [i for i, ((state, w), out) in enumerate(zip(items, outputs))
+                   if state.memory.get(w.track_id, TrackMemory()).signature != _signature(out)]
+            if due:
+                texts = self.describer.describe([_facts(outputs[i]) for i in due])
+                self.llm_calls += len(due)
+                fresh = dict(zip(due, texts))
+        result = []
+        for i, ((state, window), out) in enumerate(zip(items, outputs)):
+            memory = state.memory.setdefault(window.track_id, TrackMemory())
+            if i in fresh:
+                memory.signature, memory.description = _signature(out), fresh[i]
+                memory.described_at_s = window.start_s
+            elif self.describer is not None:
+                self.descriptions_reused += 1
+            memory.labels[out.expression_label] += 1
+            memory.latest = out
+            result.append(self._event(state, window, out, memory, reused=i not in fresh))
+        return result
+
+    def _event(self, state: StreamState, window: FaceWindow, out: EncoderOutput,
+               memory: TrackMemory, *, reused: bool) -> dict[str, Any]:
+        describing = self.describer is not None
+        data = {
+            "stream_id": window.stream_id,
+            "track_id": window.track_id,
+            "window": {"start_s": round(window.start_s, 3), "end_s": round(window.end_s, 3),
+                       "start_pts": window.start_pts, "end_pts": window.end_pts,
+                       "frames": len(window.samples)},
+            "bbox": [round(float(v), 1) for v in window.median_box()],
+            "expression": {"label": out.expression_label, "scores": out.expression},
+            "action_units": {**out.action_units, "method": "geometric"},
+            "attributes": {
+                "gender": {"label": out.gender, "score": out.gender_score},
+                "age": {"years": out.age_years, "low": out.age_low, "high": out.age_high},
+            },
+            "deepfake": None,
+            "description": memory.description if describing else None,
+            "description_reused": describing and reused,
+            "description_from_s": memory.described_at_s if describing else None,
+            "model": {"profile": PROFILE, "components": self.components},
+            "latency_ms": round(max(0.0, time.time() - window.samples[-1].arrival) * 1000, 1),
+        }
+        first = window.samples[0]
+        return events.envelope(
+            events.FACE_ANALYSIS, stream_id=window.stream_id, subject=window.track_id,
+            event_id_=events.event_id(window.stream_id, window.track_id,
+                                      window.start_pts if window.start_pts is not None
+                                      else f"{window.start_s:.3f}", events.FACE_ANALYSIS, PROFILE),
+            time_epoch=state.event_time(first.time_s, first.arrival), data=data)

@@ -1,0 +1,109 @@
+"""Per-track analysis windows: every ``window_s`` seconds of media time a track's samples
+since the last window become one :class:`FaceWindow`.
+
+Windows are laid on each track's own grid, starting at its first detection, so the same
+stream always yields the same windows.  A tentative track's samples are kept and go into its
+first window once it is confirmed; a track that never confirms leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from facestream.workers.crops import FaceChips
+from facestream.workers.tracker import Track
+
+
+@dataclass(frozen=True, eq=False)
+class FaceSample:
+    """One face in one picked frame, source pixels."""
+
+    time_s: float
+    pts: int | None
+    arrival: float           # time.time() when the frame left the decoder
+    box: np.ndarray          # [4] x1, y1, x2, y2
+    landmarks: np.ndarray    # [68, 2] iBUG
+    mesh: np.ndarray         # [468, 3]
+    chips: FaceChips         # one face
+
+
+@dataclass(frozen=True, eq=False)
+class FaceWindow:
+    """A track's samples over one window.  ``samples`` is never empty and is time-ordered."""
+
+    stream_id: str
+    track_id: str
+    samples: tuple[FaceSample, ...]
+    frame_size: tuple[int, int]        # (width, height) of the source frames
+
+    def __post_init__(self) -> None:
+        if not self.samples:
+            raise ValueError(f"window of track {self.track_id} has no samples")
+        times = [s.time_s for s in self.samples]
+        if times != sorted(times):
+            raise ValueError(f"window of track {self.track_id}: samples out of time order")
+
+    @property
+    def start_s(self) -> float:
+        return self.samples[0].time_s
+
+    @property
+    def end_s(self) -> float:
+        return self.samples[-1].time_s
+
+    @property
+    def start_pts(self) -> int | None:
+        return self.samples[0].pts
+
+    @property
+    def end_pts(self) -> int | None:
+        return self.samples[-1].pts
+
+    def median_box(self) -> np.ndarray:
+        return np.median(np.stack([s.box for s in self.samples]), axis=0)
+
+
+class Windower:
+    """Collects samples per track and closes windows.  Not thread-safe."""
+
+    def __init__(self, stream_id: str, *, window_s: float) -> None:
+        self._stream_id = stream_id
+        self._window_s = window_s
+        self._open: dict[int, tuple[Track, list[FaceSample], float]] = {}
+
+    def add(self, track: Track, sample: FaceSample, frame_size: tuple[int, int]) -> list[FaceWindow]:
+        """Add a sample; returns the window it closed, if any (at most one)."""
+        closed: list[FaceWindow] = []
+        entry = self._open.get(track.key)
+        if entry is None:
+            self._open[track.key] = (track, [sample], sample.time_s)
+            return closed
+        _, samples, grid_start = entry
+        if track.track_id is not None and sample.time_s >= grid_start + self._window_s - 1e-9:
+            closed.append(self._make(track, samples, frame_size))
+            steps = int((sample.time_s - grid_start + 1e-9) // self._window_s)
+            self._open[track.key] = (track, [sample], grid_start + steps * self._window_s)
+        else:
+            samples.append(sample)
+        return closed
+
+    def close(self, track: Track, frame_size: tuple[int, int]) -> list[FaceWindow]:
+        """The track ended: its open window, if it has one and the track was confirmed."""
+        entry = self._open.pop(track.key, None)
+        if entry is None or track.track_id is None:
+            return []
+        return [self._make(track, entry[1], frame_size)]
+
+    def discard_missing(self, alive: set[int]) -> None:
+        """Forget tentative tracks the tracker dropped."""
+        for key in [k for k in self._open if k not in alive]:
+            track = self._open[key][0]
+            if track.track_id is None:
+                del self._open[key]
+
+    def _make(self, track: Track, samples: list[FaceSample],
+              frame_size: tuple[int, int]) -> FaceWindow:
+        assert track.track_id is not None
+        return FaceWindow(self._stream_id, track.track_id, tuple(samples), frame_size)
