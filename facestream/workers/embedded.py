@@ -141,6 +141,7 @@ def analyze(spec: SourceSpec, settings: Settings, *, out_dir: Path, stream_id: s
         sink.close()
         raise
     models = models or Models.load(settings)
+    llm_calls_before = models.analyzer.llm_calls
     summary = Summary(stream_id, sink.path, None, decoder.info)
     state = StreamState(stream_id, settings, confirm_hits=1 if spec.kind == "image" else None)
     annotator = None
@@ -189,7 +190,7 @@ def analyze(spec: SourceSpec, settings: Settings, *, out_dir: Path, stream_id: s
     summary.events = sink.count
     summary.media_s = decoder.report.last_time_s if spec.kind != "image" else 0.0
     summary.wall_s = time.monotonic() - started
-    summary.llm_calls = models.analyzer.llm_calls
+    summary.llm_calls = models.analyzer.llm_calls - llm_calls_before
     summary.tracks = {tid: (m.labels.most_common(1)[0][0] if m.labels else "-")
                       for tid, m in sorted(state.memory.items(), key=lambda kv: int(kv[0][1:]))}
     return summary

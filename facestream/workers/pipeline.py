@@ -53,6 +53,7 @@ class StreamState:
         self.last_time_s = 0.0
         self.wall_origin = wall_origin     # source wall clock at media time 0, if known
         self._first_seen: dict[int, tuple[float, int | None, float]] = {}
+        self._last_pts: dict[int, int | None] = {}
 
     def observe(self, frame: DecodedFrame,
                 faces: FaceDetections) -> tuple[list[dict[str, Any]], list[FaceWindow], list[dict[str, Any]]]:
@@ -64,6 +65,7 @@ class StreamState:
         windows: list[FaceWindow] = []
         for track, j in update.matches:
             self._first_seen.setdefault(track.key, (frame.time_s, frame.pts, frame.arrival))
+            self._last_pts[track.key] = frame.pts
             sample = FaceSample(frame.time_s, frame.pts, frame.arrival, faces.boxes[j],
                                 faces.landmarks[j], faces.mesh[j], faces.chips.take(j))
             windows += self.windower.add(track, sample, self.frame_size)
@@ -91,8 +93,11 @@ class StreamState:
         first_s, first_pts, first_arrival = self._first_seen.get(
             track.key, (track.first_time_s, None, arrival))
         time_s = track.last_time_s if last else first_s
+        pts = self._last_pts.pop(track.key, None) if last else first_pts
+        if last:
+            self._first_seen.pop(track.key, None)
         return events.track_event(kind, stream_id=self.stream_id, track_id=track.track_id,
-                                  time_s=time_s, pts=first_pts, profile=PROFILE,
+                                  time_s=time_s, pts=pts, profile=PROFILE,
                                   time_epoch=self.event_time(time_s, arrival if last else first_arrival))
 
 

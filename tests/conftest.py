@@ -1,0 +1,76 @@
+"""Shared fixtures.  Model files and sample media come from `facestream models pull
+--samples` (the README's test command runs it first); a test that needs them fails, with
+that command named, when they are absent — it never skips."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from facestream.config import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_CHECKER = REPO.parent / "shared" / "tools" / "check_events.py"
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return Settings.load()
+
+
+@pytest.fixture(scope="session")
+def sample(settings):
+    def resolve(name: str) -> Path:
+        path = settings.cache_dir / "samples" / name
+        if not path.is_file():
+            pytest.fail(f"sample {path} missing: run `facestream models pull --samples`")
+        return path
+    return resolve
+
+
+@pytest.fixture(scope="session")
+def models(settings):
+    """Models without the LLM (fast); the LLM has its own fixture."""
+    from facestream.workers.embedded import Models
+
+    return Models.load(Settings.load({"describe": False}))
+
+
+@pytest.fixture(scope="session")
+def models_with_llm(settings):
+    from facestream.workers.embedded import Models
+
+    return Models.load(Settings.load({"describe": True}))
+
+
+@pytest.fixture(scope="session")
+def face_analyzer(models):
+    return models.faces
+
+
+def run_cli(*args: str, timeout: float = 600, env: dict | None = None,
+            cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the `facestream` command as a user would, capturing its output."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "facestream", *args], capture_output=True,
+                          text=True, timeout=timeout, env=full_env, cwd=cwd)
+
+
+def read_events(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def analyze_in_process(path: Path, models, tmp_path: Path, **overrides):
+    """facestream.workers.embedded.analyze with shared preloaded models."""
+    from facestream.ingest.sources import parse_source
+    from facestream.workers.embedded import analyze
+
+    settings = Settings.load({"describe": models.analyzer.describer is not None, **overrides})
+    spec = parse_source(str(path))
+    summary = analyze(spec, settings, out_dir=tmp_path, models=models)
+    return summary, read_events(summary.events_path)

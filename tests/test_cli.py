@@ -1,0 +1,182 @@
+"""`facestream analyze` as a user runs it: a real clip in, events out; bad input out cleanly."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+
+import av
+import pytest
+
+from facestream import events
+from tests.conftest import SHARED_CHECKER, read_events, run_cli
+from tests.media import write_clip
+
+
+def test_sample_clip_gives_valid_events_and_an_annotated_video(sample, tmp_path):
+    out = tmp_path / "out"
+    proc = run_cli("analyze", str(sample("WolfgangLanger_Pexels.mp4")), "--out", str(out),
+                   "--annotate")
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "tracks: 1 " in proc.stdout
+    assert "t1: mostly " in proc.stdout
+    assert "x real time" in proc.stdout
+    assert "\r" not in proc.stderr, "progress bar must stay quiet when stderr is not a terminal"
+
+    evs = read_events(out / "events.jsonl")
+    validator = events.validator()
+    for ev in evs:
+        errors = [e.message for e in validator.iter_errors(ev)]
+        assert not errors, (ev["type"], errors)
+    if SHARED_CHECKER.is_file():
+        check = subprocess.run([sys.executable, str(SHARED_CHECKER), str(out / "events.jsonl")],
+                               capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout
+    kinds = [ev["type"] for ev in evs]
+    assert kinds[0] == events.TRACK_STARTED and kinds[-1] == events.TRACK_ENDED
+    analysis = [ev["data"] for ev in evs if ev["type"] == events.FACE_ANALYSIS]
+    assert len(analysis) >= 18            # a 19.6 s clip, 1 s windows
+    for d in analysis:
+        scores = d["expression"]["scores"]
+        assert abs(sum(scores.values()) - 1) < 0.01
+        assert d["expression"]["label"] == max(scores, key=scores.get)
+        assert d["attributes"]["gender"]["label"] == "female"
+        assert 15 <= d["attributes"]["age"]["years"] <= 50
+        assert d["action_units"]["method"] == "geometric"
+        assert d["action_units"]["AU6"] is None           # geometry cannot see it: null
+        assert isinstance(d["description"], str) and d["description"]
+    assert analysis[0]["description_reused"] is False
+    fresh = [d for d in analysis if not d["description_reused"]]
+    assert len(fresh) < len(analysis), "unchanged windows must reuse the last description"
+    labels = [d["expression"]["label"] for d in analysis]
+    changes = sum(a != b for a, b in zip(labels, labels[1:]))
+    assert len(fresh) <= changes + 1
+
+    with av.open(str(out / "annotated.mp4")) as video:
+        decoded = sum(1 for _ in video.decode(video=0))
+    frames = int(proc.stdout.split(" frames)")[0].rsplit("(", 1)[1])
+    assert decoded == frames
+
+
+def test_rerun_gives_identical_event_ids(sample, tmp_path):
+    ids = []
+    for run in ("a", "b"):
+        proc = run_cli("analyze", str(sample("single_face.mp4")), "--out", str(tmp_path / run),
+                       "--no-describe")
+        assert proc.returncode == 0, proc.stderr
+        ids.append([ev["id"] for ev in read_events(tmp_path / run / "events.jsonl")])
+    assert ids[0] and ids[0] == ids[1]
+    assert len(set(ids[0])) == len(ids[0])
+
+
+def test_video_without_faces_succeeds_with_no_events(sample, tmp_path):
+    proc = run_cli("analyze", str(sample("no_face.mp4")), "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert "tracks: 0 " in proc.stdout
+    assert read_events(tmp_path / "events.jsonl") == []
+
+
+def test_damaged_tail_is_analysed_up_to_the_damage(sample, tmp_path):
+    data = sample("WolfgangLanger_Pexels.mp4").read_bytes()
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(data[: len(data) * 6 // 10])
+    proc = run_cli("analyze", str(broken), "--out", str(tmp_path / "out"), "--no-describe")
+    assert proc.returncode == 0, proc.stderr
+    warning = [line for line in proc.stderr.splitlines() if "warning" in line]
+    assert len(warning) == 1 and "decoding stopped at" in warning[0] and str(broken) in warning[0]
+    evs = read_events(tmp_path / "out" / "events.jsonl")
+    assert any(ev["type"] == events.FACE_ANALYSIS for ev in evs)
+    errors = [ev for ev in evs if ev["type"] == events.STREAM_ERROR]
+    assert len(errors) == 1 and "decoding stopped at" in errors[0]["data"]["message"]
+
+
+def _unsupported_codec(tmp_path):
+    """An MKV whose codec id no decoder knows (same length as the real one, so it parses)."""
+    frames = [((i * 9) % 255 * __import__("numpy").ones((64, 64, 3))).astype("uint8") for i in range(5)]
+    clip = write_clip(tmp_path / "real.mkv", frames, codec="mpeg4")
+    data = clip.read_bytes()
+    assert b"V_MPEG4/ISO/ASP" in data
+    path = tmp_path / "odd.mkv"
+    path.write_bytes(data.replace(b"V_MPEG4/ISO/ASP", b"V_XYZW4/ISO/ASP"))
+    return str(path)
+
+
+def _closed_port_url(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/camera.ts"
+
+
+def _silent_server_url(tmp_path):
+    """A server that accepts connections and never answers."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    held = []
+    threading.Thread(target=lambda: held.append(server.accept()), daemon=True).start()
+    tmp_path.joinpath(".keep").write_text("")      # the socket lives as long as the test
+    _silent_server_url.server = server
+    return f"http://127.0.0.1:{server.getsockname()[1]}/live.ts"
+
+
+def _write(name, content):
+    def make(tmp_path):
+        path = tmp_path / name
+        path.write_bytes(content)
+        return str(path)
+    return make
+
+
+def _truncated_head(tmp_path):
+    from tests.conftest import Settings
+    data = (Settings.load().cache_dir / "samples" / "WolfgangLanger_Pexels.mp4").read_bytes()
+    path = tmp_path / "head.mp4"
+    path.write_bytes(data[:3000])
+    return str(path)
+
+
+BAD_INPUTS = [
+    ("missing file", lambda p: str(p / "nope.mp4"), "no such file"),
+    ("empty file", _write("empty.mp4", b""), "file is empty"),
+    ("directory", lambda p: str(p), "is a directory"),
+    ("text file", _write("notes.mp4", b"these are not the frames you are looking for\n" * 50), "cannot open"),
+    ("random bytes", _write("noise.mov", bytes(range(256)) * 400), "cannot open"),
+    ("truncated head", _truncated_head, "cannot open"),
+    ("unsupported codec", _unsupported_codec, "unsupported video codec"),
+    ("unknown scheme", lambda p: "gopher://example/x.mp4", "unsupported scheme"),
+    ("refused URL", _closed_port_url, "cannot open"),
+    ("silent URL", _silent_server_url, "cannot open"),
+]
+
+
+@pytest.mark.parametrize("make_source, expected", [(m, e) for _, m, e in BAD_INPUTS],
+                         ids=[name for name, _, _ in BAD_INPUTS])
+def test_unusable_input_is_one_line_and_exit_2(make_source, expected, tmp_path):
+    source = make_source(tmp_path)
+    proc = run_cli("analyze", source, "--out", str(tmp_path / "out"), "--no-describe",
+                   env={"FACESTREAM_OPEN_TIMEOUT_S": "1"}, timeout=60)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("facestream: error: source ") and source in lines[0]
+    assert expected in lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_model_files_name_the_fix(sample, tmp_path):
+    proc = run_cli("analyze", str(sample("single_face.jpg")), "--out", str(tmp_path / "out"),
+                   env={"FACESTREAM_CACHE_DIR": str(tmp_path / "empty-cache")})
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "missing" in lines[0] and "facestream models pull" in lines[0]
+
+
+def test_bad_setting_value_in_environment_fails(sample, tmp_path):
+    proc = run_cli("analyze", str(sample("single_face.jpg")), "--out", str(tmp_path),
+                   env={"FACESTREAM_FPS": "fast"})
+    assert proc.returncode == 2
+    assert "FACESTREAM_FPS='fast': expected float" in proc.stderr
