@@ -14,11 +14,12 @@ process pinned to the first CPU core it may use and every library limited to one
                as a multiple of real time, without and with descriptions; "incl. load" adds the
                model load to the first run, "steady" is the best run with models preloaded.
 (d) memory     peak RSS of each analyze configuration, each run in a fresh child process of
-               this script (``--child-analyze``), and of this process (stages a and b).
+               this script (``--child-analyze``), and of this process (stages a and b);
+               target < 1.5 GB for each analyze configuration.
 
 Each measurement takes the best (highest throughput) of ``--repeat`` runs, facestream and
 baseline runs interleaved.  Targets are reported, not asserted.  The last line is
-``RESULT {json}`` with every number.  About a minute on a 2-core machine.
+``RESULT {json}`` with every number.  About 1.5 minutes on a 2-core machine.
 
     .venv/bin/python bench/bench_embedded.py [--repeat N]
     ./dev bench                        # every bench/bench_*.py
@@ -69,7 +70,7 @@ class Timing:
 
     items: int
     seconds: float
-    faces: int = 0
+    faces: int | None = None
 
     @property
     def rate(self) -> float:
@@ -99,6 +100,18 @@ def pin_to_one_core() -> int | None:
 
 
 def peak_rss_mb() -> float:
+    """Peak resident memory of this process, in MiB.
+
+    Linux's ru_maxrss survives fork and exec, so a child started by a big parent would
+    report the parent's peak; VmHWM belongs to the process image alone.
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kb / (1 << 20) if sys.platform == "darwin" else kb / 1024   # bytes on macOS
 
@@ -289,6 +302,8 @@ def build_rows(decode: dict[str, Timing], faces: dict[str, Timing],
             bare_decode_rate, *at_least(decode["facestream_10fps"].rate / bare_decode_rate, 0.9)),
         Row("face stage @10 fps (frames/s)", faces["facestream"].rate, faces["bare"].rate,
             *at_least(faces["facestream"].rate / faces["bare"].rate, 0.85)),
+        Row("face stage: faces found, with mesh", faces["facestream"].faces,
+            faces["bare"].faces, "-", None),
     ]
     for mode, label, target in (("nodescribe", "no descriptions", 3.0),
                                 ("describe", "descriptions", 1.5)):
@@ -305,7 +320,9 @@ def build_rows(decode: dict[str, Timing], faces: dict[str, Timing],
 
 def print_table(rows: list[Row]) -> None:
     def num(value: float | None) -> str:
-        return "-" if value is None else f"{value:.2f}"
+        if value is None:
+            return "-"
+        return str(value) if isinstance(value, int) else f"{value:.2f}"
 
     width = max(len(row.name) for row in rows)
     print(f"{'measurement':<{width}}  {'facestream':>10}  {'baseline':>9}  {'ratio':>6}  "
@@ -317,8 +334,11 @@ def print_table(rows: list[Row]) -> None:
 
 
 def timing_json(timing: Timing) -> dict[str, float]:
-    return {"items": timing.items, "seconds": round(timing.seconds, 4),
-            "rate": round(timing.rate, 2), "faces": timing.faces}
+    out = {"items": timing.items, "seconds": round(timing.seconds, 4),
+           "rate": round(timing.rate, 2)}
+    if timing.faces is not None:
+        out["faces"] = timing.faces
+    return out
 
 
 def main() -> None:

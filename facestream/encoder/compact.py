@@ -56,9 +56,13 @@ def _dlib_input(chips: np.ndarray) -> np.ndarray:
     return ((chips.astype(np.float32) - DLIB_MEAN) / 256.0).transpose(0, 3, 1, 2).copy()
 
 
-def _quantile(dist: np.ndarray, q: float) -> float:
-    cdf = np.cumsum(dist) / max(float(dist.sum()), 1e-9)
-    return float(AGE_BINS[min(int(np.searchsorted(cdf, q)), len(AGE_BINS) - 1)])
+def _age(dist: np.ndarray) -> tuple[float, float, float]:
+    """(expected years, 10th and 90th percentile) of an age distribution over AGE_BINS."""
+    p = dist / max(float(dist.sum()), 1e-9)
+    years = float(p @ AGE_BINS)
+    cdf = np.cumsum(p)
+    low, high = (float(np.interp(q, cdf, AGE_BINS)) for q in (0.1, 0.9))
+    return round(years, 1), round(min(low, years), 1), round(max(high, years), 1)
 
 
 class CompactEncoder:
@@ -93,12 +97,11 @@ class CompactEncoder:
         for w, picks in zip(windows, attr_picks):
             e1, a1 = e0 + len(w.samples), a0 + len(picks)
             scores = expr[e0:e1].mean(0)
-            age_dist = age[a0:a1].mean(0)
+            years, low, high = _age(age[a0:a1].mean(0))
             g = gender[a0:a1].mean(0)
             out.append(EncoderOutput(
                 expression={label: round(float(v), 4) for label, v in zip(CONTRACT_LABELS, scores)},
-                age_years=round(float(age_dist @ AGE_BINS / max(age_dist.sum(), 1e-9)), 1),
-                age_low=_quantile(age_dist, 0.1), age_high=_quantile(age_dist, 0.9),
+                age_years=years, age_low=low, age_high=high,
                 gender=GENDER_LABELS[int(g.argmax())], gender_score=round(float(g.max()), 4),
                 action_units=action_units.estimate(np.stack([s.mesh for s in w.samples])),
             ))
