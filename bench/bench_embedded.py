@@ -17,9 +17,10 @@ process pinned to the first CPU core it may use and every library limited to one
                this script (``--child-analyze``), and of this process (stages a and b);
                target < 1.5 GB for each analyze configuration.
 
-Each measurement takes the best (highest throughput) of ``--repeat`` runs, facestream and
-baseline runs interleaved.  Targets are reported, not asserted.  The last line is
-``RESULT {json}`` with every number.  About 1.5 minutes on a 2-core machine.
+Each measurement takes the best (highest throughput) of ``--repeat`` runs (3x as many for the
+short decode passes), facestream and baseline runs interleaved.  Targets are reported, not
+asserted.  The last line is ``RESULT {json}`` with every number.  About 1.5 minutes on a
+2-core machine.
 
     .venv/bin/python bench/bench_embedded.py [--repeat N]
     ./dev bench                        # every bench/bench_*.py
@@ -60,6 +61,7 @@ from facestream.workers.tracker import Tracker  # noqa: E402
 
 CLIP = "WolfgangLanger_Pexels.mp4"
 ALL_FRAMES_FPS = 120.0          # above the clip's 23.976 fps: every frame is picked
+DECODE_ROUNDS = 3               # a decode pass lasts ~0.5 s: more of them per --repeat, less noise
 CHILD_PREFIX = "CHILD "
 RSS_LIMIT_MB = 1536.0
 
@@ -164,7 +166,7 @@ def bare_decode(path: str) -> Timing:
 
 
 def bench_decode(spec: SourceSpec, settings: Settings, repeat: int) -> dict[str, Timing]:
-    return best_of(repeat, {
+    return best_of(repeat * DECODE_ROUNDS, {
         "facestream_all": lambda: facestream_decode(spec, settings, ALL_FRAMES_FPS),
         "facestream_10fps": lambda: facestream_decode(spec, settings, settings.fps),
         "bare": lambda: bare_decode(spec.target),
@@ -347,6 +349,8 @@ def main() -> None:
     parser.add_argument("--child-analyze", choices=("describe", "nodescribe"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     core = pin_to_one_core()
     if args.child_analyze:
         result = child_analyze(args.child_analyze == "describe", args.repeat)
@@ -361,7 +365,7 @@ def main() -> None:
     analyses = {mode: run_child(mode, args.repeat) for mode in ("nodescribe", "describe")}
 
     print(f"clip {spec.target}, pinned to CPU core {core}, one thread per library, "
-          f"best of {args.repeat}")
+          f"best of {args.repeat} ({args.repeat * DECODE_ROUNDS} for decode)")
     print_table(build_rows(decode, faces, analyses, bench_rss_mb))
     result = {
         "clip": CLIP, "core": core, "repeat": args.repeat,

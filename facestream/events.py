@@ -62,11 +62,14 @@ def track_event(kind: str, *, stream_id: str, track_id: str, time_s: float,
                           "time_s": round(time_s, 3), "pts": pts})
 
 
-def stream_error(*, stream_id: str, message: str, time_s: float, profile: str,
+def stream_error(*, stream_id: str, message: str, time_s: float, seq: int, profile: str,
                  time_epoch: float, fatal: bool) -> dict[str, Any]:
+    """``seq`` numbers a stream's errors from 0: two identical failures (two reconnects
+    refused alike) are two events with two ids."""
     digest = hashlib.sha256(message.encode()).hexdigest()[:8]
     return envelope(STREAM_ERROR, stream_id=stream_id, subject=None, time_epoch=time_epoch,
-                    event_id_=event_id(stream_id, "", f"{time_s:.3f}:{digest}", STREAM_ERROR, profile),
+                    event_id_=event_id(stream_id, "", f"{time_s:.3f}:{seq}:{digest}",
+                                       STREAM_ERROR, profile),
                     data={"stream_id": stream_id, "time_s": round(time_s, 3),
                           "message": message, "fatal": fatal})
 

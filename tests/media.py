@@ -28,6 +28,7 @@ def write_clip(path: Path, frames: Iterable[np.ndarray], *, fps: int = 25,
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         if times is not None:
             stream.time_base = Fraction(1, 1000)
+            stream.codec_context.time_base = Fraction(1, 1000)
         stamps = list(times) if times is not None else None
         for i, image in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from fractions import Fraction
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -134,6 +135,7 @@ class Decoder:
         self._on_error = on_error or (lambda message: None)
         self._sleep = sleep
         self._container = open_container(spec, timeout_s=timeout_s)
+        self._origin: tuple[int, Fraction] | None = None   # first pts and time base
         self.info = self._stream_info(self._container)
         # A URL with a known duration is a remote file: it ends, it does not drop.
         self.live = spec.kind == "webcam" or (spec.kind == "url" and self.info.duration_s is None)
@@ -176,15 +178,14 @@ class Decoder:
         while True:
             container = self._container
             try:
-                for frame, t in self._decode(container):
-                    t += offset_s
+                for frame, pts, t in self._decode(container, offset_s):
                     self.report.decoded += 1
                     self.report.last_time_s = t
                     if not sampler.take(t):
                         continue
                     image = frame.to_ndarray(format="rgb24")
-                    yield DecodedFrame(self.stream_id, self.report.picked, frame.pts, t,
-                                       image, time.time())
+                    yield DecodedFrame(self.stream_id, self.report.picked, pts, t, image,
+                                       time.time())
                     self.report.picked += 1
                     delays = self._backoff.delays()     # a good frame resets the backoff
                 if not self.live:
@@ -201,11 +202,17 @@ class Decoder:
             self.report.errors.append(message)
             self._on_error(message)
             self._reopen(delays, message)
-            offset_s = time.monotonic() - wall_start
-            sampler = FrameSampler(self._fps)
-            sampler.take(offset_s)        # keep slots monotonic across the gap
+            # Media time goes on from where it stopped, at least as far as the wall clock
+            # went during the outage (a source read faster than real time is ahead of it).
+            offset_s = max(time.monotonic() - wall_start, self.report.last_time_s + 1.0 / self._fps)
 
-    def _decode(self, container: av.container.InputContainer):
+    def _decode(self, container: av.container.InputContainer, offset_s: float):
+        """(frame, pts, media seconds) for every decoded frame.
+
+        On the first connection ``pts`` is the stream's own; after a reconnect the new
+        connection's timestamps restart, so its frames get pts continued from the first
+        connection's origin and time base (ids built from pts must not repeat).
+        """
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         if self._threads:
@@ -218,7 +225,13 @@ class Decoder:
                 continue       # no timestamp: cannot be placed in media time
             if base is None:
                 base = pts
-            yield frame, float((pts - base) * time_base)
+            if self._origin is None:
+                self._origin = (base, time_base)
+            t = float((pts - base) * time_base) + offset_s
+            if offset_s:
+                origin, origin_tb = self._origin
+                pts = origin + round(t / origin_tb)
+            yield frame, pts, t
 
     def _reopen(self, delays: Iterator[float], message: str) -> None:
         for delay in delays:

@@ -126,17 +126,21 @@ def analyze(spec: SourceSpec, settings: Settings, *, out_dir: Path, stream_id: s
     sink = JsonlSink(out_dir / "events.jsonl")
     error_events: list[dict[str, Any]] = []
 
-    def on_error(message: str) -> None:
+    errors_seen = 0
+
+    def report_error(message: str, *, fatal: bool = False) -> None:
+        nonlocal errors_seen
         error_events.append(events.stream_error(
             stream_id=stream_id, message=message, time_s=decoder.report.last_time_s,
-            profile=PROFILE, time_epoch=time.time(), fatal=False))
+            seq=errors_seen, profile=PROFILE, time_epoch=time.time(), fatal=fatal))
+        errors_seen += 1
 
     backoff = Backoff(settings.reconnect_attempts, settings.reconnect_backoff_s,
                       settings.reconnect_backoff_max_s)
     try:
         decoder = Decoder(spec, stream_id=stream_id, fps=settings.fps, backoff=backoff,
                           timeout_s=settings.open_timeout_s, threads=settings.threads,
-                          on_error=on_error)
+                          on_error=report_error)
     except BaseException:
         sink.close()
         raise
@@ -169,15 +173,10 @@ def analyze(spec: SourceSpec, settings: Settings, *, out_dir: Path, stream_id: s
             if decoder.report.picked == 0:
                 raise
             summary.warnings.append(str(exc))
-            error_events.append(events.stream_error(
-                stream_id=stream_id, message=str(exc), time_s=decoder.report.last_time_s,
-                profile=PROFILE, time_epoch=time.time(), fatal=True))
+            report_error(str(exc), fatal=True)
         if decoder.report.stopped_early:
             summary.warnings.append(f"source {spec.text}: {decoder.report.stopped_early}")
-            error_events.append(events.stream_error(
-                stream_id=stream_id, message=decoder.report.stopped_early,
-                time_s=decoder.report.last_time_s, profile=PROFILE, time_epoch=time.time(),
-                fatal=False))
+            report_error(decoder.report.stopped_early)
         windows, ended_ev = state.finish()
         analysis = models.analyzer.analyze([(state, w) for w in windows])
         sink.write(error_events + analysis + ended_ev)

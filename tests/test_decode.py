@@ -1,0 +1,132 @@
+"""Decoding real encoded clips: timestamps, variable frame rate, live sources that drop."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+
+import numpy as np
+import pytest
+
+from facestream import events
+from facestream.ingest.sources import parse_source
+from facestream.retry import Backoff
+from facestream.workers.decode import Decoder
+from tests.conftest import read_events, run_cli
+from tests.media import face_patch, load_rgb, write_clip
+
+
+def test_variable_frame_rate_clip_is_sampled_by_timestamp(tmp_path):
+    # 50 fps for the first second, then a frame every 0.3 s for 1.5 s.
+    times = [i / 50 for i in range(50)] + [1.0 + 0.3 * i for i in range(6)]
+    frames = [np.full((64, 64, 3), i * 4 % 255, np.uint8) for i in range(len(times))]
+    clip = write_clip(tmp_path / "vfr.mp4", frames, times=times)
+    decoder = Decoder(parse_source(str(clip)), stream_id="vfr", fps=10,
+                      backoff=Backoff(0, 0, 0))
+    picked = [f.time_s for f in decoder.frames()]
+    assert picked == pytest.approx([i / 10 for i in range(10)] + [1.0 + 0.3 * i for i in range(6)],
+                                   abs=1e-3)
+    assert decoder.report.decoded == len(times) and decoder.report.stopped_early is None
+
+
+def test_frames_are_rgb_in_source_pixels(sample):
+    with Decoder(parse_source(str(sample("single_face.mp4"))), stream_id="s", fps=5,
+                 backoff=Backoff(0, 0, 0)) as decoder:
+        frame = next(decoder.frames())
+        assert frame.image.shape == (decoder.info.height, decoder.info.width, 3)
+        assert (decoder.info.width, decoder.info.height) == (640, 360)
+        assert decoder.info.codec == "h264" and decoder.info.duration_s > 2
+
+
+class _CameraServer:
+    """An HTTP 'camera' serving an MPEG-TS stream with no length (as live sources do).
+
+    ``plan`` says what each successive connection gets: a fraction of the stream, then the
+    connection closes; or None for 503 (camera down)."""
+
+    def __init__(self, payload: bytes, plan: list[float | None]) -> None:
+        self.payload, self.plan, self.requests = payload, list(plan), 0
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.0"
+
+            def do_GET(self):
+                step = outer.plan[min(outer.requests, len(outer.plan) - 1)]
+                outer.requests += 1
+                if step is None:
+                    self.send_error(503, "camera offline")
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "video/mp2t")
+                self.end_headers()
+                try:
+                    self.wfile.write(outer.payload[: int(len(outer.payload) * step)])
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/live.ts"
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def live_payload(sample, face_analyzer, tmp_path_factory):
+    photo = load_rgb(sample("single_face.jpg"))
+    box = tuple(int(v) for v in face_analyzer(photo).boxes[0])
+    patch = face_patch(photo, box, 200)
+    frames = []
+    for i in range(75):                              # 3 s at 25 fps, the face drifting right
+        canvas = np.full((360, 640, 3), 70, np.uint8)
+        x = 120 + 2 * i
+        canvas[80:280, x:x + 200] = patch
+        frames.append(canvas)
+    clip = write_clip(tmp_path_factory.mktemp("live") / "live.ts", frames, fps=25,
+                      container_format="mpegts")
+    return clip.read_bytes()
+
+
+def _run_camera(plan, payload, tmp_path):
+    server = _CameraServer(payload, plan)
+    try:
+        proc = run_cli("analyze", server.url, "--out", str(tmp_path), "--no-describe",
+                       env={"FACESTREAM_RECONNECT_ATTEMPTS": "2",
+                            "FACESTREAM_RECONNECT_BACKOFF_S": "0.05",
+                            "FACESTREAM_OPEN_TIMEOUT_S": "3"}, timeout=120)
+    finally:
+        server.close()
+    return proc, read_events(tmp_path / "events.jsonl"), server.requests
+
+
+def test_camera_that_drops_and_stays_down_is_reported(live_payload, tmp_path):
+    proc, evs, requests = _run_camera([0.6, None], live_payload, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert requests == 3                       # first connection + 2 bounded reconnects
+    warnings = [line for line in proc.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "gave up after 2 reconnects" in warnings[0]
+    errors = [ev["data"] for ev in evs if ev["type"] == events.STREAM_ERROR]
+    assert len(errors) == 4                    # the drop, two failed reconnects, giving up
+    assert [e["fatal"] for e in errors] == [False, False, False, True]
+    assert any(ev["type"] == events.FACE_ANALYSIS for ev in evs), "frames before the drop"
+
+
+def test_camera_that_comes_back_keeps_being_analysed(live_payload, tmp_path):
+    proc, evs, requests = _run_camera([0.5, 1.0, None], live_payload, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    errors = [ev["data"] for ev in evs if ev["type"] == events.STREAM_ERROR]
+    drop = errors[0]
+    assert not drop["fatal"] and "at " in drop["message"]
+    windows = [ev["data"]["window"] for ev in evs if ev["type"] == events.FACE_ANALYSIS]
+    # The second connection delivered the whole 3 s clip again: it must have been analysed.
+    assert max(w["end_s"] for w in windows) > drop["time_s"] + 2.5
+    for earlier, later in zip(windows, windows[1:]):
+        assert later["start_s"] > earlier["end_s"], "media time must run on across reconnects"
+    assert len({ev["id"] for ev in evs}) == len(evs)
