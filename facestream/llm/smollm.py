@@ -9,6 +9,7 @@ safetensors directory (config, weights, tokenizer) that loads in under a second.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -23,6 +24,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    os.environ.setdefault("TQDM_DISABLE", "1")     # the GGUF reader's own progress bar
     src = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
                                                dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
@@ -48,7 +50,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
 
 
 class SmolDescriber:
-    """Writes one or two sentences per request from structured facts.
+    """Writes one sentence per request from structured facts.
 
     Requests are generated together as one left-padded batch with greedy decoding, so the
     same facts always give the same text.  Blocking, CPU or CUDA; not thread-safe.
@@ -97,17 +99,15 @@ class SmolDescriber:
                                 padding=True).to(self._device)
         with torch.inference_mode():
             out = self._model.generate(**batch, max_new_tokens=self._max_new_tokens,
-                                       do_sample=False, pad_token_id=self._tokenizer.pad_token_id)
+                                       do_sample=False, pad_token_id=self._tokenizer.pad_token_id,
+                                       stop_strings=[".", "!", "\n"], tokenizer=self._tokenizer)
         texts = self._tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:],
                                              skip_special_tokens=True)
         return [_trim(t) for t in texts]
 
 
 def _trim(text: str) -> str:
-    """Keep at most two whole sentences; drop a sentence cut off by the token limit."""
+    """The first sentence (generation stops there; a batch-mate may run on past it)."""
     text = " ".join(text.split())
     ends = [i for i, ch in enumerate(text) if ch in ".!?"]
-    if not ends:
-        return text
-    keep = ends[1] if len(ends) > 1 else ends[0]
-    return text[: keep + 1]
+    return text[: ends[0] + 1] if ends else text

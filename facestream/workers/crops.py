@@ -69,17 +69,22 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return matrix
 
 
-def dlib_chip(image: np.ndarray, ibug68: np.ndarray, size: int) -> np.ndarray:
-    """The chip dlib's ``get_face_chip_details(shape5, size, 0.2)`` would cut."""
+def dlib_chips(image: np.ndarray, ibug68: np.ndarray, sizes: tuple[int, ...]) -> list[np.ndarray]:
+    """The chips dlib's ``get_face_chip_details(shape5, size, 0.2)`` would cut, one per size.
+
+    The alignment is solved once: the template scales with the chip size, so the transform
+    for size s is the unit-size transform scaled by s."""
     points = ibug68[IBUG68_TO_DLIB5].astype(np.float64)
-    template = (DLIB5_TEMPLATE + CHIP_PADDING) / (1 + 2 * CHIP_PADDING) * size
-    matrix = similarity_transform(points, template)
-    return cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_CONSTANT)
+    unit = similarity_transform(points, (DLIB5_TEMPLATE + CHIP_PADDING) / (1 + 2 * CHIP_PADDING))
+    return [cv2.warpAffine(image, unit * size, (size, size), flags=cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_CONSTANT) for size in sizes]
 
 
-def expression_chip(grey: np.ndarray, ibug68: np.ndarray) -> np.ndarray:
-    """64² grey crop: eyes level, square from brows to chin with a small margin."""
+def expression_chip(image: np.ndarray, ibug68: np.ndarray) -> np.ndarray:
+    """64² grey crop: eyes level, square from brows to chin with a small margin.
+
+    Resampled in colour, then made grey: the same result as the other way round, without
+    converting the whole frame."""
     left_eye, right_eye = ibug68[36:42].mean(0), ibug68[42:48].mean(0)
     angle = np.degrees(np.arctan2(right_eye[1] - left_eye[1], right_eye[0] - left_eye[0]))
     centre = ibug68.mean(0)
@@ -91,17 +96,18 @@ def expression_chip(grey: np.ndarray, ibug68: np.ndarray) -> np.ndarray:
     scale = EXPRESSION_CHIP / side
     rot[:, :] *= scale
     rot[:, 2] += EXPRESSION_CHIP / 2 - mid * scale
-    return cv2.warpAffine(grey, rot, (EXPRESSION_CHIP, EXPRESSION_CHIP), flags=cv2.INTER_AREA,
+    chip = cv2.warpAffine(image, rot, (EXPRESSION_CHIP, EXPRESSION_CHIP), flags=cv2.INTER_AREA,
                           borderMode=cv2.BORDER_REPLICATE)
+    return cv2.cvtColor(chip, cv2.COLOR_RGB2GRAY)
 
 
 def make_chips(image: np.ndarray, landmarks68: np.ndarray) -> FaceChips:
     """Chips for every face: ``image`` [H, W, 3] RGB, ``landmarks68`` [N, 68, 2] pixels."""
     if len(landmarks68) == 0:
         return FaceChips.empty()
-    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    aligned = [dlib_chips(image, lm, (AGE_CHIP, GENDER_CHIP)) for lm in landmarks68]
     return FaceChips(
-        expression=np.stack([expression_chip(grey, lm) for lm in landmarks68]),
-        age=np.stack([dlib_chip(image, lm, AGE_CHIP) for lm in landmarks68]),
-        gender=np.stack([dlib_chip(image, lm, GENDER_CHIP) for lm in landmarks68]),
+        expression=np.stack([expression_chip(image, lm) for lm in landmarks68]),
+        age=np.stack([age for age, _ in aligned]),
+        gender=np.stack([gender for _, gender in aligned]),
     )
