@@ -17,6 +17,9 @@ process pinned to the first CPU core it may use and every library limited to one
                this script (``--child-analyze``), and of this process (stages a and b);
                target < 1.5 GB for each analyze configuration.
 
+Both sides run with the allocator tuning the facestream CLI applies at start-up
+(``facestream.runtime.tune_allocator``: frame buffers recycled from the heap).
+
 Each measurement takes the best (highest throughput) of ``--repeat`` runs (3x as many for the
 short decode passes), facestream and baseline runs interleaved.  Targets are reported, not
 asserted.  The last line is ``RESULT {json}`` with every number.  About 1.5 minutes on a
@@ -54,6 +57,7 @@ from facestream import assets  # noqa: E402
 from facestream.config import Settings  # noqa: E402
 from facestream.ingest.sources import SourceSpec, parse_source  # noqa: E402
 from facestream.retry import Backoff  # noqa: E402
+from facestream.runtime import tune_allocator  # noqa: E402
 from facestream.workers.decode import DecodedFrame, Decoder  # noqa: E402
 from facestream.workers.embedded import Models, analyze  # noqa: E402
 from facestream.workers.faces import CROP_SCALE, FaceAnalyzer  # noqa: E402
@@ -352,6 +356,8 @@ def main() -> None:
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
     core = pin_to_one_core()
+    # What the facestream CLI does at start-up; baselines in this process get it too.
+    tune_allocator()
     if args.child_analyze:
         result = child_analyze(args.child_analyze == "describe", args.repeat)
         print(CHILD_PREFIX + json.dumps(result))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from facestream import __version__
 from facestream.errors import FacestreamError
+from facestream.runtime import tune_allocator
 
 
 def _quiet_libraries() -> None:
@@ -93,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
+    tune_allocator()
     args = _parser().parse_args(argv)
     _filter_native_stderr()
     try:

@@ -214,8 +214,8 @@ class Decoder:
         connection's origin and time base (ids built from pts must not repeat).
         """
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        if self._threads:
+        if self._threads != 1:        # frame threads only pay off with cores to run them
+            stream.thread_type = "AUTO"
             stream.codec_context.thread_count = self._threads
         base = stream.start_time
         time_base = stream.time_base
