@@ -7,7 +7,6 @@ frames are converted to RGB, which is where most of decode time would otherwise 
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from fractions import Fraction
@@ -20,9 +19,6 @@ import numpy as np
 from facestream.errors import InputError, SourceDropped
 from facestream.ingest.sources import SourceSpec
 from facestream.retry import Backoff
-
-log = logging.getLogger(__name__)
-
 
 @dataclass(frozen=True, eq=False)
 class DecodedFrame:
@@ -48,7 +44,6 @@ class DecodedFrame:
     def width(self) -> int:
         return self.image.shape[1]
 
-
 @dataclass(frozen=True)
 class StreamInfo:
     width: int
@@ -57,7 +52,6 @@ class StreamInfo:
     time_base: float
     duration_s: float | None   # None for live streams and some containers
     average_fps: float | None
-
 
 @dataclass
 class DecodeReport:
@@ -69,7 +63,6 @@ class DecodeReport:
     stopped_early: str | None = None      # damaged tail: where and why decoding stopped
     reconnects: int = 0
     errors: list[str] = field(default_factory=list)
-
 
 class FrameSampler:
     """Picks the first frame in each 1/fps slot of media time (timestamps, not counts)."""
@@ -84,7 +77,6 @@ class FrameSampler:
             self._last_slot = slot
             return True
         return False
-
 
 def open_container(spec: SourceSpec, *, timeout_s: float) -> av.container.InputContainer:
     """Open a source for demuxing; InputError with the reason when it cannot be used."""
@@ -106,11 +98,9 @@ def open_container(spec: SourceSpec, *, timeout_s: float) -> av.container.InputC
         raise InputError(f"source {spec.text}: no video stream (is it a video or image file?)")
     return container
 
-
 def _reason(exc: Exception) -> str:
     text = getattr(exc, "strerror", None) or str(exc)
     return text.split(";")[0].strip().rstrip(".") or type(exc).__name__
-
 
 class Decoder:
     """Iterates the picked frames of one source.

@@ -7,7 +7,6 @@ calling thread.  The stages are the ones the workers use.
 
 from __future__ import annotations
 
-import logging
 import queue
 import threading
 import time
@@ -26,7 +25,6 @@ from facestream.workers.faces import FaceAnalyzer
 from facestream.workers.pipeline import PROFILE, StreamState, WindowAnalyzer
 from facestream.workers.sinks import JsonlSink
 
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -147,6 +145,7 @@ def analyze(spec: SourceSpec, settings: Settings, *, out_dir: Path, stream_id: s
     models = models or Models.load(settings)
     llm_calls_before = models.analyzer.llm_calls
     summary = Summary(stream_id, sink.path, None, decoder.info)
+    labels: dict[str, Counter] = {}     # track id -> expression label counts, for the summary
     state = StreamState(stream_id, settings, confirm_hits=1 if spec.kind == "image" else None)
     annotator = None
     if annotate:
@@ -163,10 +162,11 @@ def analyze(spec: SourceSpec, settings: Settings, *, out_dir: Path, stream_id: s
                 analysis = models.analyzer.analyze([(state, w) for w in windows])
                 sink.write(error_events + started_ev + analysis + ended_ev)
                 error_events.clear()
+                _count_labels(labels, analysis)
                 summary.frames += 1
                 summary.windows += len(windows)
                 if annotator is not None:
-                    annotator.write(frame.image, frame.time_s, _overlay(state, faces))
+                    annotator.write(frame.image, frame.time_s, _overlay(state))
                 if progress is not None:
                     progress(frame.time_s, decoder.info.duration_s, summary.frames)
         except SourceDropped as exc:
@@ -180,6 +180,7 @@ def analyze(spec: SourceSpec, settings: Settings, *, out_dir: Path, stream_id: s
         windows, ended_ev = state.finish()
         analysis = models.analyzer.analyze([(state, w) for w in windows])
         sink.write(error_events + analysis + ended_ev)
+        _count_labels(labels, analysis)
         summary.windows += len(windows)
     finally:
         decoder.close()
@@ -190,12 +191,18 @@ def analyze(spec: SourceSpec, settings: Settings, *, out_dir: Path, stream_id: s
     summary.media_s = decoder.report.last_time_s if spec.kind != "image" else 0.0
     summary.wall_s = time.monotonic() - started
     summary.llm_calls = models.analyzer.llm_calls - llm_calls_before
-    summary.tracks = {tid: (m.labels.most_common(1)[0][0] if m.labels else "-")
-                      for tid, m in sorted(state.memory.items(), key=lambda kv: int(kv[0][1:]))}
+    summary.tracks = {tid: counts.most_common(1)[0][0]
+                      for tid, counts in sorted(labels.items(), key=lambda kv: int(kv[0][1:]))}
     return summary
 
 
-def _overlay(state: StreamState, faces) -> list[tuple[str, Any, str]]:
+def _count_labels(labels: dict[str, Counter], analysis: list[dict[str, Any]]) -> None:
+    for event in analysis:
+        data = event["data"]
+        labels.setdefault(data["track_id"], Counter())[data["expression"]["label"]] += 1
+
+
+def _overlay(state: StreamState) -> list[tuple[str, Any, str]]:
     out = []
     for track in state.tracker.active:
         if track.track_id is None or track.last_time_s != state.last_time_s:

@@ -12,8 +12,7 @@
 from __future__ import annotations
 
 import time
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from facestream import events
@@ -34,7 +33,6 @@ class TrackMemory:
     signature: tuple | None = None       # the facts the last description was written from
     description: str | None = None
     described_at_s: float | None = None
-    labels: Counter = field(default_factory=Counter)
     latest: EncoderOutput | None = None
 
 
@@ -48,7 +46,7 @@ class StreamState:
                                max_lost_s=settings.track_max_lost_s,
                                min_iou=settings.track_min_iou)
         self.windower = Windower(stream_id, window_s=settings.window_s)
-        self.memory: dict[str, TrackMemory] = {}
+        self.memory: dict[str, TrackMemory] = {}     # live tracks only
         self.frame_size = (0, 0)
         self.last_time_s = 0.0
         self.wall_origin = wall_origin     # source wall clock at media time 0, if known
@@ -150,9 +148,10 @@ class WindowAnalyzer:
                 memory.described_at_s = window.start_s
             elif self.describer is not None:
                 self.descriptions_reused += 1
-            memory.labels[out.expression_label] += 1
             memory.latest = out
             result.append(self._event(state, window, out, memory, reused=i not in fresh))
+            if window.final:
+                del state.memory[window.track_id]        # the track has ended
         return result
 
     def _event(self, state: StreamState, window: FaceWindow, out: EncoderOutput,

@@ -37,6 +37,7 @@ class FaceWindow:
     track_id: str
     samples: tuple[FaceSample, ...]
     frame_size: tuple[int, int]        # (width, height) of the source frames
+    final: bool = False                # the track ended with this window
 
     def __post_init__(self) -> None:
         if not self.samples:
@@ -94,7 +95,7 @@ class Windower:
         entry = self._open.pop(track.key, None)
         if entry is None or track.track_id is None:
             return []
-        return [self._make(track, entry[1], frame_size)]
+        return [self._make(track, entry[1], frame_size, final=True)]
 
     def discard_missing(self, alive: set[int]) -> None:
         """Forget tentative tracks the tracker dropped."""
@@ -103,7 +104,7 @@ class Windower:
             if track.track_id is None:
                 del self._open[key]
 
-    def _make(self, track: Track, samples: list[FaceSample],
-              frame_size: tuple[int, int]) -> FaceWindow:
+    def _make(self, track: Track, samples: list[FaceSample], frame_size: tuple[int, int], *,
+              final: bool = False) -> FaceWindow:
         assert track.track_id is not None
-        return FaceWindow(self._stream_id, track.track_id, tuple(samples), frame_size)
+        return FaceWindow(self._stream_id, track.track_id, tuple(samples), frame_size, final)
