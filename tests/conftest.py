@@ -65,12 +65,13 @@ def read_events(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def analyze_in_process(path: Path, models, tmp_path: Path, **overrides):
+def analyze_in_process(path: Path, models, tmp_path: Path, *, stream_id: str | None = None,
+                       **overrides):
     """facestream.workers.embedded.analyze with shared preloaded models."""
     from facestream.ingest.sources import parse_source
     from facestream.workers.embedded import analyze
 
     settings = Settings.load({"describe": models.analyzer.describer is not None, **overrides})
     spec = parse_source(str(path))
-    summary = analyze(spec, settings, out_dir=tmp_path, models=models)
+    summary = analyze(spec, settings, out_dir=tmp_path, models=models, stream_id=stream_id)
     return summary, read_events(summary.events_path)

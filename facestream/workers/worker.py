@@ -83,7 +83,7 @@ class Worker:
         self._stop = threading.Event()
         self._on_event = on_event
         self.report = WorkerReport()
-        self.consumer.subscribe([settings.video_topic], listener=_Rebalance(self))
+        self.consumer.subscribe([settings.video_topic], listener=_rebalance_listener(self))
 
     def _partitions_revoked(self, revoked) -> None:
         """Another worker takes these streams over from the last committed offsets: forget
@@ -240,15 +240,17 @@ class Worker:
         return self._dlq
 
 
-class _Rebalance:
-    def __init__(self, worker: Worker) -> None:
-        self._worker = worker
+def _rebalance_listener(worker: Worker):
+    from kafka import ConsumerRebalanceListener
 
-    def on_partitions_revoked(self, revoked) -> None:
-        self._worker._partitions_revoked(revoked)
+    class Listener(ConsumerRebalanceListener):
+        def on_partitions_revoked(self, revoked) -> None:
+            worker._partitions_revoked(revoked)
 
-    def on_partitions_assigned(self, assigned) -> None:
-        pass
+        def on_partitions_assigned(self, assigned) -> None:
+            pass
+
+    return Listener()
 
 
 def _make_consumer(settings: Settings):

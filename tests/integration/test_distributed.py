@@ -1,0 +1,167 @@
+"""Kafka in, Redis out, against the real broker and Redis server that the test command
+starts (`deploy/dev-services up`).  Each test has its own topics, group and Redis keys."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+import uuid
+
+import av
+import pytest
+
+from facestream import events
+from facestream.config import Settings
+from facestream.ingest.chunks import Chunk, EndOfStream, Packet, gop_chunks, pack
+from tests.conftest import analyze_in_process, run_cli
+
+pytestmark = pytest.mark.integration
+
+BOOTSTRAP = os.environ.get("FACESTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+REDIS_URL = os.environ.get("FACESTREAM_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def _reachable(hostport: str) -> bool:
+    host, port = hostport.rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module", autouse=True)
+def services():
+    redis_hostport = REDIS_URL.split("//", 1)[1].split("/", 1)[0]
+    missing = [name for name, hp in (("Kafka", BOOTSTRAP), ("Redis", redis_hostport))
+               if not _reachable(hp)]
+    if missing:
+        pytest.fail(f"{' and '.join(missing)} not reachable: start them with "
+                    "`deploy/dev-services up` (./dev test does)")
+
+
+@pytest.fixture
+def isolated():
+    """Settings with this test's own topics, group and Redis keys."""
+    tag = uuid.uuid4().hex[:8]
+    overrides = {"kafka_bootstrap": BOOTSTRAP, "redis_url": REDIS_URL,
+                 "video_topic": f"it-{tag}.video", "dlq_topic": f"it-{tag}.dlq",
+                 "consumer_group": f"it-{tag}", "events_stream": f"it:{tag}:events",
+                 "describe": False}
+    env = {f"FACESTREAM_{k.upper()}": str(v) for k, v in overrides.items()}
+    return Settings.load(overrides), env
+
+
+def _events_in_redis(settings, key=None):
+    import redis
+
+    client = redis.Redis.from_url(settings.redis_url)
+    entries = client.xrange(key or settings.events_stream)
+    return [json.loads(fields[b"event"]) for _, fields in entries]
+
+
+def _run_worker(settings, models, *, streams_to_end: int, timeout_s: float = 120):
+    from facestream.workers.worker import Worker
+
+    worker = Worker(settings, models=models)
+    deadline = time.monotonic() + timeout_s
+    report = worker.run(until=lambda w: w.report.streams_ended >= streams_to_end
+                        or time.monotonic() > deadline)
+    assert report.streams_ended >= streams_to_end, f"worker timed out: {report}"
+    return report
+
+
+def _comparable(event):
+    data = {k: v for k, v in event["data"].items() if k != "latency_ms"}
+    return event["id"], event["type"], json.dumps(data, sort_keys=True)
+
+
+def test_worker_events_equal_what_analyze_writes(isolated, models, sample, tmp_path):
+    settings, env = isolated
+    clips = {"camA": sample("single_face.mp4"), "camB": sample("noface_face.mov")}
+    for stream_id, path in clips.items():
+        proc = run_cli("ingest", str(path), "--stream-id", stream_id, env=env, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert f"{stream_id}: " in proc.stdout and " chunks (" in proc.stdout
+
+    report = _run_worker(settings, models, streams_to_end=2)
+    assert report.dead_letters == 0
+    got = _events_in_redis(settings)
+
+    expected = []
+    for stream_id, path in clips.items():
+        _, evs = analyze_in_process(path, models, tmp_path / stream_id, stream_id=stream_id)
+        expected += evs
+    assert expected and sorted(map(_comparable, got)) == sorted(map(_comparable, expected))
+    per_stream = _events_in_redis(settings, f"{settings.events_stream}:camB")
+    assert per_stream and {e["data"]["stream_id"] for e in per_stream} == {"camB"}
+    validator = events.validator()
+    assert all(validator.is_valid(e) for e in got)
+
+    # Everything acknowledged by Redis is committed: a new worker in the group has nothing to do.
+    from kafka import KafkaConsumer, TopicPartition
+
+    probe = KafkaConsumer(bootstrap_servers=BOOTSTRAP, group_id=settings.consumer_group,
+                          enable_auto_commit=False)
+    partitions = [TopicPartition(settings.video_topic, p)
+                  for p in probe.partitions_for_topic(settings.video_topic)]
+    ends = probe.end_offsets(partitions)
+    for tp in partitions:
+        assert (probe.committed(tp) or 0) == ends[tp], tp
+    probe.close()
+
+
+def test_bad_messages_go_to_the_dead_letter_topic_and_the_rest_goes_on(isolated, models, sample):
+    from kafka import KafkaConsumer, KafkaProducer
+
+    settings, env = isolated
+    producer = KafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all")
+    topic = settings.video_topic
+    with av.open(str(sample("WolfgangLanger_Pexels.mp4"))) as container:
+        good = list(gop_chunks(container, stream_id="good"))[:2]
+    broken = Chunk(**{**good[1].__dict__, "stream_id": "broken",
+                      "payload": pack([Packet(0, 0, 1, True, b"\x00" * 5000)])[:-100]})
+    producer.send(topic, key=b"noise", value=b"not video at all")                       # no headers
+    producer.send(topic, key=b"broken", value=broken.payload, headers=broken.headers())  # truncated
+    producer.send(topic, key=b"odd", value=b"x",
+                  headers=[(k, v) for k, v in good[0].headers() if k != "fs-time-base"])
+    for chunk in good:
+        producer.send(topic, key=b"good", value=chunk.payload, headers=chunk.headers())
+    producer.send(topic, key=b"good", value=b"", headers=EndOfStream("good", 1).headers())
+    producer.flush()
+    producer.close()
+
+    report = _run_worker(settings, models, streams_to_end=1)
+    assert report.dead_letters == 3
+    dlq = KafkaConsumer(settings.dlq_topic, bootstrap_servers=BOOTSTRAP,
+                        auto_offset_reset="earliest", consumer_timeout_ms=5000)
+    reasons = sorted(dict(m.headers)["fs-error"].decode() for m in dlq)
+    dlq.close()
+    assert len(reasons) == 3
+    assert any("missing headers" in r for r in reasons)
+    assert any("claims" in r or "does not decode" in r for r in reasons)
+    got = _events_in_redis(settings)
+    errors = [e for e in got if e["type"] == events.STREAM_ERROR]
+    assert sorted(e["data"]["stream_id"] for e in errors) == ["broken", "noise", "odd"]
+    good_analysis = [e for e in got if e["type"] == events.FACE_ANALYSIS]
+    assert len(good_analysis) >= 5 and {e["data"]["stream_id"] for e in good_analysis} == {"good"}
+
+
+def test_events_tail_prints_and_acknowledges(isolated, models, sample):
+    settings, env = isolated
+    proc = run_cli("ingest", str(sample("single_face.mp4")), "--stream-id", "lobby", env=env)
+    assert proc.returncode == 0, proc.stderr
+    _run_worker(settings, models, streams_to_end=1)
+    total = len(_events_in_redis(settings))
+    tail = run_cli("events", "tail", "--stream", "lobby", "--count", str(total), env=env,
+                   timeout=60)
+    assert tail.returncode == 0, tail.stderr
+    lines = tail.stdout.strip().splitlines()
+    assert len(lines) == total and all(" lobby " in line for line in lines)
+    assert any(" t1 " in line for line in lines)
+    with pytest.raises(subprocess.TimeoutExpired) as waited:      # nothing new: it waits
+        run_cli("events", "tail", "--stream", "lobby", "--count", "1", env=env, timeout=8)
+    assert not (waited.value.stdout or b"").strip(), "acknowledged events came back"
