@@ -95,6 +95,8 @@ class Settings:
         "Redis URL (rediss:// for TLS; user and password in the URL for ACLs)."))
     events_stream: str = field(default="facestream:events", metadata=_doc(
         "Redis stream of every event; facestream:events:{stream id} holds one stream's."))
+    checkpoint_prefix: str = field(default="facestream:checkpoint", metadata=_doc(
+        "Redis key prefix of the per-stream checkpoints workers resume streams from."))
     events_maxlen: int = field(default=100_000, metadata=_doc(
         "Approximate cap on each Redis events stream (XADD MAXLEN ~).", ge=100))
 

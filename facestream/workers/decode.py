@@ -252,63 +252,24 @@ class Decoder:
 
 
 class ChunkDecoder:
-    """Decodes one stream's chunks (see :mod:`facestream.ingest.chunks`) in order and picks
-    frames at the analysis rate, exactly as :class:`Decoder` does for a file: same decoder,
-    same packets, so the same frames at the same media times.
+    """Decodes one stream's chunks (see :mod:`facestream.ingest.chunks`) and picks frames at
+    the analysis rate, exactly as :class:`Decoder` does for a file: same decoder, same
+    packets, so the same frames at the same media times.
 
-    A gap in chunk numbers, a new codec or a new origin (a reconnected source) restarts the
-    decoder at that chunk, which begins at a keyframe.  Not thread-safe; one per stream.
+    Each chunk is decoded on its own and drained to the end (chunks start at keyframes), so
+    a chunk's frames are all out when :meth:`decode` returns and nothing is carried from one
+    chunk to the next but the sampler's position.  That is what lets a worker checkpoint a
+    stream between chunks and another worker resume it exactly.  Not thread-safe.
     """
 
     def __init__(self, stream_id: str, *, fps: float) -> None:
         self.stream_id = stream_id
         self.report = DecodeReport()
-        self._fps = fps
-        self._sampler = FrameSampler(fps)
-        self._ctx = None
-        self._key: tuple | None = None
-        self._next_seq: int | None = None
-        self._last_chunk = None
+        self.sampler = FrameSampler(fps)
 
     def decode(self, chunk) -> list[DecodedFrame]:
-        """Picked frames of ``chunk`` (may be empty: frames can be held back by the codec
-        until the next chunk).  Raises av.error.FFmpegError on undecodable data; the
-        decoder is reset and the next chunk starts clean."""
-        key = (chunk.codec, chunk.extradata, chunk.time_base, chunk.origin_pts)
-        out = []
-        if self._ctx is None or key != self._key or chunk.seq != self._next_seq:
-            if self._ctx is not None and self._last_chunk is not None:
-                out += self.flush(self._last_chunk)      # frames the old decoder held
-            self._open(chunk, key)
-        self._next_seq = chunk.seq + 1
-        self._last_chunk = chunk
-        try:
-            for p in chunk.packets():
-                packet = av.Packet(p.data)
-                packet.pts, packet.dts, packet.duration = p.pts, p.dts, p.duration
-                packet.time_base = chunk.time_base
-                for frame in self._ctx.decode(packet):
-                    out += self._pick(frame, chunk)
-        except av.error.FFmpegError:
-            self._ctx = None
-            raise
-        return out
-
-    def finish(self) -> list[DecodedFrame]:
-        """End of stream: the frames the codec still holds."""
-        return self.flush(self._last_chunk) if self._last_chunk is not None else []
-
-    def flush(self, chunk) -> list[DecodedFrame]:
-        """Frames the codec still holds, timed against ``chunk``; the decoder is closed."""
-        if self._ctx is None:
-            return []
-        out = []
-        for frame in self._ctx.decode(None):
-            out += self._pick(frame, chunk)
-        self._ctx = None
-        return out
-
-    def _open(self, chunk, key: tuple) -> None:
+        """Picked frames of ``chunk``, in presentation order (may be empty).  Raises
+        av.error.FFmpegError on undecodable data, InputError for an unknown codec."""
         try:
             ctx = av.CodecContext.create(chunk.codec, "r")
         except (av.error.FFmpegError, ValueError) as exc:
@@ -316,8 +277,16 @@ class ChunkDecoder:
                              f"({_reason(exc)})") from None
         if chunk.extradata:
             ctx.extradata = chunk.extradata
-        self._ctx = ctx
-        self._key = key
+        out: list[DecodedFrame] = []
+        for p in chunk.packets():
+            packet = av.Packet(p.data)
+            packet.pts, packet.dts, packet.duration = p.pts, p.dts, p.duration
+            packet.time_base = chunk.time_base
+            for frame in ctx.decode(packet):
+                out += self._pick(frame, chunk)
+        for frame in ctx.decode(None):
+            out += self._pick(frame, chunk)
+        return out
 
     def _pick(self, frame, chunk) -> list[DecodedFrame]:
         pts = frame.pts
@@ -326,7 +295,7 @@ class ChunkDecoder:
         t = float((pts - chunk.origin_pts) * chunk.time_base)
         self.report.decoded += 1
         self.report.last_time_s = t
-        if not self._sampler.take(t):
+        if not self.sampler.take(t):
             return []
         image = frame.to_ndarray(format="rgb24")
         self.report.picked += 1

@@ -59,6 +59,29 @@ class RedisSink:
             raise SinkUnavailable(f"Redis at {self._settings.redis_url}: {exc}") from None
         return len(events)
 
+    def checkpoints(self, saves: dict[str, tuple[bytes, int | None]]) -> None:
+        """Store checkpoints (key -> (blob, expiry in seconds or None)) in one transaction;
+        SinkUnavailable if Redis fails."""
+        import redis
+
+        if not saves:
+            return
+        pipe = self._redis.pipeline(transaction=True)
+        for key, (blob, ttl) in saves.items():
+            pipe.set(key, blob, ex=ttl)
+        try:
+            pipe.execute()
+        except redis.RedisError as exc:
+            raise SinkUnavailable(f"Redis at {self._settings.redis_url}: {exc}") from None
+
+    def load_checkpoint(self, key: str) -> bytes | None:
+        import redis
+
+        try:
+            return self._redis.get(key)
+        except redis.RedisError as exc:
+            raise SinkUnavailable(f"Redis at {self._settings.redis_url}: {exc}") from None
+
     def status(self, stream_id: str, **fields: Any) -> None:
         """Update ``facestream:stream:{id}``; best effort (status is advisory)."""
         import redis

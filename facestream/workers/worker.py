@@ -5,11 +5,19 @@ hence some streams, each decoded by its own :class:`ChunkDecoder` and tracked by
 :class:`StreamState`.  Every poll's closed windows, from all streams, go through the
 :class:`WindowAnalyzer` together (one encoder batch, one LLM batch).
 
-Delivery is at-least-once: an offset is committed only when every event derived from its
-chunk is in Redis — the chunk's frames are all in windows already written, and the decoder
-holds none of them back.  Messages that are not chunks, and chunks that do not decode, go to
-the dead-letter topic with the reason in header ``fs-error``, an error event is written, and
-the worker goes on with its other streams.
+Delivery is at-least-once, with the same event ids on redelivery:
+
+1. a poll's events are written to Redis (retried with backoff while Redis is down; nothing
+   is committed meanwhile);
+2. then each touched stream's state is checkpointed to Redis with the offset after its last
+   processed message (:mod:`facestream.workers.checkpoint`);
+3. then the offsets are committed to Kafka.
+
+A worker that crashes between 1 and 3 leaves events that its successor writes again, with
+the same ids, because the successor resumes from the checkpoint (or, without one, from the
+committed offset with fresh state).  Messages that are not chunks, and chunks that do not
+decode, go to the dead-letter topic with the reason in header ``fs-error``; an error event
+is written and the worker goes on with its other streams.
 """
 
 from __future__ import annotations
@@ -17,7 +25,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -28,22 +35,28 @@ from facestream.config import Settings
 from facestream.errors import InputError
 from facestream.ingest.chunks import ChunkError, EndOfStream, PartAssembler, parse_message
 from facestream.ingest.sources import stream_id_from
+from facestream.workers import checkpoint
 from facestream.workers.decode import ChunkDecoder
 from facestream.workers.pipeline import PROFILE, StreamState
 from facestream.workers.redis_sink import RedisSink, SinkUnavailable
 
 log = logging.getLogger(__name__)
 
+ENDED_CHECKPOINT_TTL_S = 7 * 24 * 3600
+
 
 @dataclass
 class _Stream:
-    """A stream this worker owns: its decoder, tracks and the offsets not yet safe."""
+    """A stream this worker owns.  Pickled whole into its checkpoint."""
 
     decoder: ChunkDecoder
     state: StreamState
-    partition: Any                                   # kafka TopicPartition
-    # (offset, media time of the chunk's last decoded frame or None), oldest first
-    chunks: deque = field(default_factory=deque)
+    next_offset: int = 0                 # after the last message of this stream processed
+    part_offset: int | None = None       # first part of a chunk still being reassembled
+
+    @property
+    def resume_offset(self) -> int:
+        return self.part_offset if self.part_offset is not None else self.next_offset
 
 
 @dataclass
@@ -54,6 +67,8 @@ class _Batch:
     before: list = field(default_factory=list)
     windows: list = field(default_factory=list)      # (StreamState, FaceWindow)
     after: list = field(default_factory=list)
+    touched: dict = field(default_factory=dict)      # stream id -> TopicPartition
+    ended: dict = field(default_factory=dict)        # stream id -> offset after its end
 
 
 @dataclass
@@ -64,13 +79,15 @@ class WorkerReport:
     events: int = 0
     dead_letters: int = 0
     streams_ended: int = 0
+    resumed: int = 0
+    skipped: int = 0                      # messages already covered by a checkpoint
 
 
 class Worker:
     """Blocking :meth:`run` loop; stop it with :meth:`stop` (from a signal or another thread)."""
 
     def __init__(self, settings: Settings, *, models=None, consumer=None, sink=None,
-                 dlq_producer=None, on_event: Callable[[dict], None] | None = None) -> None:
+                 dlq_producer=None) -> None:
         from facestream.workers.embedded import Models
 
         self.settings = settings
@@ -79,18 +96,12 @@ class Worker:
         self.sink = sink or RedisSink(settings)
         self._dlq = dlq_producer
         self._streams: dict[str, _Stream] = {}
+        self._owner: dict[str, Any] = {}          # stream id -> TopicPartition
+        self._consumed: dict[Any, int] = {}        # TopicPartition -> offset after the last processed
         self._assembler = PartAssembler()
         self._stop = threading.Event()
-        self._on_event = on_event
         self.report = WorkerReport()
         self.consumer.subscribe([settings.video_topic], listener=_rebalance_listener(self))
-
-    def _partitions_revoked(self, revoked) -> None:
-        """Another worker takes these streams over from the last committed offsets: forget
-        their state (the new owner rebuilds it from the next keyframe chunk)."""
-        revoked = set(revoked)
-        for stream_id in [s for s, st in self._streams.items() if st.partition in revoked]:
-            del self._streams[stream_id]
 
     def stop(self) -> None:
         self._stop.set()
@@ -99,28 +110,46 @@ class Worker:
         """Consume until :meth:`stop` is called or ``until(self)`` is true."""
         try:
             while not self._stop.is_set() and not (until and until(self)):
-                batch = self.consumer.poll(timeout_ms=500, max_records=64)
+                batch = self.consumer.poll(timeout_ms=500, max_records=32)
                 if batch:
                     self._process(batch)
         finally:
             self.consumer.close(autocommit=False)
         return self.report
 
+    def _partitions_revoked(self, revoked) -> None:
+        """Another worker takes these streams over from their checkpoints: forget them."""
+        revoked = set(revoked)
+        for tp in revoked:
+            self._consumed.pop(tp, None)
+        for stream_id in [s for s, tp in self._owner.items() if tp in revoked]:
+            self._streams.pop(stream_id, None)
+            del self._owner[stream_id]
+
     # -- one poll ------------------------------------------------------------------------
 
     def _process(self, batch: dict) -> None:
-        acc = _Batch()
-        for tp, records in batch.items():
-            for record in records:
-                self.report.messages += 1
-                self._record(tp, record, acc)
-        analysis = self.models.analyzer.analyze(acc.windows)
-        # Per track: started, then its windows, then ended (a track ends in the poll that
-        # closes its last window).
-        self._deliver(acc.before + analysis + acc.after)
-        self._commit()
+        """A poll's messages in rounds: one message from each partition per round, so every
+        round batches the models across streams and its events go out a chunk after its
+        video came in, not after the whole poll."""
+        queues = [(tp, list(records)) for tp, records in batch.items()]
+        for step in range(max(len(records) for _, records in queues)):
+            acc = _Batch()
+            for tp, records in queues:
+                if step < len(records):
+                    self.report.messages += 1
+                    self._record(tp, records[step], acc)
+            analysis = self.models.analyzer.analyze(acc.windows)
+            # Per track: started, then its windows, then ended (a track ends in the round
+            # that closes its last window).
+            self._deliver(acc.before + analysis + acc.after)
+            self._checkpoint(acc)
+            self._commit()
+            if self._stop.is_set():
+                return
 
-    def _record(self, tp, record, acc: "_Batch") -> None:
+    def _record(self, tp, record, acc: _Batch) -> None:
+        self._consumed[tp] = record.offset + 1
         key = (record.key or b"").decode(errors="replace")
         try:
             message = parse_message(record.headers, record.value)
@@ -128,13 +157,20 @@ class Worker:
             self._dead_letter(record, stream_id_from(key), f"not a chunk: {exc}", acc)
             return
         stream = self._stream(message.stream_id, tp)
+        if record.offset < stream.next_offset:
+            self.report.skipped += 1           # already in the checkpoint's state
+            return
+        stream.next_offset = record.offset + 1
+        acc.touched[message.stream_id] = tp
         if isinstance(message, EndOfStream):
             self._end(stream, acc)
             return
         chunk = self._assembler.add(message)
-        if chunk is None:
-            stream.chunks.append((record.offset, None))       # a part: wait for the rest
+        if chunk is None:                       # a part: wait for the rest
+            if stream.part_offset is None:
+                stream.part_offset = record.offset
             return
+        stream.part_offset = None
         try:
             frames = stream.decoder.decode(chunk)
         except (av.error.FFmpegError, ChunkError, InputError) as exc:
@@ -142,10 +178,6 @@ class Worker:
                               f"chunk {chunk.seq} does not decode: {exc}", acc)
             return
         self.report.chunks += 1
-        self._frames(stream, frames, acc)
-        stream.chunks.append((record.offset, frames[-1].time_s if frames else None))
-
-    def _frames(self, stream: "_Stream", frames, acc: "_Batch") -> None:
         for frame in frames:
             started, closed, ended = stream.state.observe(frame, self.models.faces(frame.image))
             acc.before += started
@@ -161,70 +193,97 @@ class Worker:
         while True:
             try:
                 self.report.events += self.sink.write(batch)
-                break
+                return
             except SinkUnavailable as exc:
                 delay = min(8.0, 0.25 * 2 ** attempt)
                 attempt += 1
                 log.warning("%s; retrying in %.1fs", exc, delay)
                 if self._stop.wait(delay):
                     raise
-        if self._on_event:
-            for event in batch:
-                self._on_event(event)
+
+    def _checkpoint(self, acc: _Batch) -> None:
+        saves: dict[str, tuple[bytes, int | None]] = {}
+        for stream_id in acc.touched:
+            stream = self._streams.get(stream_id)
+            if stream is not None:
+                blob = checkpoint.dumps(checkpoint.Checkpoint(
+                    checkpoint.VERSION, stream_id, stream.resume_offset, stream))
+                saves[self._checkpoint_key(stream_id)] = (blob, None)
+        for stream_id, offset in acc.ended.items():
+            # An ended stream keeps a marker for a while, so a worker that replays the
+            # messages before its end (after a crash) does not analyse them again.
+            blob = checkpoint.dumps(checkpoint.Checkpoint(checkpoint.VERSION, stream_id,
+                                                          offset, None))
+            saves[self._checkpoint_key(stream_id)] = (blob, ENDED_CHECKPOINT_TTL_S)
+        while True:
+            try:
+                self.sink.checkpoints(saves)
+                return
+            except SinkUnavailable as exc:
+                log.warning("%s; retrying the checkpoint", exc)
+                if self._stop.wait(1.0):
+                    raise
 
     def _commit(self) -> None:
-        """Commit, per partition, up to the oldest chunk whose events are not all written."""
+        """Commit each partition up to the messages processed, but not past what its
+        streams' checkpoints cover (a chunk still being reassembled from parts)."""
         from kafka import OffsetAndMetadata
 
-        safe: dict[Any, int] = {}
-        for stream in self._streams.values():
-            open_s = stream.state.windower.earliest_open_s()
-            # The newest chunk stays pending: the decoder may still hold some of its frames.
-            while len(stream.chunks) > 1:
-                offset, last = stream.chunks[0]
-                if last is not None and open_s is not None and last >= open_s:
-                    break
-                stream.chunks.popleft()
-            first_pending = stream.chunks[0][0] if stream.chunks else None
-            if first_pending is not None:
-                safe[stream.partition] = min(safe.get(stream.partition, first_pending), first_pending)
         positions = {}
         for tp in self.consumer.assignment():
-            position = self.consumer.position(tp)
-            positions[tp] = OffsetAndMetadata(safe.get(tp, position), "", -1)
+            if tp not in self._consumed:
+                continue
+            offset = self._consumed[tp]
+            for stream_id, owner in self._owner.items():
+                if owner == tp and stream_id in self._streams:
+                    offset = min(offset, self._streams[stream_id].resume_offset)
+            positions[tp] = OffsetAndMetadata(offset, "", -1)
         if positions:
             self.consumer.commit(positions)
 
     # -- streams ---------------------------------------------------------------------------
 
+    def _checkpoint_key(self, stream_id: str) -> str:
+        # Offsets belong to a topic: the same stream id on another topic is another stream.
+        return f"{self.settings.checkpoint_prefix}:{self.settings.video_topic}:{stream_id}"
+
     def _stream(self, stream_id: str, tp) -> _Stream:
         stream = self._streams.get(stream_id)
         if stream is None:
-            stream = _Stream(ChunkDecoder(stream_id, fps=self.settings.fps),
-                             StreamState(stream_id, self.settings), tp)
+            saved = self.sink.load_checkpoint(self._checkpoint_key(stream_id))
+            restored = checkpoint.loads(saved) if saved else None
+            if restored is not None and restored.stream is not None:
+                stream = restored.stream
+                self.report.resumed += 1
+            else:
+                stream = _Stream(ChunkDecoder(stream_id, fps=self.settings.fps),
+                                 StreamState(stream_id, self.settings))
+            if restored is not None:
+                stream.next_offset = restored.offset
+                stream.part_offset = None
             self._streams[stream_id] = stream
-            self.sink.status(stream_id, state="running", since=time.time())
+            self._owner[stream_id] = tp
+            self.sink.status(stream_id, state="running", worker=_worker_name())
         return stream
 
-    def _end(self, stream: "_Stream", acc: "_Batch") -> None:
-        """The publisher ended the stream: flush the decoder, close every track."""
-        self._frames(stream, stream.decoder.finish(), acc)
+    def _end(self, stream: _Stream, acc: _Batch) -> None:
+        """The publisher ended the stream: close every track."""
         closed, ended = stream.state.finish()
         acc.windows += [(stream.state, w) for w in closed]
         acc.after += ended
+        acc.ended[stream.state.stream_id] = stream.next_offset
         del self._streams[stream.state.stream_id]
+        del self._owner[stream.state.stream_id]
         self.report.streams_ended += 1
-        self.sink.status(stream.state.stream_id, state="ended", ended=time.time())
+        self.sink.status(stream.state.stream_id, state="ended")
 
-    def _dead_letter(self, record, stream_id: str, reason: str, acc: "_Batch") -> None:
+    def _dead_letter(self, record, stream_id: str, reason: str, acc: _Batch) -> None:
         self.report.dead_letters += 1
         producer = self._dlq_producer()
         headers = list(record.headers or []) + [("fs-error", reason.encode())]
         producer.send(self.settings.dlq_topic, key=record.key, value=record.value, headers=headers)
         producer.flush(timeout=30)
         stream = self._streams.get(stream_id)
-        if stream is not None:
-            stream.chunks.append((record.offset, None))
         self.sink.status(stream_id, last_error=reason)
         acc.before.append(events.stream_error(
             stream_id=stream_id, message=reason,
@@ -238,6 +297,13 @@ class Worker:
             self._dlq = KafkaProducer(**self.settings.kafka_client_options(), acks="all",
                                       max_request_size=self.settings.max_message_bytes + 65_536)
         return self._dlq
+
+
+def _worker_name() -> str:
+    import os
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _rebalance_listener(worker: Worker):

@@ -50,6 +50,7 @@ def isolated():
     overrides = {"kafka_bootstrap": BOOTSTRAP, "redis_url": REDIS_URL,
                  "video_topic": f"it-{tag}.video", "dlq_topic": f"it-{tag}.dlq",
                  "consumer_group": f"it-{tag}", "events_stream": f"it:{tag}:events",
+                 "checkpoint_prefix": f"it:{tag}:checkpoint",
                  "describe": False}
     env = {f"FACESTREAM_{k.upper()}": str(v) for k, v in overrides.items()}
     return Settings.load(overrides), env
@@ -165,3 +166,73 @@ def test_events_tail_prints_and_acknowledges(isolated, models, sample):
     with pytest.raises(subprocess.TimeoutExpired) as waited:      # nothing new: it waits
         run_cli("events", "tail", "--stream", "lobby", "--count", "1", env=env, timeout=8)
     assert not (waited.value.stdout or b"").strip(), "acknowledged events came back"
+
+
+def _status(settings, stream_id):
+    import redis
+
+    raw = redis.Redis.from_url(settings.redis_url).hgetall(f"facestream:stream:{stream_id}")
+    return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+def _wait(predicate, timeout_s, what):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def test_killed_worker_streams_move_with_no_window_lost_and_the_same_ids(isolated, models,
+                                                                           sample, tmp_path):
+    import sys
+
+    settings, env = isolated
+    clip = sample("WolfgangLanger_Pexels.mp4")
+    streams = [f"kill-{i}-{uuid.uuid4().hex[:4]}" for i in range(3)]
+    for stream_id in streams:
+        proc = run_cli("ingest", str(clip), "--stream-id", stream_id, env=env, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+
+    full_env = {**os.environ, **env}
+    workers = [subprocess.Popen([sys.executable, "-m", "facestream", "worker", "--no-describe"],
+                                env=full_env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL) for _ in range(2)]
+    try:
+        # Kill the owner of a stream once it has written some, but not all, of its windows.
+        def victim():
+            for stream_id in streams:
+                status = _status(settings, stream_id)
+                owner = status.get("worker", "")
+                mine = _events_in_redis(settings, f"{settings.events_stream}:{stream_id}")
+                if status.get("state") == "running" and len(mine) >= 4:
+                    return next((w for w in workers if owner.endswith(f":{w.pid}")), None)
+            return None
+
+        _wait(lambda: victim() is not None, 120, "a worker half-way through a stream")
+        killed = victim()
+        killed.kill()
+        killed.wait()
+        survivor = next(w for w in workers if w is not killed)
+        _wait(lambda: all(_status(settings, s).get("state") == "ended" for s in streams), 180,
+              "the surviving worker to finish every stream")
+        assert all(_status(settings, s)["worker"].endswith(f":{survivor.pid}") for s in streams
+                   if _status(settings, s).get("worker")), "streams did not move"
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.terminate()
+                w.wait(timeout=30)
+
+    expected = {}
+    for stream_id in streams:
+        _, evs = analyze_in_process(clip, models, tmp_path / stream_id, stream_id=stream_id)
+        expected.update({e["id"]: e for e in evs})
+    got = _events_in_redis(settings)
+    got_ids = {e["id"] for e in got}
+    analysis_expected = {i for i, e in expected.items() if e["type"] == events.FACE_ANALYSIS}
+    assert analysis_expected <= got_ids, f"{len(analysis_expected - got_ids)} windows lost"
+    assert got_ids <= set(expected), "an event was written under an id analyze does not give it"
+    for e in got:                                   # duplicates are the same event
+        assert _comparable(e) == _comparable(expected[e["id"]])
