@@ -22,6 +22,7 @@ is written and the worker goes on with its other streams.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -187,16 +188,17 @@ class Worker:
 
     def _deliver(self, batch: list[dict[str, Any]]) -> None:
         """Write to Redis; while it is down, retry with backoff (nothing is committed)."""
-        if not batch:
-            return
-        attempt = 0
-        while True:
+        if batch:
+            self.report.events += self._until_redis_answers(lambda: self.sink.write(batch))
+
+    def _until_redis_answers(self, call: Callable[[], Any]) -> Any:
+        """``call()``, retried with capped exponential backoff while Redis is unavailable.
+        Only a stop request ends the wait (re-raising the last error)."""
+        for attempt in itertools.count():
             try:
-                self.report.events += self.sink.write(batch)
-                return
+                return call()
             except SinkUnavailable as exc:
                 delay = min(8.0, 0.25 * 2 ** attempt)
-                attempt += 1
                 log.warning("%s; retrying in %.1fs", exc, delay)
                 if self._stop.wait(delay):
                     raise
@@ -215,14 +217,7 @@ class Worker:
             blob = checkpoint.dumps(checkpoint.Checkpoint(checkpoint.VERSION, stream_id,
                                                           offset, None))
             saves[self._checkpoint_key(stream_id)] = (blob, ENDED_CHECKPOINT_TTL_S)
-        while True:
-            try:
-                self.sink.checkpoints(saves)
-                return
-            except SinkUnavailable as exc:
-                log.warning("%s; retrying the checkpoint", exc)
-                if self._stop.wait(1.0):
-                    raise
+        self._until_redis_answers(lambda: self.sink.checkpoints(saves))
 
     def _commit(self) -> None:
         """Commit each partition up to the messages processed, but not past what its
@@ -250,7 +245,8 @@ class Worker:
     def _stream(self, stream_id: str, tp) -> _Stream:
         stream = self._streams.get(stream_id)
         if stream is None:
-            saved = self.sink.load_checkpoint(self._checkpoint_key(stream_id))
+            key = self._checkpoint_key(stream_id)
+            saved = self._until_redis_answers(lambda: self.sink.load_checkpoint(key))
             restored = checkpoint.loads(saved) if saved else None
             if restored is not None and restored.stream is not None:
                 stream = restored.stream

@@ -236,3 +236,48 @@ def test_killed_worker_streams_move_with_no_window_lost_and_the_same_ids(isolate
     assert got_ids <= set(expected), "an event was written under an id analyze does not give it"
     for e in got:                                   # duplicates are the same event
         assert _comparable(e) == _comparable(expected[e["id"]])
+
+
+def _services(*args):
+    proc = subprocess.run(["deploy/dev-services", *args], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_redis_outage_delays_events_but_loses_none(isolated, models, sample, tmp_path):
+    import sys
+
+    settings, env = isolated
+    stream_id = f"outage-{uuid.uuid4().hex[:4]}"
+    clip = sample("WolfgangLanger_Pexels.mp4")
+    full_env = {**os.environ, **env}
+    publisher = subprocess.Popen([sys.executable, "-m", "facestream", "ingest", str(clip),
+                                  "--stream-id", stream_id, "--realtime"], env=full_env,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    worker = subprocess.Popen([sys.executable, "-m", "facestream", "worker", "--no-describe"],
+                              env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True)
+    key = f"{settings.events_stream}:{stream_id}"
+    try:
+        _wait(lambda: len(_events_in_redis(settings, key)) >= 2, 90, "the first events")
+        _services("stop-redis")
+        time.sleep(20)
+        assert worker.poll() is None, "the worker must wait for Redis, not die"
+        _services("start-redis")
+        assert publisher.wait(timeout=60) == 0, publisher.stderr.read()
+        _wait(lambda: _status(settings, stream_id).get("state") == "ended", 120,
+              "the worker to finish the stream after Redis came back")
+    finally:
+        _services("start-redis")
+        for proc in (publisher, worker):
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=30)
+    assert "retrying" in worker.stderr.read()
+
+    _, expected_events = analyze_in_process(clip, models, tmp_path, stream_id=stream_id)
+    expected = {e["id"]: e for e in expected_events}
+    got = _events_in_redis(settings, key)
+    assert {e["id"] for e in got} == set(expected), "events lost or invented across the outage"
+    for e in got:
+        assert _comparable(e) == _comparable(expected[e["id"]])
