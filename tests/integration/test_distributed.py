@@ -281,3 +281,33 @@ def test_redis_outage_delays_events_but_loses_none(isolated, models, sample, tmp
     assert {e["id"] for e in got} == set(expected), "events lost or invented across the outage"
     for e in got:
         assert _comparable(e) == _comparable(expected[e["id"]])
+
+
+def test_broker_restart_is_ridden_out_by_publisher_and_worker(isolated, models, sample, tmp_path):
+    import sys
+
+    settings, env = isolated
+    stream_id = f"restart-{uuid.uuid4().hex[:4]}"
+    clip = sample("WolfgangLanger_Pexels.mp4")
+    full_env = {**os.environ, **env}
+    publisher = subprocess.Popen([sys.executable, "-m", "facestream", "ingest", str(clip),
+                                  "--stream-id", stream_id, "--realtime"], env=full_env,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    worker = subprocess.Popen([sys.executable, "-m", "facestream", "worker", "--no-describe"],
+                              env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    key = f"{settings.events_stream}:{stream_id}"
+    try:
+        _wait(lambda: len(_events_in_redis(settings, key)) >= 2, 90, "the first events")
+        _services("restart-kafka")
+        assert publisher.wait(timeout=90) == 0, publisher.stderr.read()
+        _wait(lambda: _status(settings, stream_id).get("state") == "ended", 120,
+              "the worker to finish the stream after the broker came back")
+    finally:
+        for proc in (publisher, worker):
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=30)
+    _, expected_events = analyze_in_process(clip, models, tmp_path, stream_id=stream_id)
+    expected = {e["id"]: e for e in expected_events}
+    got = _events_in_redis(settings, key)
+    assert {e["id"] for e in got} == set(expected), "events lost or invented across the restart"
