@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from facestream import __version__
-from facestream.errors import FacestreamError
+from facestream.errors import ConfigError, FacestreamError
 from facestream.runtime import tune_allocator
 
 
@@ -84,8 +84,11 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--threads", type=int, help="CPU threads for the nets (0 = library default)")
 
     i = sub.add_parser("ingest", help="publish a source to Kafka as keyframe-aligned chunks")
-    i.add_argument("source", help="video file, rtsp:// or http(s):// URL, webcam:N or sample:NAME")
-    i.add_argument("--stream-id", required=True, help="the stream's id (Kafka key)")
+    i.add_argument("source", nargs="?",
+                   help="video file, rtsp:// or http(s):// URL, webcam:N or sample:NAME")
+    i.add_argument("--stream-id", help="the stream's id (Kafka key)")
+    i.add_argument("--from-registry", action="store_true",
+                   help="publish every stream in the registry, following adds and removes")
     i.add_argument("--realtime", action="store_true",
                    help="pace a file at its own speed (default: as fast as possible)")
 
@@ -93,6 +96,17 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--no-describe", dest="describe", action="store_false", default=None,
                    help="skip the LLM descriptions")
     w.add_argument("--fps", type=float, help="analysis rate (default 10)")
+
+    r = sub.add_parser("streams", help="the stream registry (compacted Kafka topic)")
+    rsub = r.add_subparsers(dest="streams_command", required=True)
+    add = rsub.add_parser("add", help="register or update a stream")
+    add.add_argument("stream_id")
+    add.add_argument("source", help="rtsp://, http(s):// ... URL of the camera")
+    add.add_argument("--fps", type=float, default=10.0, help="analysis rate (default 10)")
+    add.add_argument("--profile", default="compact", help="analysis profile (default compact)")
+    remove = rsub.add_parser("remove", help="unregister a stream (its publisher stops)")
+    remove.add_argument("stream_id")
+    rsub.add_parser("list", help="the registered streams")
 
     e = sub.add_parser("events", help="read the events in Redis")
     esub = e.add_subparsers(dest="events_command", required=True)
@@ -127,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
             return _worker(args)
         if args.command == "events":
             return _events(args)
+        if args.command == "streams":
+            return _streams(args)
         return 2
     except FacestreamError as exc:
         print(f"facestream: error: {exc}", file=sys.stderr)
@@ -240,6 +256,10 @@ def _ingest(args: argparse.Namespace) -> int:
     from facestream.ingest.sources import parse_source, stream_id_from
 
     settings = Settings.load()
+    if args.from_registry:
+        return _ingest_registry(settings)
+    if not args.source or not args.stream_id:
+        raise ConfigError("ingest needs SOURCE and --stream-id, or --from-registry")
     spec = parse_source(_resolve_source(args.source, settings))
     stream_id = stream_id_from(args.stream_id)
     report = ingest(spec, settings, stream_id=stream_id, realtime=args.realtime,
@@ -274,3 +294,40 @@ def _events(args: argparse.Namespace) -> int:
     settings = Settings.load()
     return tail(settings, stream_id=args.stream, group=args.group, as_json=args.json,
                 count=args.count)
+
+
+def _ingest_registry(settings) -> int:
+    import signal
+
+    from facestream.ingest.registry import RegistryPublisher
+
+    runner = RegistryPublisher(settings, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    signal.signal(signal.SIGTERM, lambda *_: runner.stop())
+    print(f"publishing the streams registered in {settings.registry_topic}", file=sys.stderr)
+    runner.run()
+    return 0
+
+
+def _streams(args: argparse.Namespace) -> int:
+    from facestream.config import Settings
+    from facestream.ingest.registry import Registry, SpecError, StreamSpec, validate
+
+    settings = Settings.load()
+    registry = Registry(settings)
+    if args.streams_command == "add":
+        spec = StreamSpec(args.stream_id, args.source, args.fps, args.profile)
+        validate(spec, settings)
+        registry.put(spec, stream_id=spec.stream_id)
+        print(f"{spec.stream_id}: registered {spec.source} at {spec.fps:g} fps ({spec.profile})")
+    elif args.streams_command == "remove":
+        registry.put(None, stream_id=args.stream_id)
+        print(f"{args.stream_id}: removed")
+    else:
+        for stream_id, value in sorted(registry.current().items()):
+            try:
+                spec = StreamSpec.from_json(stream_id, value)
+                validate(spec, settings)
+                print(f"{stream_id}\t{spec.source}\t{spec.fps:g} fps\t{spec.profile}")
+            except SpecError as exc:
+                print(f"{stream_id}\tINVALID: {exc}")
+    return 0

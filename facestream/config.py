@@ -95,6 +95,19 @@ class Settings:
         "Redis URL (rediss:// for TLS; user and password in the URL for ACLs)."))
     events_stream: str = field(default="facestream:events", metadata=_doc(
         "Redis stream of every event; facestream:events:{stream id} holds one stream's."))
+    registry_topic: str = field(default="facestream.streams", metadata=_doc(
+        "Compacted topic of stream specs, keyed by stream id."))
+    registry_schemes: str = field(default="rtsp,rtsps,http,https,rtmp,srt", metadata=_doc(
+        "URL schemes a registry source may use, comma-separated."))
+    registry_hosts: str = field(default="", metadata=_doc(
+        "If set, the only hosts a registry source may name, comma-separated."))
+    registry_allow_files: bool = field(default=False, metadata=_doc(
+        "Let registry sources be local files (off: the control topic cannot read files)."))
+    registry_allow_private: bool = field(default=False, metadata=_doc(
+        "Let registry sources be private, loopback or link-local addresses."))
+    metrics_port: int = field(default=9400, metadata=_doc(
+        "Port of the worker's /metrics, /healthz and /readyz endpoints; 0 turns them off.",
+        ge=0, le=65535))
     checkpoint_prefix: str = field(default="facestream:checkpoint", metadata=_doc(
         "Redis key prefix of the per-stream checkpoints workers resume streams from."))
     events_maxlen: int = field(default=100_000, metadata=_doc(

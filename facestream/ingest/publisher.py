@@ -11,6 +11,7 @@ live sources are paced by the camera and reconnected with backoff when they drop
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator
@@ -91,8 +92,10 @@ class ChunkPublisher:
 
 def ingest(spec: SourceSpec, settings: Settings, *, stream_id: str, realtime: bool = False,
            publisher: ChunkPublisher | None = None,
-           on_error: Callable[[str], None] | None = None) -> IngestReport:
-    """Publish ``spec`` to the video topic until it ends (files) or gives up (live).
+           on_error: Callable[[str], None] | None = None,
+           stop: threading.Event | None = None) -> IngestReport:
+    """Publish ``spec`` to the video topic until it ends (files), gives up (live) or
+    ``stop`` is set; then tells the workers the stream is over.
 
     Blocking.  Raises InputError if the source cannot be used, SourceDropped when a live
     source stays down after the bounded reconnects, BrokerError when Kafka fails.
@@ -104,10 +107,15 @@ def ingest(spec: SourceSpec, settings: Settings, *, stream_id: str, realtime: bo
     last_seq = -1
     try:
         for chunk in _source_chunks(spec, settings, stream_id, report, on_error):
+            if stop is not None and stop.is_set():
+                break
             last_seq = chunk.seq
             media_s = float((chunk.first_pts - chunk.origin_pts) * chunk.time_base)
             if realtime and (ahead := media_s - (time.monotonic() - started)) > 0:
-                time.sleep(ahead)
+                if stop is not None:
+                    stop.wait(ahead)
+                else:
+                    time.sleep(ahead)
             report.messages += publisher.publish(chunk)
             report.chunks += 1
             report.bytes += len(chunk.payload)

@@ -97,6 +97,11 @@ class Windower:
             return []
         return [self._make(track, entry[1], frame_size, final=True)]
 
+    @property
+    def open_count(self) -> int:
+        """Tracks with samples waiting for their window to close."""
+        return len(self._open)
+
     def earliest_open_s(self) -> float | None:
         """Media time of the oldest sample not yet in a closed window (None: nothing open).
         Everything before it has been handed on; the worker commits up to there."""

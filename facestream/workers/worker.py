@@ -38,6 +38,7 @@ from facestream.ingest.chunks import ChunkError, EndOfStream, PartAssembler, par
 from facestream.ingest.sources import stream_id_from
 from facestream.workers import checkpoint
 from facestream.workers.decode import ChunkDecoder
+from facestream.workers.metrics import WorkerMetrics, serve
 from facestream.workers.pipeline import PROFILE, StreamState
 from facestream.workers.redis_sink import RedisSink, SinkUnavailable
 
@@ -102,21 +103,45 @@ class Worker:
         self._assembler = PartAssembler()
         self._stop = threading.Event()
         self.report = WorkerReport()
+        self.metrics = WorkerMetrics()
+        self._lag_checked = 0.0
         self.consumer.subscribe([settings.video_topic], listener=_rebalance_listener(self))
 
     def stop(self) -> None:
         self._stop.set()
 
     def run(self, *, until: Callable[["Worker"], bool] | None = None) -> WorkerReport:
-        """Consume until :meth:`stop` is called or ``until(self)`` is true."""
+        """Consume until :meth:`stop` is called or ``until(self)`` is true.  On stop, the
+        round in progress is finished, delivered and committed, then the group is left."""
+        server = serve(self.metrics, self.settings.metrics_port) if self.settings.metrics_port else None
         try:
             while not self._stop.is_set() and not (until and until(self)):
                 batch = self.consumer.poll(timeout_ms=500, max_records=32)
+                self.metrics.ready = True           # joined the group
                 if batch:
                     self._process(batch)
+                self._observe_lag()
         finally:
             self.consumer.close(autocommit=False)
+            if server is not None:
+                server.shutdown()
+                server.server_close()
         return self.report
+
+    def _observe_lag(self, every_s: float = 5.0) -> None:
+        now = time.monotonic()
+        if now - self._lag_checked < every_s:
+            return
+        self._lag_checked = now
+        assignment = list(self.consumer.assignment())
+        if assignment:
+            ends = self.consumer.end_offsets(assignment)
+            for tp in assignment:
+                self.metrics.lag.labels(f"{tp.topic}/{tp.partition}").set(
+                    max(0, ends[tp] - self.consumer.position(tp)))
+        self.metrics.streams.set(len(self._streams))
+        self.metrics.open_windows.set(sum(s.state.windower.open_count
+                                          for s in self._streams.values()))
 
     def _partitions_revoked(self, revoked) -> None:
         """Another worker takes these streams over from their checkpoints: forget them."""
@@ -139,8 +164,13 @@ class Worker:
             for tp, records in queues:
                 if step < len(records):
                     self.report.messages += 1
+                    self.metrics.messages.inc()
                     self._record(tp, records[step], acc)
-            analysis = self.models.analyzer.analyze(acc.windows)
+            self.metrics.windows.inc(len(acc.windows))
+            if acc.windows:
+                self.metrics.batch_windows.observe(len(acc.windows))
+            with self.metrics.stage_seconds.labels("analyze").time():
+                analysis = self.models.analyzer.analyze(acc.windows)
             # Per track: started, then its windows, then ended (a track ends in the round
             # that closes its last window).
             self._deliver(acc.before + analysis + acc.after)
@@ -173,14 +203,20 @@ class Worker:
             return
         stream.part_offset = None
         try:
-            frames = stream.decoder.decode(chunk)
+            with self.metrics.stage_seconds.labels("decode").time():
+                frames = stream.decoder.decode(chunk)
         except (av.error.FFmpegError, ChunkError, InputError) as exc:
             self._dead_letter(record, chunk.stream_id,
                               f"chunk {chunk.seq} does not decode: {exc}", acc)
             return
         self.report.chunks += 1
+        self.metrics.chunks.inc()
         for frame in frames:
-            started, closed, ended = stream.state.observe(frame, self.models.faces(frame.image))
+            with self.metrics.stage_seconds.labels("faces").time():
+                faces = self.models.faces(frame.image)
+            self.metrics.frames.inc()
+            self.metrics.faces.inc(len(faces))
+            started, closed, ended = stream.state.observe(frame, faces)
             acc.before += started
             acc.windows += [(stream.state, w) for w in closed]
             acc.after += ended
@@ -188,16 +224,24 @@ class Worker:
 
     def _deliver(self, batch: list[dict[str, Any]]) -> None:
         """Write to Redis; while it is down, retry with backoff (nothing is committed)."""
-        if batch:
+        if not batch:
+            return
+        with self.metrics.stage_seconds.labels("redis").time():
             self.report.events += self._until_redis_answers(lambda: self.sink.write(batch))
+        for event in batch:
+            self.metrics.events.labels(event["type"]).inc()
 
     def _until_redis_answers(self, call: Callable[[], Any]) -> Any:
         """``call()``, retried with capped exponential backoff while Redis is unavailable.
         Only a stop request ends the wait (re-raising the last error)."""
         for attempt in itertools.count():
             try:
-                return call()
+                result = call()
+                self.metrics.redis_ok = True
+                return result
             except SinkUnavailable as exc:
+                self.metrics.redis_ok = False
+                self.metrics.redis_retries.inc()
                 delay = min(8.0, 0.25 * 2 ** attempt)
                 log.warning("%s; retrying in %.1fs", exc, delay)
                 if self._stop.wait(delay):
@@ -275,6 +319,7 @@ class Worker:
 
     def _dead_letter(self, record, stream_id: str, reason: str, acc: _Batch) -> None:
         self.report.dead_letters += 1
+        self.metrics.dead_letters.inc()
         producer = self._dlq_producer()
         headers = list(record.headers or []) + [("fs-error", reason.encode())]
         producer.send(self.settings.dlq_topic, key=record.key, value=record.value, headers=headers)

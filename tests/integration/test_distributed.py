@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import subprocess
+import threading
 import time
 import uuid
 
@@ -50,7 +51,7 @@ def isolated():
     overrides = {"kafka_bootstrap": BOOTSTRAP, "redis_url": REDIS_URL,
                  "video_topic": f"it-{tag}.video", "dlq_topic": f"it-{tag}.dlq",
                  "consumer_group": f"it-{tag}", "events_stream": f"it:{tag}:events",
-                 "checkpoint_prefix": f"it:{tag}:checkpoint",
+                 "checkpoint_prefix": f"it:{tag}:checkpoint", "metrics_port": 0,
                  "describe": False}
     env = {f"FACESTREAM_{k.upper()}": str(v) for k, v in overrides.items()}
     return Settings.load(overrides), env
@@ -238,6 +239,32 @@ def test_killed_worker_streams_move_with_no_window_lost_and_the_same_ids(isolate
         assert _comparable(e) == _comparable(expected[e["id"]])
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _http(port: int, path: str) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as reply:
+            return reply.status, reply.read().decode().strip()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode().strip()
+    except OSError:
+        return 0, ""
+
+
+def _metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
 def _services(*args):
     proc = subprocess.run(["deploy/dev-services", *args], capture_output=True, text=True,
                           timeout=120)
@@ -254,19 +281,28 @@ def test_redis_outage_delays_events_but_loses_none(isolated, models, sample, tmp
     publisher = subprocess.Popen([sys.executable, "-m", "facestream", "ingest", str(clip),
                                   "--stream-id", stream_id, "--realtime"], env=full_env,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    port = _free_port()
     worker = subprocess.Popen([sys.executable, "-m", "facestream", "worker", "--no-describe"],
-                              env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              text=True)
+                              env={**full_env, "FACESTREAM_METRICS_PORT": str(port)},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     key = f"{settings.events_stream}:{stream_id}"
     try:
         _wait(lambda: len(_events_in_redis(settings, key)) >= 2, 90, "the first events")
+        assert _http(port, "/readyz") == (200, "ready")
         _services("stop-redis")
-        time.sleep(20)
+        _wait(lambda: _http(port, "/readyz")[0] == 503, 20, "/readyz to report Redis down")
+        time.sleep(15)
         assert worker.poll() is None, "the worker must wait for Redis, not die"
+        assert _http(port, "/healthz") == (200, "ok")
         _services("start-redis")
+        _wait(lambda: _http(port, "/readyz")[0] == 200, 30, "/readyz to recover")
         assert publisher.wait(timeout=60) == 0, publisher.stderr.read()
         _wait(lambda: _status(settings, stream_id).get("state") == "ended", 120,
               "the worker to finish the stream after Redis came back")
+        metrics = _http(port, "/metrics")[1]
+        assert _metric(metrics, "facestream_redis_retries_total") >= 1
+        assert _metric(metrics, "facestream_frames_total") >= 190
+        assert _metric(metrics, 'facestream_events_total{type="facestream.face.analysis"}') >= 19
     finally:
         _services("start-redis")
         for proc in (publisher, worker):
@@ -311,3 +347,68 @@ def test_broker_restart_is_ridden_out_by_publisher_and_worker(isolated, models, 
     expected = {e["id"]: e for e in expected_events}
     got = _events_in_redis(settings, key)
     assert {e["id"] for e in got} == set(expected), "events lost or invented across the restart"
+
+
+def test_registry_drives_the_publishers(isolated, models, sample):
+    import sys
+
+    from kafka import KafkaConsumer, KafkaProducer
+
+    settings, env = isolated
+    tag = uuid.uuid4().hex[:6]
+    env = {**env, "FACESTREAM_REGISTRY_TOPIC": f"it-{tag}.streams",
+           "FACESTREAM_REGISTRY_ALLOW_FILES": "1"}
+    settings = Settings.load({**{k: getattr(settings, k) for k in (
+        "kafka_bootstrap", "redis_url", "video_topic", "dlq_topic", "consumer_group",
+        "events_stream", "checkpoint_prefix", "metrics_port", "describe")},
+        "registry_topic": f"it-{tag}.streams", "registry_allow_files": True})
+    short, long = f"reg-short-{tag}", f"reg-long-{tag}"
+
+    refused = run_cli("streams", "add", "intruder", "file:///etc/passwd",
+                      env={**env, "FACESTREAM_REGISTRY_ALLOW_FILES": "0"})
+    assert refused.returncode == 2 and "local files are not allowed" in refused.stderr
+    for stream_id, clip in ((short, "single_face.mp4"), (long, "WolfgangLanger_Pexels.mp4")):
+        added = run_cli("streams", "add", stream_id, str(sample(clip)), "--fps", "5", env=env)
+        assert added.returncode == 0, added.stderr
+    raw = KafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all")
+    raw.send(settings.registry_topic, key=b"garbage", value=b'{"source": 42}')
+    raw.flush()
+    raw.close()
+    listing = run_cli("streams", "list", env=env)
+    assert listing.returncode == 0, listing.stderr
+    assert short in listing.stdout and long in listing.stdout
+    assert "garbage\tINVALID" in listing.stdout and "intruder" not in listing.stdout
+
+    publisher = subprocess.Popen([sys.executable, "-m", "facestream", "ingest", "--from-registry"],
+                                 env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE, text=True)
+    from facestream.workers.worker import Worker
+
+    worker = Worker(settings, models=models)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        _wait(lambda: _status(settings, short).get("state") == "ended", 90,
+              "the short registered stream to be published and analysed")
+        _wait(lambda: _status(settings, long).get("state") == "running", 30, "the long one")
+        removed = run_cli("streams", "remove", long, env=env)
+        assert removed.returncode == 0, removed.stderr
+        started = time.monotonic()
+        _wait(lambda: _status(settings, long).get("state") == "ended", 30,
+              "the removed stream to be ended by its publisher")
+        assert time.monotonic() - started < 15, "removal must stop the publisher, not the clip"
+    finally:
+        worker.stop()
+        thread.join(timeout=60)
+        publisher.terminate()
+        _, log = publisher.communicate(timeout=60)
+    assert f"{long}: stopped (removed from the registry)" in log
+    assert "rejected registry entry" in log and "'source' must be a string" in log
+    dlq = KafkaConsumer(settings.dlq_topic, bootstrap_servers=BOOTSTRAP,
+                        auto_offset_reset="earliest", consumer_timeout_ms=5000)
+    reasons = [dict(m.headers)["fs-error"].decode() for m in dlq]
+    dlq.close()
+    assert any("'source' must be a string" in r for r in reasons)
+    analysed = {e["data"]["stream_id"] for e in _events_in_redis(settings)
+                if e["type"] == events.FACE_ANALYSIS}
+    assert analysed == {short, long}

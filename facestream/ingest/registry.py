@@ -1,0 +1,271 @@
+"""The stream registry: which streams exist, from where, at what rate — the compacted topic
+``facestream.streams`` (key: stream id; value: the spec as JSON; a tombstone removes it).
+
+Specs are validated where they are written (``facestream streams add``) and again where they
+are read (``facestream ingest --from-registry``): an invalid one read from the topic goes to
+the dead-letter topic with the reason and is never applied.  Sources pass an allow-list, so
+the control topic cannot make publishers read local files or probe internal hosts: only the
+configured URL schemes, only public addresses, and ``file://`` not at all — unless the
+operator enables them (``registry_allow_files``, ``registry_allow_private``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import socket
+import threading
+from dataclasses import asdict, dataclass
+from typing import Iterator
+from urllib.parse import urlparse
+
+from facestream.config import Settings
+from facestream.errors import FacestreamError, InputError
+from facestream.ingest.sources import SourceSpec, parse_source, stream_id_from
+
+PROFILES = ("compact", "facellava")
+
+
+class SpecError(FacestreamError):
+    """A stream spec that must not be applied; the message says which field and why."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    stream_id: str
+    source: str
+    fps: float = 10.0
+    profile: str = "compact"
+
+    def to_json(self) -> bytes:
+        return json.dumps({k: v for k, v in asdict(self).items() if k != "stream_id"},
+                          separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, stream_id: str, value: bytes) -> "StreamSpec":
+        try:
+            raw = json.loads(value)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise SpecError(f"stream {stream_id}: spec is not JSON ({exc})") from None
+        if not isinstance(raw, dict):
+            raise SpecError(f"stream {stream_id}: spec must be a JSON object")
+        unknown = set(raw) - {"source", "fps", "profile"}
+        if unknown:
+            raise SpecError(f"stream {stream_id}: unknown fields {sorted(unknown)}")
+        if not isinstance(raw.get("source"), str):
+            raise SpecError(f"stream {stream_id}: 'source' must be a string")
+        fps = raw.get("fps", 10.0)
+        if not isinstance(fps, (int, float)) or isinstance(fps, bool):
+            raise SpecError(f"stream {stream_id}: 'fps' must be a number")
+        return cls(stream_id, raw["source"], float(fps), raw.get("profile", "compact"))
+
+
+def validate(spec: StreamSpec, settings: Settings) -> SourceSpec:
+    """The parsed source if ``spec`` may be applied; SpecError saying why not otherwise."""
+    if stream_id_from(spec.stream_id) != spec.stream_id:
+        raise SpecError(f"stream id {spec.stream_id!r}: use letters, digits, '.', '_' and '-'")
+    if not 0.1 <= spec.fps <= 120:
+        raise SpecError(f"stream {spec.stream_id}: fps {spec.fps} is outside 0.1..120")
+    if spec.profile not in PROFILES:
+        raise SpecError(f"stream {spec.stream_id}: profile {spec.profile!r} is not one of "
+                        f"{', '.join(PROFILES)}")
+    url = urlparse(spec.source)
+    scheme = url.scheme.lower()
+    if scheme in ("", "file"):
+        if not settings.registry_allow_files:
+            raise SpecError(f"stream {spec.stream_id}: local files are not allowed as registry "
+                            "sources (enable registry_allow_files on the publishers)")
+    else:
+        allowed = {s.strip() for s in settings.registry_schemes.split(",") if s.strip()}
+        if scheme not in allowed:
+            raise SpecError(f"stream {spec.stream_id}: scheme {scheme!r} is not allowed "
+                            f"(registry_schemes: {', '.join(sorted(allowed))})")
+        hosts = {h.strip().lower() for h in settings.registry_hosts.split(",") if h.strip()}
+        host = (url.hostname or "").lower()
+        if hosts and host not in hosts:
+            raise SpecError(f"stream {spec.stream_id}: host {host!r} is not in registry_hosts")
+        if not settings.registry_allow_private and _private(host):
+            raise SpecError(f"stream {spec.stream_id}: {host!r} is a private, loopback or "
+                            "link-local address (enable registry_allow_private to use it)")
+    try:
+        return parse_source(spec.source)
+    except InputError as exc:
+        raise SpecError(f"stream {spec.stream_id}: {exc}") from None
+
+
+def _private(host: str) -> bool:
+    """True if ``host`` is, or resolves to, a non-public address."""
+    if not host:
+        return True
+    try:
+        addresses = {ipaddress.ip_address(host)}
+    except ValueError:
+        try:
+            addresses = {ipaddress.ip_address(info[4][0])
+                         for info in socket.getaddrinfo(host, None)}
+        except (socket.gaierror, UnicodeError):
+            return False       # unresolvable here: the publisher will fail to open it
+    return any(not a.is_global for a in addresses)
+
+
+class Registry:
+    """Reads and writes the registry topic.  Blocking."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def ensure_topic(self) -> None:
+        from kafka.admin import KafkaAdminClient, NewTopic
+        from kafka.errors import TopicAlreadyExistsError
+
+        admin = KafkaAdminClient(**self.settings.kafka_client_options())
+        try:
+            admin.create_topics([NewTopic(self.settings.registry_topic, num_partitions=1,
+                                          replication_factor=1,
+                                          topic_configs={"cleanup.policy": "compact"})])
+        except TopicAlreadyExistsError:
+            pass
+        finally:
+            admin.close()
+
+    def put(self, spec: StreamSpec | None, *, stream_id: str) -> None:
+        """Add or replace a stream (``spec``), or remove it (``None``: a tombstone)."""
+        from kafka import KafkaProducer
+
+        self.ensure_topic()
+        producer = KafkaProducer(**self.settings.kafka_client_options(), acks="all")
+        producer.send(self.settings.registry_topic, key=stream_id.encode(),
+                      value=None if spec is None else spec.to_json())
+        producer.flush(timeout=30)
+        producer.close()
+
+    def follow(self, *, from_start: bool = True, stop_at_end: bool = False,
+               poll_ms: int = 500) -> Iterator[tuple[str, bytes | None, object]]:
+        """(stream id, value or None, raw record) in log order; with ``stop_at_end`` it
+        ends once it has caught up with the topic, else it follows it for ever."""
+        from kafka import KafkaConsumer, TopicPartition
+
+        self.ensure_topic()
+        consumer = KafkaConsumer(**self.settings.kafka_client_options(),
+                                 enable_auto_commit=False)
+        partitions = [TopicPartition(self.settings.registry_topic, p) for p in
+                      consumer.partitions_for_topic(self.settings.registry_topic) or {0}]
+        consumer.assign(partitions)
+        if from_start:
+            consumer.seek_to_beginning(*partitions)
+        ends = consumer.end_offsets(partitions)
+        try:
+            while True:
+                batch = consumer.poll(timeout_ms=poll_ms)
+                for records in batch.values():
+                    for record in records:
+                        yield (record.key or b"").decode(errors="replace"), record.value, record
+                if stop_at_end and all(consumer.position(tp) >= ends[tp] for tp in partitions):
+                    return
+                if not batch:
+                    yield "", None, None        # idle tick: lets the caller check its state
+        finally:
+            consumer.close()
+
+    def current(self) -> dict[str, bytes]:
+        """The registry folded to its latest value per stream (removed streams left out)."""
+        state: dict[str, bytes] = {}
+        for stream_id, value, record in self.follow(stop_at_end=True):
+            if record is None:
+                continue
+            if value is None:
+                state.pop(stream_id, None)
+            else:
+                state[stream_id] = value
+        return state
+
+
+class RegistryPublisher:
+    """``facestream ingest --from-registry``: one publisher thread per registered stream,
+    started, restarted and stopped as the registry changes.  Blocking :meth:`run`."""
+
+    def __init__(self, settings: Settings, *, log=print) -> None:
+        self.settings = settings
+        self._log = log
+        self._running: dict[str, tuple[StreamSpec, "threading.Thread", "threading.Event"]] = {}
+        self._stop = threading.Event()
+        self._dlq = None
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def streams(self) -> list[str]:
+        return sorted(s for s, (_, thread, _) in self._running.items() if thread.is_alive())
+
+    def run(self) -> None:
+        from facestream.ingest.publisher import ChunkPublisher
+
+        publisher = ChunkPublisher(self.settings)
+        try:
+            for stream_id, value, record in Registry(self.settings).follow():
+                if self._stop.is_set():
+                    break
+                if record is None:
+                    continue
+                if value is None:
+                    self._halt(stream_id, "removed from the registry")
+                    continue
+                try:
+                    spec = StreamSpec.from_json(stream_id, value)
+                    source = validate(spec, self.settings)
+                except SpecError as exc:
+                    self._reject(record, str(exc))
+                    continue
+                current = self._running.get(stream_id)
+                if current is not None and current[0] == spec and current[1].is_alive():
+                    continue
+                self._halt(stream_id, "spec changed")
+                self._start(spec, source, publisher)
+        finally:
+            for stream_id in list(self._running):
+                self._halt(stream_id, "publisher stopping")
+            publisher.close()
+            if self._dlq is not None:
+                self._dlq.close()
+
+    def _start(self, spec: StreamSpec, source: SourceSpec, publisher) -> None:
+        from facestream.ingest.publisher import ingest
+
+        stop = threading.Event()
+
+        def publish() -> None:
+            try:
+                report = ingest(source, self.settings, stream_id=spec.stream_id, realtime=True,
+                                publisher=publisher, stop=stop,
+                                on_error=lambda msg: self._log(f"{spec.stream_id}: {msg}"))
+                self._log(f"{spec.stream_id}: ended after {report.chunks} chunks")
+            except FacestreamError as exc:
+                self._log(f"{spec.stream_id}: {exc}")
+
+        thread = threading.Thread(target=publish, name=f"ingest-{spec.stream_id}", daemon=True)
+        self._running[spec.stream_id] = (spec, thread, stop)
+        thread.start()
+        self._log(f"{spec.stream_id}: publishing {spec.source}")
+
+    def _halt(self, stream_id: str, why: str) -> None:
+        entry = self._running.pop(stream_id, None)
+        if entry is None:
+            return
+        _, thread, stop = entry
+        stop.set()
+        thread.join(timeout=30)
+        self._log(f"{stream_id}: stopped ({why})")
+
+    def _reject(self, record, reason: str) -> None:
+        from kafka import KafkaProducer
+
+        if self._dlq is None:
+            self._dlq = KafkaProducer(**self.settings.kafka_client_options(), acks="all")
+        headers = list(record.headers or []) + [("fs-error", reason.encode())]
+        self._dlq.send(self.settings.dlq_topic, key=record.key, value=record.value,
+                       headers=headers)
+        self._dlq.flush(timeout=30)
+        self._log(f"rejected registry entry: {reason}")

@@ -1,0 +1,84 @@
+"""Worker observability: Prometheus ``/metrics``, liveness ``/healthz``, readiness ``/readyz``.
+
+Served from a daemon thread on ``metrics_port`` (0: off).  ``/readyz`` answers 200 once the
+worker has joined its consumer group and Redis accepted its last write, 503 otherwise, so an
+orchestrator sends no traffic to (and does not count) a worker that cannot deliver.
+"""
+
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import generate_latest
+
+from facestream.errors import ConfigError
+
+_STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class WorkerMetrics:
+    """The worker's counters; every method is cheap and thread-safe."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.messages = Counter("facestream_messages", "Kafka messages processed", registry=r)
+        self.chunks = Counter("facestream_chunks", "Video chunks decoded", registry=r)
+        self.frames = Counter("facestream_frames", "Frames analysed", registry=r)
+        self.faces = Counter("facestream_faces", "Faces found in analysed frames", registry=r)
+        self.windows = Counter("facestream_windows", "Analysis windows closed", registry=r)
+        self.events = Counter("facestream_events", "Events written to Redis", ["type"], registry=r)
+        self.dead_letters = Counter("facestream_dead_letters", "Messages sent to the DLQ",
+                                    registry=r)
+        self.redis_retries = Counter("facestream_redis_retries",
+                                     "Redis calls retried while it was unavailable", registry=r)
+        self.stage_seconds = Histogram("facestream_stage_seconds", "Time spent per stage call",
+                                       ["stage"], buckets=_STAGE_BUCKETS, registry=r)
+        self.batch_windows = Histogram("facestream_batch_windows",
+                                       "Windows per model batch (all streams)",
+                                       buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
+        self.streams = Gauge("facestream_streams", "Streams this worker owns", registry=r)
+        self.open_windows = Gauge("facestream_open_windows",
+                                  "Tracks with a window still collecting frames", registry=r)
+        self.lag = Gauge("facestream_consumer_lag", "Messages behind the end of the log",
+                         ["partition"], registry=r)
+        self.ready = False
+        self.redis_ok = True
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def serve(metrics: WorkerMetrics, port: int, *, host: str = "0.0.0.0") -> ThreadingHTTPServer:
+    """Start the HTTP endpoints in a daemon thread; returns the server (``.shutdown()``)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/metrics":
+                self._reply(200, metrics.exposition(), CONTENT_TYPE_LATEST)
+            elif self.path == "/healthz":
+                self._reply(200, b"ok\n")
+            elif self.path == "/readyz":
+                ready = metrics.ready and metrics.redis_ok
+                self._reply(200 if ready else 503, b"ready\n" if ready else b"not ready\n")
+            else:
+                self._reply(404, b"not found\n")
+
+        def _reply(self, code: int, body: bytes, kind: str = "text/plain") -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    try:
+        server = ThreadingHTTPServer((host, port), Handler)
+    except OSError as exc:
+        raise ConfigError(f"metrics port {port}: {exc.strerror}; set FACESTREAM_METRICS_PORT "
+                          "to a free port, or 0 to turn the endpoints off") from None
+    threading.Thread(target=server.serve_forever, name="facestream-metrics", daemon=True).start()
+    return server
