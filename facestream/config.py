@@ -95,6 +95,10 @@ class Settings:
         "Redis URL (rediss:// for TLS; user and password in the URL for ACLs)."))
     events_stream: str = field(default="facestream:events", metadata=_doc(
         "Redis stream of every event; facestream:events:{stream id} holds one stream's."))
+    live_max_lag_s: float = field(default=10.0, metadata=_doc(
+        "A worker drops chunks of live streams that reach it this many seconds after they "
+        "were published (it has fallen behind), and counts them; file chunks are never "
+        "dropped.", ge=0.5, le=3600))
     registry_topic: str = field(default="facestream.streams", metadata=_doc(
         "Compacted topic of stream specs, keyed by stream id."))
     registry_schemes: str = field(default="rtsp,rtsps,http,https,rtmp,srt", metadata=_doc(

@@ -9,7 +9,7 @@ worker can start decoding a stream at any chunk.
 Kafka headers (ARCHITECTURE.md): ``fs-stream``, ``fs-seq``, ``fs-part`` ("i/n", from 1),
 ``fs-codec``, ``fs-extradata``, ``fs-time-base`` ("num/den"), ``fs-origin-pts`` (the pts that
 is media time 0 for the whole stream), ``fs-pts`` (first pts of the chunk), ``fs-size``
-("WxH"), ``fs-format``.  A chunk larger than the broker's message limit is split into parts
+("WxH"), ``fs-format``, ``fs-live`` ("1": a live source).  A chunk larger than the broker's message limit is split into parts
 that :class:`PartAssembler` puts back together.
 """
 
@@ -81,6 +81,7 @@ class Chunk:
     payload: bytes            # fs-packets-1
     part: int = 1             # i of n, from 1
     parts: int = 1
+    live: bool = False        # from a live source: a worker that falls behind may drop it
 
     def headers(self) -> list[tuple[str, bytes]]:
         return [
@@ -90,6 +91,7 @@ class Chunk:
             ("fs-time-base", f"{self.time_base.numerator}/{self.time_base.denominator}".encode()),
             ("fs-origin-pts", str(self.origin_pts).encode()), ("fs-pts", str(self.first_pts).encode()),
             ("fs-size", f"{self.width}x{self.height}".encode()), ("fs-format", FORMAT.encode()),
+            ("fs-live", b"1" if self.live else b"0"),
         ]
 
     @classmethod
@@ -109,7 +111,8 @@ class Chunk:
                         codec=h["fs-codec"].decode(), extradata=h.get("fs-extradata") or b"",
                         time_base=Fraction(num, den), origin_pts=int(h["fs-origin-pts"]),
                         first_pts=int(h["fs-pts"]), width=width, height=height,
-                        payload=value or b"", part=part, parts=parts)
+                        payload=value or b"", part=part, parts=parts,
+                        live=h.get("fs-live") == b"1")
         except (ValueError, ZeroDivisionError, UnicodeDecodeError) as exc:
             raise ChunkError(f"malformed header: {exc}") from None
         if not (1 <= chunk.part <= chunk.parts) or chunk.seq < 0:

@@ -148,7 +148,7 @@ def _source_chunks(spec: SourceSpec, settings: Settings, stream_id: str, report:
                 for chunk in gop_chunks(container, stream_id=stream_id):
                     shift = round(offset_s / chunk.time_base) if offset_s else 0
                     chunk = replace(chunk, seq=chunk.seq + base_seq,
-                                    origin_pts=chunk.origin_pts - shift)
+                                    origin_pts=chunk.origin_pts - shift, live=spec.live)
                     following = chunk.seq + 1
                     yield chunk
                     delays = backoff.delays()       # a good chunk resets the backoff

@@ -29,6 +29,11 @@ class WorkerMetrics:
         self.faces = Counter("facestream_faces", "Faces found in analysed frames", registry=r)
         self.windows = Counter("facestream_windows", "Analysis windows closed", registry=r)
         self.events = Counter("facestream_events", "Events written to Redis", ["type"], registry=r)
+        self.dropped_chunks = Counter("facestream_dropped_chunks",
+                                      "Live chunks dropped because the worker fell behind",
+                                      registry=r)
+        self.dropped_seconds = Counter("facestream_dropped_media_seconds",
+                                       "Media seconds of live video dropped", registry=r)
         self.dead_letters = Counter("facestream_dead_letters", "Messages sent to the DLQ",
                                     registry=r)
         self.redis_retries = Counter("facestream_redis_retries",

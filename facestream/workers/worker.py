@@ -55,6 +55,7 @@ class _Stream:
     state: StreamState
     next_offset: int = 0                 # after the last message of this stream processed
     part_offset: int | None = None       # first part of a chunk still being reassembled
+    dropped: int = 0                     # live chunks dropped because the worker was late
 
     @property
     def resume_offset(self) -> int:
@@ -83,6 +84,7 @@ class WorkerReport:
     streams_ended: int = 0
     resumed: int = 0
     skipped: int = 0                      # messages already covered by a checkpoint
+    dropped_chunks: int = 0               # live chunks dropped: the worker fell behind
 
 
 class Worker:
@@ -202,6 +204,9 @@ class Worker:
                 stream.part_offset = record.offset
             return
         stream.part_offset = None
+        if chunk.live and self._behind(record):
+            self._drop(stream, chunk)
+            return
         try:
             with self.metrics.stage_seconds.labels("decode").time():
                 frames = stream.decoder.decode(chunk)
@@ -221,6 +226,22 @@ class Worker:
             acc.windows += [(stream.state, w) for w in closed]
             acc.after += ended
             self.report.frames += 1
+
+    def _behind(self, record) -> bool:
+        """True if the message reached us more than live_max_lag_s after it was produced."""
+        produced = (record.timestamp or 0) / 1000
+        return produced > 0 and time.time() - produced > self.settings.live_max_lag_s
+
+    def _drop(self, stream: _Stream, chunk) -> None:
+        """Skip a live chunk the worker is too late for: the oldest video goes first, so
+        the stream catches up with the camera instead of lagging more and more."""
+        stamps = [p.pts for p in chunk.packets() if p.pts is not None]
+        seconds = float((max(stamps) - chunk.first_pts) * chunk.time_base) if stamps else 0.0
+        stream.dropped += 1
+        self.report.dropped_chunks += 1
+        self.metrics.dropped_chunks.inc()
+        self.metrics.dropped_seconds.inc(max(seconds, 0.0))
+        self.sink.status(stream.state.stream_id, dropped_chunks=stream.dropped)
 
     def _deliver(self, batch: list[dict[str, Any]]) -> None:
         """Write to Redis; while it is down, retry with backoff (nothing is committed)."""

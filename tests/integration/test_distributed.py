@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import threading
@@ -85,9 +86,12 @@ def test_worker_events_equal_what_analyze_writes(isolated, models, sample, tmp_p
     settings, env = isolated
     clips = {"camA": sample("single_face.mp4"), "camB": sample("noface_face.mov")}
     for stream_id, path in clips.items():
-        proc = run_cli("ingest", str(path), "--stream-id", stream_id, env=env, timeout=120)
+        # A 60 kB message limit: every GOP goes as several parts the worker puts together.
+        proc = run_cli("ingest", str(path), "--stream-id", stream_id, timeout=120,
+                       env={**env, "FACESTREAM_MAX_MESSAGE_BYTES": "60000"})
         assert proc.returncode == 0, proc.stderr
-        assert f"{stream_id}: " in proc.stdout and " chunks (" in proc.stdout
+        chunks, messages = re.search(r"(\d+) chunks \((\d+) messages", proc.stdout).groups()
+        assert int(messages) > int(chunks) > 0, proc.stdout
 
     report = _run_worker(settings, models, streams_to_end=2)
     assert report.dead_letters == 0
@@ -412,3 +416,37 @@ def test_registry_drives_the_publishers(isolated, models, sample):
     analysed = {e["data"]["stream_id"] for e in _events_in_redis(settings)
                 if e["type"] == events.FACE_ANALYSIS}
     assert analysed == {short, long}
+
+
+def test_late_live_chunks_are_dropped_and_counted_files_never(isolated, models, sample):
+    from dataclasses import replace
+
+    from kafka import KafkaProducer
+
+    settings, _ = isolated
+    with av.open(str(sample("WolfgangLanger_Pexels.mp4"))) as container:
+        chunks = list(gop_chunks(container, stream_id="x"))
+    producer = KafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all",
+                             max_request_size=4_000_000)
+    an_hour_ago = int((time.time() - 3600) * 1000)
+    for stream_id, live in (("camera", True), ("recording", False)):
+        for i, chunk in enumerate(chunks):
+            chunk = replace(chunk, stream_id=stream_id, live=live)
+            stamp = an_hour_ago if i < 3 else None          # the first three arrive late
+            producer.send(settings.video_topic, key=stream_id.encode(), value=chunk.payload,
+                          headers=chunk.headers(), timestamp_ms=stamp)
+        producer.send(settings.video_topic, key=stream_id.encode(), value=b"",
+                      headers=EndOfStream(stream_id, len(chunks) - 1).headers())
+    producer.flush()
+    producer.close()
+
+    report = _run_worker(settings, models, streams_to_end=2)
+    assert report.dropped_chunks == 3
+    assert _status(settings, "camera")["dropped_chunks"] == "3"
+    got = [e["data"] for e in _events_in_redis(settings) if e["type"] == events.FACE_ANALYSIS]
+    first_kept = float((chunks[3].first_pts - chunks[3].origin_pts) * chunks[3].time_base)
+    camera = [d for d in got if d["stream_id"] == "camera"]
+    recording = [d for d in got if d["stream_id"] == "recording"]
+    assert camera and min(d["window"]["start_s"] for d in camera) >= first_kept - 0.05
+    assert min(d["window"]["start_s"] for d in recording) == 0.0
+    assert len(recording) >= 19
