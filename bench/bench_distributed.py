@@ -4,7 +4,7 @@ and the most streams it keeps up with against what its offline throughput predic
 Kafka in, Redis out, as deployed: one ``Worker`` (``facestream worker --no-describe`` with
 ``FACESTREAM_FPS=5``, run in a thread of this process with its models loaded once) consumes
 the video topic; the publishers run in a child process, as edge publishers would not share
-the worker's interpreter.  Every measurement has its own topic (6 partitions, the dev broker's
+the worker's interpreter (they, Kafka and Redis do share this machine's cores).  Every measurement has its own topic (6 partitions, the dev broker's
 default), consumer group and Redis keys, created before and deleted after.
 
 (a) offline    ``--offline-streams`` (default 4) passes of the sample clip
@@ -21,7 +21,9 @@ default), consumer group and Redis keys, created before and deleted after.
                id, Redis's millisecond clock; same host) - the send time of the chunk holding
                the window's last frame (``data.window.end_pts``).  It includes waiting for
                the chunk that closes a window: a window ends when a sample of the next one
-               arrives, often in the next chunk (~2.8 s later).
+               arrives, often in the next chunk (~2.8 s later).  It starts at the send, not
+               at capture: a paced file sends each chunk at its first frame's time, while a
+               live camera's chunk leaves once its GOP is complete.
                The worker keeps up with N streams when p95 latency < 5 s and latency does not
                grow over the run: the least-squares slope of latency against chunk send time
                (seconds of latency per second of run) stays under 0.1 (a worker 10% short of
@@ -29,7 +31,7 @@ default), consumer group and Redis keys, created before and deleted after.
 
 The largest N kept up (N and every smaller N) is compared with the theoretical count, offline
 throughput / (5 frames/s per stream).  The last line is ``RESULT {json}`` with every number.
-About 3.5 minutes on a 2-core machine (real-time runs are real time: ~25 s each).
+About 3 minutes on a 2-core machine (real-time runs are real time: ~25 s each).
 
     .venv/bin/python bench/bench_distributed.py [--repeat N] [--offline-streams N] [--start-services]
     ./dev bench                        # every bench/bench_*.py
@@ -54,7 +56,7 @@ import multiprocessing  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
-from concurrent.futures import Executor, ProcessPoolExecutor  # noqa: E402
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from typing import TYPE_CHECKING, Callable, TypeVar  # noqa: E402
 
@@ -113,22 +115,13 @@ def publish_one(spec: SourceSpec, settings: Settings, stream_id: str, realtime: 
 def publish_streams(spec: SourceSpec, settings: Settings, stream_ids: list[str], *,
                     realtime: bool, stagger_s: float) -> dict[str, list[tuple[int, float]]]:
     """Ingest the clip once per stream id, concurrently, each with its own producer (as
-    separate cameras would); per stream, the chunks' (first pts, send time)."""
-    sent: dict[str, list[tuple[int, float]]] = {}
-
-    def run(i: int, stream_id: str) -> None:
-        sent[stream_id] = publish_one(spec, settings, stream_id, realtime,
-                                      i * stagger_s / len(stream_ids))
-
-    threads = [threading.Thread(target=run, args=(i, s)) for i, s in enumerate(stream_ids)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    missing = [s for s in stream_ids if s not in sent]
-    if missing:
-        raise RuntimeError(f"publishing failed for {', '.join(missing)}")
-    return sent
+    separate cameras would), stream i starting i/N of ``stagger_s`` after the first; per
+    stream, its chunks' (first pts, send time)."""
+    with ThreadPoolExecutor(len(stream_ids)) as threads:
+        futures = {stream_id: threads.submit(publish_one, spec, settings, stream_id, realtime,
+                                             i * stagger_s / len(stream_ids))
+                   for i, stream_id in enumerate(stream_ids)}
+        return {stream_id: future.result() for stream_id, future in futures.items()}
 
 
 # worker (this process) -----------------------------------------------------------------

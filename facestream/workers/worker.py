@@ -298,8 +298,16 @@ class Worker:
                 if owner == tp and stream_id in self._streams:
                     offset = min(offset, self._streams[stream_id].resume_offset)
             positions[tp] = OffsetAndMetadata(offset, "", -1)
-        if positions:
+        if not positions:
+            return
+        from kafka.errors import CommitFailedError
+
+        try:
             self.consumer.commit(positions)
+        except CommitFailedError as exc:
+            # The group rebalanced under us: the partitions' new owners resume from the
+            # checkpoints just written, so nothing is lost or analysed twice.
+            log.warning("offset commit skipped: %s", exc)
 
     # -- streams ---------------------------------------------------------------------------
 

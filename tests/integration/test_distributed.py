@@ -450,3 +450,35 @@ def test_late_live_chunks_are_dropped_and_counted_files_never(isolated, models, 
     assert camera and min(d["window"]["start_s"] for d in camera) >= first_kept - 0.05
     assert min(d["window"]["start_s"] for d in recording) == 0.0
     assert len(recording) >= 19
+
+
+def test_three_workers_six_streams_each_stream_owned_once(isolated, models, sample, tmp_path):
+    import sys
+
+    settings, env = isolated
+    clip = sample("single_face.mp4")
+    streams = [f"six-{i}-{uuid.uuid4().hex[:4]}" for i in range(6)]
+    for stream_id in streams:
+        assert run_cli("ingest", str(clip), "--stream-id", stream_id, env=env).returncode == 0
+    workers = [subprocess.Popen([sys.executable, "-m", "facestream", "worker", "--no-describe"],
+                                env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL) for _ in range(3)]
+    try:
+        _wait(lambda: all(_status(settings, s).get("state") == "ended" for s in streams), 180,
+              "the three workers to finish the six streams")
+    finally:
+        for w in workers:
+            w.terminate()
+            w.wait(timeout=30)
+    pids = {str(w.pid) for w in workers}
+    owners = {s: _status(settings, s)["worker"].rsplit(":", 1)[1] for s in streams}
+    assert set(owners.values()) <= pids
+    expected = {}
+    for stream_id in streams:
+        _, evs = analyze_in_process(clip, models, tmp_path / stream_id, stream_id=stream_id)
+        expected.update({e["id"]: e for e in evs})
+    got = _events_in_redis(settings)
+    # Each event exactly once: one owner per stream, nothing analysed twice or lost.
+    assert sorted(e["id"] for e in got) == sorted(expected)
+    for e in got:
+        assert _comparable(e) == _comparable(expected[e["id"]])
