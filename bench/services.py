@@ -83,6 +83,8 @@ def _start_own() -> tuple[Endpoints, bool]:
     already_up = _dev_services("status").returncode == 0
     proc = _dev_services("up")
     if proc.returncode != 0:
+        if not already_up:
+            _dev_services("down")        # whichever of the two did start
         raise SystemExit(f"deploy/dev-services up failed:\n{proc.stderr.strip()}")
     found = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
     return (Endpoints(found["FACESTREAM_KAFKA_BOOTSTRAP"], found["FACESTREAM_REDIS_URL"],

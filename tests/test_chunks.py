@@ -58,6 +58,8 @@ def test_split_and_reassemble_in_any_order():
     (lambda c: [(k, b"other-1" if k == "fs-format" else v) for k, v in c.headers()], None, "fs-format"),
     (lambda c: c.headers(), b"", "empty payload"),
     (lambda c: [], b"x", "missing headers"),
+    (lambda c: [(k, b"../../etc" if k == "fs-stream" else v) for k, v in c.headers()], None,
+     "use letters, digits"),
 ])
 def test_bad_messages_are_named(headers, value, message):
     chunk = _chunk()

@@ -15,12 +15,14 @@ that :class:`PartAssembler` puts back together.
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Iterable, Iterator
 
 FORMAT = "fs-packets-1"
+_SAFE_ID = re.compile(r"[A-Za-z0-9._-]{1,120}")
 NO_TS = -(2 ** 63)
 _PACKET = struct.Struct("<qqqBI")
 _REQUIRED = ("fs-stream", "fs-seq", "fs-part", "fs-codec", "fs-time-base", "fs-origin-pts",
@@ -48,9 +50,12 @@ def parse_message(headers: Iterable[tuple[str, bytes]] | None,
     h = dict(headers or ())
     if END_HEADER in h:
         try:
-            return EndOfStream(h["fs-stream"].decode(), int(h["fs-seq"]))
+            marker = EndOfStream(h["fs-stream"].decode(), int(h["fs-seq"]))
         except (KeyError, ValueError, UnicodeDecodeError) as exc:
             raise ChunkError(f"malformed end-of-stream marker: {exc}") from None
+        if not _SAFE_ID.fullmatch(marker.stream_id):
+            raise ChunkError(f"fs-stream {marker.stream_id!r}: not a stream id")
+        return marker
     return Chunk.from_message(h.items(), value)
 
 
@@ -115,6 +120,8 @@ class Chunk:
                         live=h.get("fs-live") == b"1")
         except (ValueError, ZeroDivisionError, UnicodeDecodeError) as exc:
             raise ChunkError(f"malformed header: {exc}") from None
+        if not _SAFE_ID.fullmatch(chunk.stream_id):
+            raise ChunkError(f"fs-stream {chunk.stream_id!r}: use letters, digits, '.', '_', '-'")
         if not (1 <= chunk.part <= chunk.parts) or chunk.seq < 0:
             raise ChunkError(f"fs-part {part}/{parts} or fs-seq {chunk.seq} out of range")
         if not chunk.payload:

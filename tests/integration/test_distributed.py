@@ -469,7 +469,7 @@ def test_three_workers_six_streams_each_stream_owned_once(isolated, models, samp
     finally:
         for w in workers:
             w.terminate()
-            w.wait(timeout=30)
+    assert [w.wait(timeout=30) for w in workers] == [0, 0, 0], "SIGTERM must end workers cleanly"
     pids = {str(w.pid) for w in workers}
     owners = {s: _status(settings, s)["worker"].rsplit(":", 1)[1] for s in streams}
     assert set(owners.values()) <= pids
