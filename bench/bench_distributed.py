@@ -2,9 +2,10 @@
 and the most streams it keeps up with against what its offline throughput predicts.
 
 Kafka in, Redis out, as deployed: one ``Worker`` (``facestream worker --no-describe`` with
-``FACESTREAM_FPS=5``, run in a thread of this process with its models loaded once) consumes
-the video topic; the publishers run in a child process, as edge publishers would not share
-the worker's interpreter (they, Kafka and Redis do share this machine's cores).  Every measurement has its own topic (6 partitions, the dev broker's
+``FACESTREAM_FPS=5``, run in a thread of this process with its models loaded once, metrics
+endpoint off) consumes the video topic; the publishers run in a child process, as edge
+publishers would not share the worker's interpreter (they, Kafka and Redis do share this
+machine's cores).  Every measurement has its own topic (6 partitions, the dev broker's
 default), consumer group and Redis keys, created before and deleted after.
 
 (a) offline    ``--offline-streams`` (default 4) passes of the sample clip
@@ -14,33 +15,36 @@ default), consumer group and Redis keys, created before and deleted after.
                it has seen every stream end.  Best of ``--repeat`` (default 2); the first run
                also warms the models up.
 (b) real time  N = 1, 2, 4, 6, 8 concurrent streams, each ``ingest()`` of the clip with
-               real-time pacing (one pass, distinct stream ids), stream i starting i/N of a
-               chunk period after the first so chunks do not all arrive at once.  The
-               publisher records the wall time it hands each chunk to the producer.  Latency
-               of each ``facestream.face.analysis`` event = the time Redis added it (its entry
-               id, Redis's millisecond clock; same host) - the send time of the chunk holding
-               the window's last frame (``data.window.end_pts``).  It includes waiting for
-               the chunk that closes a window: a window ends when a sample of the next one
+               real-time pacing (one pass, distinct stream ids; file chunks, which a worker
+               never drops however late it is), stream i starting i/N of a chunk period
+               after the first so chunks do not all arrive at once.  The publisher records
+               the wall time it hands each chunk to the producer.  Latency of each
+               ``facestream.face.analysis`` event = the time Redis added it (its entry id,
+               Redis's millisecond clock; same host) - the send time of the chunk holding the
+               window's last frame (``data.window.end_pts``).  It includes waiting for the
+               chunk that closes a window: a window ends when a sample of the next one
                arrives, often in the next chunk (~2.8 s later).  It starts at the send, not
                at capture: a paced file sends each chunk at its first frame's time, while a
                live camera's chunk leaves once its GOP is complete.
                The worker keeps up with N streams when p95 latency < 5 s and latency does not
                grow over the run: the least-squares slope of latency against chunk send time
                (seconds of latency per second of run) stays under 0.1 (a worker 10% short of
-               the arrival rate adds 0.1 s of backlog per second).
+               the arrival rate adds ~0.1 s of backlog per second).
 
 The largest N kept up (N and every smaller N) is compared with the theoretical count, offline
 throughput / (5 frames/s per stream).  The last line is ``RESULT {json}`` with every number.
 About 3 minutes on a 2-core machine (real-time runs are real time: ~25 s each).
 
-    .venv/bin/python bench/bench_distributed.py [--repeat N] [--offline-streams N] [--start-services]
+    .venv/bin/python bench/bench_distributed.py [--repeat N] [--offline-streams N]
+                                                [--start-services]
     ./dev bench                        # every bench/bench_*.py
 
 Kafka and Redis: with ``--start-services``, or when FACESTREAM_KAFKA_BOOTSTRAP and
 FACESTREAM_REDIS_URL do not both name reachable services, the script starts its own pair with
 ``deploy/dev-services up`` on ports 29092/29093/26379 in ``<tmp>/bench-services`` and stops
-them at the end (see bench/services.py); otherwise it uses the pair the environment names.
-Model files and the clip come from FACESTREAM_CACHE_DIR (``facestream models pull --samples``).
+them at the end, deleting their data (see bench/services.py); otherwise it uses the pair the
+environment names.  Model files and the clip come from FACESTREAM_CACHE_DIR
+(``facestream models pull --samples``).
 """
 
 from __future__ import annotations
@@ -127,8 +131,10 @@ def publish_streams(spec: SourceSpec, settings: Settings, stream_ids: list[str],
 # worker (this process) -----------------------------------------------------------------
 
 def measurement_settings(endpoints: Endpoints, tag: str) -> Settings:
-    """Settings with this measurement's own topic, group and Redis keys."""
+    """Settings with this measurement's own topic, group and Redis keys.  The worker's
+    metrics endpoint is off (its port may be another worker's); its counters still run."""
     return Settings.load({**endpoints.overrides(), "describe": False, "fps": FPS,
+                          "metrics_port": 0,
                           "video_topic": f"bench-{tag}.video", "dlq_topic": f"bench-{tag}.dlq",
                           "consumer_group": f"bench-{tag}", "events_stream": f"bench:{tag}:events",
                           "checkpoint_prefix": f"bench:{tag}:checkpoint"})

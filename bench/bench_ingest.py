@@ -19,10 +19,13 @@ settings) and no compression.  Timings include the first metadata fetch and the 
 not producer start-up (nor the JVM's).  MB/s is payload bytes / 10^6 per second: the tool's
 own MB/sec (2^20 bytes) is not used; its records/sec times the record size is.  facestream
 also sends a key (the stream id) and ~170 bytes of headers per record that the baseline does
-not; (b) also sends one empty end-of-stream record per pass, not counted.
+not; (b) also sends one empty end-of-stream record per pass, not counted.  kafka-python
+checksums every record batch with CRC32C, in C if the ``crc32c`` package is installed, else in
+pure Python (~8 MB/s); the header line says which.
 
 Each measurement takes the best of ``--repeat`` runs, (a), (b) and (c) interleaved.  The
-last line is ``RESULT {json}`` with every number.  About a minute on a 2-core machine.
+last line is ``RESULT {json}`` with every number.  About 3 minutes on a 2-core machine
+(about 1 with the ``crc32c`` package).
 
     .venv/bin/python bench/bench_ingest.py [--megabytes 100] [--repeat 3] [--start-services]
     ./dev bench                        # every bench/bench_*.py
@@ -30,7 +33,8 @@ last line is ``RESULT {json}`` with every number.  About a minute on a 2-core ma
 Kafka: with ``--start-services``, or when FACESTREAM_KAFKA_BOOTSTRAP and FACESTREAM_REDIS_URL
 do not both name reachable services, the script starts its own broker (and Redis) with
 ``deploy/dev-services up`` on ports 29092/29093/26379 in ``<tmp>/bench-services`` and stops
-them at the end (see bench/services.py); otherwise it uses the broker the environment names.
+them at the end, deleting their data (see bench/services.py); otherwise it uses the broker
+the environment names.
 The baseline runs the Kafka jars that deploy/dev-services caches (Java 17+ on PATH).
 """
 
@@ -80,6 +84,14 @@ class Throughput:
         return {"records": self.records, "payload_mb": round(self.payload_bytes / MB, 3),
                 "seconds": round(self.seconds, 4), "mb_per_s": round(self.mb_per_s, 2),
                 "records_per_s": round(self.records_per_s, 1)}
+
+
+def crc32c_implementation() -> str:
+    """How kafka-python checksums record batches: without the optional ``crc32c`` package it
+    falls back to pure Python, which bounds what the publisher can send."""
+    from kafka.record import util
+
+    return "C" if getattr(util, "crc32c_c", None) is not None else "pure Python"
 
 
 def clip_chunks(spec: SourceSpec) -> list[Chunk]:
@@ -200,13 +212,15 @@ def main() -> None:
 
     print(f"clip {spec.target}: {len(chunks)} chunks, {clip_bytes / MB:.2f} MB a pass; "
           f"{passes} passes, {len(stream)} records of {record_size} bytes on average; "
-          f"Kafka {endpoints.kafka_bootstrap}, acks=all, idempotent; best of {args.repeat}")
+          f"Kafka {endpoints.kafka_bootstrap}, acks=all, idempotent; best of {args.repeat}; "
+          f"kafka-python CRC32C: {crc32c_implementation()}")
     print_table(best, {"publish": "facestream ChunkPublisher, pre-demuxed",
                        "ingest": "facestream ingest(), demux included",
                        "baseline": "Kafka ProducerPerformance (baseline)"})
     result = {
         "clip": CLIP, "passes": passes, "record_size": record_size, "repeat": args.repeat,
         "kafka_bootstrap": endpoints.kafka_bootstrap, "services_started": endpoints.started,
+        "kafka_python_crc32c": crc32c_implementation(),
         **{name: t.as_json() for name, t in best.items()},
         "ratio_publish": round(best["publish"].mb_per_s / best["baseline"].mb_per_s, 3),
         "ratio_ingest": round(best["ingest"].mb_per_s / best["baseline"].mb_per_s, 3),

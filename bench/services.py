@@ -6,8 +6,8 @@
   reachable pair, it starts a private Kafka broker and redis-server with
   ``deploy/dev-services up`` on alternate ports (Kafka 29092, controller 29093, Redis 26379)
   and its own run dir (``<tmp>/bench-services``), away from the developer's pair on
-  9092/6379, and stops them with ``deploy/dev-services down`` at the end, unless they were
-  already running before;
+  9092/6379, and at the end stops them and deletes their run dir (Kafka data, logs) with
+  ``deploy/dev-services clean``, unless they were already running before;
 * otherwise it uses ``FACESTREAM_KAFKA_BOOTSTRAP`` and ``FACESTREAM_REDIS_URL``, which must
   both be set (the defaults are never assumed: they are someone's test services).
 
@@ -98,15 +98,14 @@ def services(*, start: bool) -> Iterator[Endpoints]:
     if found is not None:
         yield found
         return
-    print(f"starting Kafka and Redis ({DEV_SERVICES.relative_to(REPO)} up, ports "
-          f"{OWN_SERVICES_ENV['FACESTREAM_KAFKA_PORT']}/{OWN_SERVICES_ENV['FACESTREAM_REDIS_PORT']})",
-          file=sys.stderr)
+    ports = "/".join(OWN_SERVICES_ENV[f"FACESTREAM_{name}_PORT"] for name in ("KAFKA", "REDIS"))
+    print(f"starting Kafka and Redis (deploy/dev-services up, ports {ports})", file=sys.stderr)
     endpoints, stop_after = _start_own()
     try:
         yield endpoints
     finally:
         if stop_after:
-            _dev_services("down")
+            _dev_services("clean")
 
 
 @contextmanager

@@ -56,6 +56,7 @@ class _Stream:
     next_offset: int = 0                 # after the last message of this stream processed
     part_offset: int | None = None       # first part of a chunk still being reassembled
     dropped: int = 0                     # live chunks dropped because the worker was late
+    ended_before: bool = False           # the stream had ended: only chunk 0 restarts it
 
     @property
     def resume_offset(self) -> int:
@@ -101,6 +102,7 @@ class Worker:
         self._dlq = dlq_producer
         self._streams: dict[str, _Stream] = {}
         self._owner: dict[str, Any] = {}          # stream id -> TopicPartition
+        self._ended: set[str] = set()              # streams ended while this worker ran
         self._consumed: dict[Any, int] = {}        # TopicPartition -> offset after the last processed
         self._assembler = PartAssembler()
         self._stop = threading.Event()
@@ -135,12 +137,17 @@ class Worker:
         if now - self._lag_checked < every_s:
             return
         self._lag_checked = now
+        from kafka.errors import KafkaError
+
         assignment = list(self.consumer.assignment())
         if assignment:
-            ends = self.consumer.end_offsets(assignment)
-            for tp in assignment:
-                self.metrics.lag.labels(f"{tp.topic}/{tp.partition}").set(
-                    max(0, ends[tp] - self.consumer.position(tp)))
+            try:
+                ends = self.consumer.end_offsets(assignment)
+                for tp in assignment:
+                    self.metrics.lag.labels(f"{tp.topic}/{tp.partition}").set(
+                        max(0, ends[tp] - self.consumer.position(tp)))
+            except KafkaError as exc:          # the broker is away; measure next time
+                log.warning("consumer lag not measured: %s", exc)
         self.metrics.streams.set(len(self._streams))
         self.metrics.open_windows.set(sum(s.state.windower.open_count
                                           for s in self._streams.values()))
@@ -204,6 +211,14 @@ class Worker:
                 stream.part_offset = record.offset
             return
         stream.part_offset = None
+        if stream.ended_before:
+            if chunk.seq != 0:
+                self._dead_letter(record, chunk.stream_id,
+                                  f"stream {chunk.stream_id} has ended (finished or removed "
+                                  f"from the registry): chunk {chunk.seq} refused; a restarted "
+                                  "stream starts again at chunk 0", acc)
+                return
+            stream.ended_before = False
         if chunk.live and self._behind(record):
             self._drop(stream, chunk)
             return
@@ -300,13 +315,13 @@ class Worker:
             positions[tp] = OffsetAndMetadata(offset, "", -1)
         if not positions:
             return
-        from kafka.errors import CommitFailedError
+        from kafka.errors import KafkaError
 
         try:
             self.consumer.commit(positions)
-        except CommitFailedError as exc:
-            # The group rebalanced under us: the partitions' new owners resume from the
-            # checkpoints just written, so nothing is lost or analysed twice.
+        except KafkaError as exc:
+            # The broker is away or the group rebalanced under us.  Nothing is lost: the
+            # checkpoints just written cover these offsets, and the next commit catches up.
             log.warning("offset commit skipped: %s", exc)
 
     # -- streams ---------------------------------------------------------------------------
@@ -330,6 +345,8 @@ class Worker:
             if restored is not None:
                 stream.next_offset = restored.offset
                 stream.part_offset = None
+            stream.ended_before = stream_id in self._ended or (
+                restored is not None and restored.stream is None)
             self._streams[stream_id] = stream
             self._owner[stream_id] = tp
             self.sink.status(stream_id, state="running", worker=_worker_name())
@@ -343,6 +360,7 @@ class Worker:
         acc.ended[stream.state.stream_id] = stream.next_offset
         del self._streams[stream.state.stream_id]
         del self._owner[stream.state.stream_id]
+        self._ended.add(stream.state.stream_id)
         self.report.streams_ended += 1
         self.sink.status(stream.state.stream_id, state="ended")
 

@@ -333,15 +333,19 @@ def test_broker_restart_is_ridden_out_by_publisher_and_worker(isolated, models, 
     publisher = subprocess.Popen([sys.executable, "-m", "facestream", "ingest", str(clip),
                                   "--stream-id", stream_id, "--realtime"], env=full_env,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    worker = subprocess.Popen([sys.executable, "-m", "facestream", "worker", "--no-describe"],
-                              env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker_log = tmp_path / "worker.log"
+    with open(worker_log, "w") as log_file:
+        worker = subprocess.Popen([sys.executable, "-m", "facestream", "worker", "--no-describe"],
+                                  env=full_env, stdout=subprocess.DEVNULL, stderr=log_file)
     key = f"{settings.events_stream}:{stream_id}"
     try:
         _wait(lambda: len(_events_in_redis(settings, key)) >= 2, 90, "the first events")
         _services("restart-kafka")
         assert publisher.wait(timeout=90) == 0, publisher.stderr.read()
-        _wait(lambda: _status(settings, stream_id).get("state") == "ended", 120,
+        _wait(lambda: _status(settings, stream_id).get("state") == "ended"
+              or worker.poll() is not None, 120,
               "the worker to finish the stream after the broker came back")
+        assert worker.poll() is None, worker_log.read_text()[-3000:]
     finally:
         for proc in (publisher, worker):
             if proc.poll() is None:
@@ -482,3 +486,39 @@ def test_three_workers_six_streams_each_stream_owned_once(isolated, models, samp
     assert sorted(e["id"] for e in got) == sorted(expected)
     for e in got:
         assert _comparable(e) == _comparable(expected[e["id"]])
+
+
+def test_chunks_of_an_ended_stream_are_refused_until_it_restarts(isolated, models, sample):
+    from dataclasses import replace
+
+    from kafka import KafkaConsumer, KafkaProducer
+
+    settings, _ = isolated
+    with av.open(str(sample("WolfgangLanger_Pexels.mp4"))) as container:
+        chunks = [replace(c, stream_id="gate") for c in gop_chunks(container, stream_id="x")][:3]
+    producer = KafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all", max_request_size=4_000_000)
+
+    def send(chunk):
+        producer.send(settings.video_topic, key=b"gate", value=chunk.payload,
+                      headers=chunk.headers())
+
+    send(chunks[0])
+    send(chunks[1])
+    producer.send(settings.video_topic, key=b"gate", value=b"",
+                  headers=EndOfStream("gate", 1).headers())
+    send(chunks[2])                 # a straggler after the end: refused
+    send(chunks[0])                 # the stream restarts from chunk 0: accepted
+    producer.send(settings.video_topic, key=b"gate", value=b"",
+                  headers=EndOfStream("gate", 0).headers())
+    producer.flush()
+    producer.close()
+
+    report = _run_worker(settings, models, streams_to_end=2)
+    assert report.dead_letters == 1
+    dlq = KafkaConsumer(settings.dlq_topic, bootstrap_servers=BOOTSTRAP,
+                        auto_offset_reset="earliest", consumer_timeout_ms=5000)
+    reasons = [dict(m.headers)["fs-error"].decode() for m in dlq]
+    dlq.close()
+    assert len(reasons) == 1 and "has ended" in reasons[0] and "chunk 2 refused" in reasons[0]
+    errors = [e for e in _events_in_redis(settings) if e["type"] == events.STREAM_ERROR]
+    assert [e["data"]["stream_id"] for e in errors] == ["gate"]
