@@ -271,11 +271,14 @@ def _ingest(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
+    import logging
     import signal
 
     from facestream.config import Settings
     from facestream.workers.worker import Worker
 
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.load({"describe": args.describe, "fps": args.fps})
     worker = Worker(settings)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())

@@ -269,6 +269,22 @@ def _metric(text: str, name: str) -> float:
     return 0.0
 
 
+def _camera_and_worker(clip, stream_id: str, env: dict, worker_log, **worker_env):
+    """A real-time publisher of ``clip`` and a worker, as separate processes (the worker's
+    stderr goes to ``worker_log``)."""
+    import sys
+
+    full_env = {**os.environ, **env}
+    publisher = subprocess.Popen([sys.executable, "-m", "facestream", "ingest", str(clip),
+                                  "--stream-id", stream_id, "--realtime"], env=full_env,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    with open(worker_log, "w") as log_file:
+        worker = subprocess.Popen([sys.executable, "-m", "facestream", "worker", "--no-describe"],
+                                  env={**full_env, **worker_env}, stdout=subprocess.DEVNULL,
+                                  stderr=log_file)
+    return publisher, worker
+
+
 def _services(*args):
     proc = subprocess.run(["deploy/dev-services", *args], capture_output=True, text=True,
                           timeout=120)
@@ -276,19 +292,14 @@ def _services(*args):
 
 
 def test_redis_outage_delays_events_but_loses_none(isolated, models, sample, tmp_path):
-    import sys
 
     settings, env = isolated
     stream_id = f"outage-{uuid.uuid4().hex[:4]}"
     clip = sample("WolfgangLanger_Pexels.mp4")
-    full_env = {**os.environ, **env}
-    publisher = subprocess.Popen([sys.executable, "-m", "facestream", "ingest", str(clip),
-                                  "--stream-id", stream_id, "--realtime"], env=full_env,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     port = _free_port()
-    worker = subprocess.Popen([sys.executable, "-m", "facestream", "worker", "--no-describe"],
-                              env={**full_env, "FACESTREAM_METRICS_PORT": str(port)},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    worker_log = tmp_path / "worker.log"
+    publisher, worker = _camera_and_worker(clip, stream_id, env, worker_log,
+                                           FACESTREAM_METRICS_PORT=str(port))
     key = f"{settings.events_stream}:{stream_id}"
     try:
         _wait(lambda: len(_events_in_redis(settings, key)) >= 2, 90, "the first events")
@@ -313,7 +324,7 @@ def test_redis_outage_delays_events_but_loses_none(isolated, models, sample, tmp
             if proc.poll() is None:
                 proc.terminate()
                 proc.wait(timeout=30)
-    assert "retrying" in worker.stderr.read()
+    assert "retrying" in worker_log.read_text()
 
     _, expected_events = analyze_in_process(clip, models, tmp_path, stream_id=stream_id)
     expected = {e["id"]: e for e in expected_events}
@@ -324,19 +335,12 @@ def test_redis_outage_delays_events_but_loses_none(isolated, models, sample, tmp
 
 
 def test_broker_restart_is_ridden_out_by_publisher_and_worker(isolated, models, sample, tmp_path):
-    import sys
 
     settings, env = isolated
     stream_id = f"restart-{uuid.uuid4().hex[:4]}"
     clip = sample("WolfgangLanger_Pexels.mp4")
-    full_env = {**os.environ, **env}
-    publisher = subprocess.Popen([sys.executable, "-m", "facestream", "ingest", str(clip),
-                                  "--stream-id", stream_id, "--realtime"], env=full_env,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     worker_log = tmp_path / "worker.log"
-    with open(worker_log, "w") as log_file:
-        worker = subprocess.Popen([sys.executable, "-m", "facestream", "worker", "--no-describe"],
-                                  env=full_env, stdout=subprocess.DEVNULL, stderr=log_file)
+    publisher, worker = _camera_and_worker(clip, stream_id, env, worker_log)
     key = f"{settings.events_stream}:{stream_id}"
     try:
         _wait(lambda: len(_events_in_redis(settings, key)) >= 2, 90, "the first events")
