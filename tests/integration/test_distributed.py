@@ -66,6 +66,17 @@ def _events_in_redis(settings, key=None):
     return [json.loads(fields[b"event"]) for _, fields in entries]
 
 
+def _dlq_reasons(settings) -> list[str]:
+    """The ``fs-error`` header of every dead letter of this test, sorted."""
+    from kafka import KafkaConsumer
+
+    dlq = KafkaConsumer(settings.dlq_topic, bootstrap_servers=BOOTSTRAP,
+                        auto_offset_reset="earliest", consumer_timeout_ms=5000)
+    reasons = sorted(dict(m.headers)["fs-error"].decode() for m in dlq)
+    dlq.close()
+    return reasons
+
+
 def _run_worker(settings, models, *, streams_to_end: int, timeout_s: float = 120):
     from facestream.workers.worker import Worker
 
@@ -121,7 +132,7 @@ def test_worker_events_equal_what_analyze_writes(isolated, models, sample, tmp_p
 
 
 def test_bad_messages_go_to_the_dead_letter_topic_and_the_rest_goes_on(isolated, models, sample):
-    from kafka import KafkaConsumer, KafkaProducer
+    from kafka import KafkaProducer
 
     settings, env = isolated
     producer = KafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all")
@@ -142,10 +153,7 @@ def test_bad_messages_go_to_the_dead_letter_topic_and_the_rest_goes_on(isolated,
 
     report = _run_worker(settings, models, streams_to_end=1)
     assert report.dead_letters == 3
-    dlq = KafkaConsumer(settings.dlq_topic, bootstrap_servers=BOOTSTRAP,
-                        auto_offset_reset="earliest", consumer_timeout_ms=5000)
-    reasons = sorted(dict(m.headers)["fs-error"].decode() for m in dlq)
-    dlq.close()
+    reasons = _dlq_reasons(settings)
     assert len(reasons) == 3
     assert any("missing headers" in r for r in reasons)
     assert any("claims" in r or "does not decode" in r for r in reasons)
@@ -364,7 +372,7 @@ def test_broker_restart_is_ridden_out_by_publisher_and_worker(isolated, models, 
 def test_registry_drives_the_publishers(isolated, models, sample):
     import sys
 
-    from kafka import KafkaConsumer, KafkaProducer
+    from kafka import KafkaProducer
 
     settings, env = isolated
     tag = uuid.uuid4().hex[:6]
@@ -416,10 +424,7 @@ def test_registry_drives_the_publishers(isolated, models, sample):
         _, log = publisher.communicate(timeout=60)
     assert f"{long}: stopped (removed from the registry)" in log
     assert "rejected registry entry" in log and "'source' must be a string" in log
-    dlq = KafkaConsumer(settings.dlq_topic, bootstrap_servers=BOOTSTRAP,
-                        auto_offset_reset="earliest", consumer_timeout_ms=5000)
-    reasons = [dict(m.headers)["fs-error"].decode() for m in dlq]
-    dlq.close()
+    reasons = _dlq_reasons(settings)
     assert any("'source' must be a string" in r for r in reasons)
     analysed = {e["data"]["stream_id"] for e in _events_in_redis(settings)
                 if e["type"] == events.FACE_ANALYSIS}
@@ -495,7 +500,7 @@ def test_three_workers_six_streams_each_stream_owned_once(isolated, models, samp
 def test_chunks_of_an_ended_stream_are_refused_until_it_restarts(isolated, models, sample):
     from dataclasses import replace
 
-    from kafka import KafkaConsumer, KafkaProducer
+    from kafka import KafkaProducer
 
     settings, _ = isolated
     with av.open(str(sample("WolfgangLanger_Pexels.mp4"))) as container:
@@ -519,10 +524,7 @@ def test_chunks_of_an_ended_stream_are_refused_until_it_restarts(isolated, model
 
     report = _run_worker(settings, models, streams_to_end=2)
     assert report.dead_letters == 1
-    dlq = KafkaConsumer(settings.dlq_topic, bootstrap_servers=BOOTSTRAP,
-                        auto_offset_reset="earliest", consumer_timeout_ms=5000)
-    reasons = [dict(m.headers)["fs-error"].decode() for m in dlq]
-    dlq.close()
+    reasons = _dlq_reasons(settings)
     assert len(reasons) == 1 and "has ended" in reasons[0] and "chunk 2 refused" in reasons[0]
     errors = [e for e in _events_in_redis(settings) if e["type"] == events.STREAM_ERROR]
     assert [e["data"]["stream_id"] for e in errors] == ["gate"]
