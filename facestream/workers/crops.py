@@ -2,7 +2,9 @@
 
 * age / gender chips: dlib's face-chip alignment (5 points, padding 0.2), the alignment
   the age and gender nets were trained with, at 64² and 32² RGB;
-* expression chip: 64² grey, eyes levelled, a square around the face as FER2013 crops are.
+* expression chip: 64² grey, eyes levelled, a square around the face as FER2013 crops are;
+* Face-LLaVA crop (only when asked for): the reference's square crop at 256² RGB, with the
+  68 landmarks in that crop's pixel frame divided by 256 (what its landmark path reads).
 
 All chips are made once, where the frame still exists, so windows only carry small arrays.
 """
@@ -20,6 +22,7 @@ AGE_CHIP = 64
 GENDER_CHIP = 32
 EXPRESSION_CHIP = 64
 CHIP_PADDING = 0.2
+FACELLAVA_CROP = 256
 
 
 @dataclass(frozen=True, eq=False)
@@ -29,11 +32,19 @@ class FaceChips:
     expression: np.ndarray   # [N, 64, 64] grey
     age: np.ndarray          # [N, 64, 64, 3] RGB
     gender: np.ndarray       # [N, 32, 32, 3] RGB
+    square: np.ndarray | None = None            # [N, 256, 256, 3] RGB (facellava profile)
+    square_landmarks: np.ndarray | None = None  # [N, 136] x0, y0, x1, ... in the crop / 256
 
     def __post_init__(self) -> None:
         n = len(self.expression)
         if len(self.age) != n or len(self.gender) != n:
             raise ValueError(f"chip counts differ: {n}, {len(self.age)}, {len(self.gender)}")
+        if (self.square is None) != (self.square_landmarks is None):
+            raise ValueError("square crops and their landmarks come together")
+        if self.square is not None and (self.square.shape != (n, FACELLAVA_CROP, FACELLAVA_CROP, 3)
+                                        or self.square_landmarks.shape != (n, 136)):
+            raise ValueError(f"square crops {self.square.shape} / landmarks "
+                             f"{self.square_landmarks.shape} do not fit {n} faces")
 
     @classmethod
     def empty(cls) -> "FaceChips":
@@ -46,7 +57,10 @@ class FaceChips:
 
     def take(self, index: int) -> "FaceChips":
         sl = slice(index, index + 1)
-        return FaceChips(self.expression[sl], self.age[sl], self.gender[sl])
+        if self.square is None:
+            return FaceChips(self.expression[sl], self.age[sl], self.gender[sl])
+        return FaceChips(self.expression[sl], self.age[sl], self.gender[sl],
+                         self.square[sl], self.square_landmarks[sl])
 
 
 def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -101,13 +115,47 @@ def expression_chip(image: np.ndarray, ibug68: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(chip, cv2.COLOR_RGB2GRAY)
 
 
-def make_chips(image: np.ndarray, landmarks68: np.ndarray) -> FaceChips:
-    """Chips for every face: ``image`` [H, W, 3] RGB, ``landmarks68`` [N, 68, 2] pixels."""
+def square_crop(image: np.ndarray, box: np.ndarray,
+                ibug68: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Face-LLaVA's face crop and the landmarks in it: ([256, 256, 3] RGB, [136]).
+
+    As the reference's ``tools/crop_face.py`` cuts it (margin 0): a square of side
+    (w + h) / 2 from the detector box's top-left corner, clipped to the frame (so a face at
+    the border gives a non-square region, stretched to 256² as the reference stretches it).
+    ``box`` is the detector's [x1, y1, x2, y2]; ``ibug68`` [68, 2] frame pixels.  The
+    landmarks come back in the crop's pixel frame divided by 256, interleaved x0, y0, x1, ...
+    """
+    height, width = image.shape[:2]
+    side = ((box[2] - box[0]) + (box[3] - box[1])) / 2
+    x1, y1 = int(max(0.0, box[0])), int(max(0.0, box[1]))
+    x2, y2 = int(min(box[0] + side, width - 1)), int(min(box[1] + side, height - 1))
+    x2, y2 = max(x2, x1 + 1), max(y2, y1 + 1)
+    crop = cv2.resize(np.ascontiguousarray(image[y1:y2, x1:x2]), (FACELLAVA_CROP, FACELLAVA_CROP))
+    scale = np.array([FACELLAVA_CROP / (x2 - x1), FACELLAVA_CROP / (y2 - y1)])
+    points = (ibug68 - np.array([x1, y1])) * scale / FACELLAVA_CROP     # [68, 2]
+    return crop, points.reshape(-1).astype(np.float32)
+
+
+def make_chips(image: np.ndarray, landmarks68: np.ndarray,
+               square_boxes: np.ndarray | None = None) -> FaceChips:
+    """Chips for every face: ``image`` [H, W, 3] RGB, ``landmarks68`` [N, 68, 2] pixels;
+    with ``square_boxes`` ([N, 4] detector boxes) also Face-LLaVA's 256² crops."""
     if len(landmarks68) == 0:
-        return FaceChips.empty()
+        empty = FaceChips.empty()
+        if square_boxes is None:
+            return empty
+        return FaceChips(empty.expression, empty.age, empty.gender,
+                         np.zeros((0, FACELLAVA_CROP, FACELLAVA_CROP, 3), np.uint8),
+                         np.zeros((0, 136), np.float32))
     aligned = [dlib_chips(image, lm, (AGE_CHIP, GENDER_CHIP)) for lm in landmarks68]
+    square = square_lm = None
+    if square_boxes is not None:
+        pairs = [square_crop(image, box, lm) for box, lm in zip(square_boxes, landmarks68)]
+        square = np.stack([c for c, _ in pairs])
+        square_lm = np.stack([p for _, p in pairs])
     return FaceChips(
         expression=np.stack([expression_chip(image, lm) for lm in landmarks68]),
         age=np.stack([age for age, _ in aligned]),
         gender=np.stack([gender for _, gender in aligned]),
+        square=square, square_landmarks=square_lm,
     )

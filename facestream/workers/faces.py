@@ -59,7 +59,7 @@ class FaceAnalyzer:
     """Detect faces and compute their mesh, landmarks and chips.  Blocking, CPU."""
 
     def __init__(self, *, min_confidence: float = 0.5, min_face_px: int = 20,
-                 max_faces: int = 16) -> None:
+                 max_faces: int = 16, square_crops: bool = False) -> None:
         os.environ.setdefault("GLOG_minloglevel", "2")   # MediaPipe's C++ info logs
         try:
             from mediapipe.python.solutions import face_detection, face_mesh
@@ -76,6 +76,7 @@ class FaceAnalyzer:
                                         refine_landmarks=False, min_detection_confidence=0.3)
         self._min_face_px = min_face_px
         self._max_faces = max_faces
+        self._square_crops = square_crops     # Face-LLaVA's 256² crops (facellava profile)
 
     def close(self) -> None:
         self._detector.close()
@@ -123,17 +124,18 @@ class FaceAnalyzer:
     def __call__(self, image: np.ndarray) -> FaceDetections:
         """All faces of one [H, W, 3] uint8 RGB frame."""
         det_boxes, det_scores = self.detect_boxes(image)
-        meshes, scores = [], []
+        meshes, scores, kept = [], [], []
         for box, score in zip(det_boxes, det_scores):
             mesh = self.mesh_in_box(image, box)
             if mesh is not None:
                 meshes.append(mesh)
                 scores.append(score)
+                kept.append(box)
         if not meshes:
             return FaceDetections.empty()
         mesh_a = np.stack(meshes)
         landmarks = ibug68_from_mesh(mesh_a).astype(np.float32)
         xy = mesh_a[:, :, :2]
         boxes = np.concatenate([xy.min(1), xy.max(1)], axis=1).astype(np.float32)
-        return FaceDetections(boxes, np.asarray(scores, np.float32), mesh_a, landmarks,
-                              make_chips(image, landmarks))
+        chips = make_chips(image, landmarks, np.stack(kept) if self._square_crops else None)
+        return FaceDetections(boxes, np.asarray(scores, np.float32), mesh_a, landmarks, chips)
