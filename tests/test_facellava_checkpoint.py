@@ -1,0 +1,243 @@
+"""Loading tiny released-layout Face-LLaVA checkpoints (tests/tiny_facellava.py), CPU."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+import torch
+
+from facestream.encoder.facellava import checkpoint as checkpoint_module
+from facestream.encoder.facellava.checkpoint import llama_config, load_facellava
+from facestream.errors import AssetError, ConfigError
+from tests.tiny_facellava import read_state, tiny_config, write_tiny_checkpoint
+
+HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """One simple-variant safetensors checkpoint with towers, shared by read-only tests."""
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "facellava")
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny):
+    return load_facellava(tiny, dtype=torch.float32)
+
+
+def _renamed(old: str, new: str):
+    def edit(state):
+        state[new] = state.pop(old)
+    return edit
+
+
+# ---- round trip -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fmt, shards, cross_attn_type", [
+    ("safetensors", 1, "simple"),
+    ("bin", 1, "masked"),
+    ("safetensors", 3, "masked"),
+    ("bin", 2, "simple"),
+])
+def test_every_tensor_round_trips(tmp_path, fmt, shards, cross_attn_type):
+    path = write_tiny_checkpoint(tmp_path / "ckpt", fmt=fmt, shards=shards,
+                                 cross_attn_type=cross_attn_type)
+    written = read_state(path)
+    model = load_facellava(path, dtype=torch.float32)
+    llm = model.llm.state_dict()
+    fusion = {"model." + k: v for k, v in model.fusion.state_dict().items()}
+    assert set(llm) | set(fusion) == set(written)
+    for key, tensor in {**llm, **fusion}.items():
+        assert torch.equal(tensor, written[key]), key
+
+
+def test_llm_matches_a_llama_built_from_the_same_fields(tiny, loaded):
+    """Logits equal those of a LlamaForCausalLM built directly from config.json's fields."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = json.loads((tiny / "config.json").read_text())
+    fields = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+              "num_attention_heads", "num_key_value_heads", "rms_norm_eps",
+              "max_position_embeddings", "tie_word_embeddings")
+    reference = LlamaForCausalLM(LlamaConfig(**{k: config[k] for k in fields})).eval()
+    written = read_state(tiny)
+    reference.load_state_dict({k: written[k] for k in reference.state_dict()})
+    ids = loaded.tokenizer("A chat between a curious human", return_tensors="pt").input_ids
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.llm(ids).logits, reference(ids).logits,
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_tokenizer_and_embeddings_agree(loaded):
+    assert len(loaded.tokenizer) == loaded.llm.config.vocab_size == loaded.config["vocab_size"]
+
+
+def test_vision_paths_from_config_tower_paths(loaded):
+    video, image = loaded.vision_path("video"), loaded.vision_path("image")
+    with torch.no_grad():
+        assert video(torch.randn(1, 3, 8, 224, 224), torch.rand(1, 8, 136)).shape == (
+            1, 8 * 257, 64)
+        assert image(torch.randn(1, 3, 224, 224), torch.rand(1, 136)).shape == (1, 256, 64)
+    assert video.fusion is image.fusion is loaded.fusion
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_everywhere(tiny, dtype):
+    model = load_facellava(tiny, dtype=dtype)
+    for module in (model.llm, model.fusion, model.image_tower, model.video_tower):
+        assert {p.dtype for p in module.parameters()} == {dtype}
+
+
+def test_vision_only_load_skips_the_llm(tiny):
+    model = load_facellava(tiny, dtype=torch.float32, load_llm=False)
+    assert model.llm is None and model.tokenizer is None
+    assert model.video_tower is not None and model.image_tower is not None
+
+
+def test_explained_extra_keys_are_accepted(tmp_path):
+    """Old transformers' rotary buffers and tower copies inside the checkpoint are skipped."""
+    def add_tower_copy(state):
+        state["model.video_tower.video_tower.vision_model.pre_layrnorm.weight"] = torch.ones(32)
+    path = write_tiny_checkpoint(tmp_path / "ckpt", rotary_buffers=True, edit_state=add_tower_copy)
+    model = load_facellava(path, dtype=torch.float32)
+    assert not any("inv_freq" in k for k in model.llm.state_dict())
+
+
+# ---- bad checkpoints ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("edit, named", [
+    (_renamed("model.landmarks_cross_attn.linear_proj.bias",
+              "model.landmarks_cross_attn.linear_proj.b"),
+     ["model.landmarks_cross_attn.linear_proj.bias", "model.landmarks_cross_attn.linear_proj.b"]),
+    (_renamed("model.layers.1.mlp.up_proj.weight", "model.layers.1.mlp.upproj.weight"),
+     ["model.layers.1.mlp.up_proj.weight", "model.layers.1.mlp.upproj.weight"]),
+    (_renamed("lm_head.weight", "model.lm_head.weight"), ["model.lm_head.weight"]),
+    (lambda s: s.__setitem__("model.vision_resampler.weight", torch.zeros(4)),
+     ["model.vision_resampler.weight"]),
+    (lambda s: s.pop("model.norm.weight"), ["model.norm.weight"]),
+    (lambda s: s.__setitem__("model.norm.weight", torch.zeros(65)), ["model.norm.weight"]),
+])
+def test_key_mismatches_are_named(tmp_path, edit, named):
+    path = write_tiny_checkpoint(tmp_path / "ckpt", towers=False, edit_state=edit)
+    with pytest.raises(AssetError) as err:
+        load_facellava(path, dtype=torch.float32, image_tower=str(tmp_path),
+                       video_tower=str(tmp_path))
+    message = str(err.value)
+    assert all(key in message for key in named), message
+    assert "\n" not in message
+
+
+def _drop(name):
+    return lambda path: (path / name).unlink()
+
+
+def _set_model_type(path):
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, "model_type": "clip"}))
+
+
+def _drop_shard(path):
+    next(path.glob("model-00002-of-*.safetensors")).unlink()
+
+
+def _sentencepiece_only(path):
+    (path / "tokenizer.json").unlink()
+    (path / "tokenizer.model").write_bytes(b"not a sentencepiece model")
+
+
+@pytest.mark.parametrize("damage, message", [
+    (_drop("config.json"), "has no config.json"),
+    (_sentencepiece_only, "add the fast tokenizer's tokenizer.json"),
+    (_drop("model.safetensors"), "has no weights"),
+    (_set_model_type, "model_type 'clip'"),
+    (_drop("tokenizer.json"), "tokenizer"),
+])
+def test_not_a_checkpoint(tmp_path, damage, message):
+    path = write_tiny_checkpoint(tmp_path / "ckpt")
+    damage(path)
+    with pytest.raises(AssetError, match=message) as err:
+        load_facellava(path, dtype=torch.float32)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_missing_shard_is_named(tmp_path):
+    path = write_tiny_checkpoint(tmp_path / "ckpt", towers=False, shards=2)
+    _drop_shard(path)
+    with pytest.raises(AssetError, match="model-00002-of-00002.safetensors"):
+        load_facellava(path, dtype=torch.float32, image_tower=str(tmp_path),
+                       video_tower=str(tmp_path))
+
+
+def test_missing_directory_is_one_line(tmp_path):
+    with pytest.raises(AssetError) as err:
+        load_facellava(tmp_path / "nowhere")
+    message = str(err.value)
+    assert "nowhere" in message and "chaubeyG/FaceLLaVA" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("kind", ["image", "video"])
+def test_hub_tower_name_asks_for_a_local_path(tmp_path, kind):
+    path = write_tiny_checkpoint(tmp_path / "ckpt", towers=False)
+    local = {"image_tower": str(tmp_path), "video_tower": str(tmp_path)}
+    local.pop(f"{kind}_tower")
+    with pytest.raises(AssetError, match=f"facellava_{kind}_tower") as err:
+        load_facellava(path, dtype=torch.float32, **local)
+    assert "LanguageBind/LanguageBind_" in str(err.value)
+
+
+def test_tower_of_the_wrong_width(tmp_path, tiny):
+    config = json.loads((tiny / "config.json").read_text())
+    path = write_tiny_checkpoint(tmp_path / "ckpt", towers=False, mm_hidden=48)
+    with pytest.raises(AssetError, match="mm_hidden_size is 48"):
+        load_facellava(path, dtype=torch.float32, image_tower=config["mm_image_tower"],
+                       video_tower=config["mm_video_tower"])
+
+
+@pytest.mark.parametrize("options, error", [
+    ({"dtype": torch.int8}, ConfigError),
+    ({"quantization": "int4"}, ConfigError),
+    ({"grid": "yx"}, ConfigError),
+])
+def test_bad_options(tiny, options, error):
+    with pytest.raises(error):
+        load_facellava(tiny, **options)
+
+
+# ---- config mapping and quantization --------------------------------------------------------
+
+@pytest.mark.parametrize("change, rope", [
+    ({}, {"rope_type": "default", "rope_theta": 10000.0}),
+    ({"rope_theta": 500000.0}, {"rope_type": "default", "rope_theta": 500000.0}),
+    ({"rope_scaling": {"type": "linear", "factor": 2.0}},
+     {"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}),
+])
+def test_llama_config_maps_legacy_rope_fields(change, rope):
+    config = llama_config({**tiny_config(), **change})
+    assert {k: config.rope_parameters[k] for k in rope} == rope
+    assert config.rms_norm_eps == 1e-5 and config.tie_word_embeddings is False
+
+
+def test_nf4_without_bitsandbytes_says_so(tiny, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(checkpoint_module.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    with pytest.raises(AssetError,
+                       match="bitsandbytes not installed; install it or use dtype fp16"):
+        load_facellava(tiny, quantization="nf4")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_BNB or not torch.cuda.is_available(),
+                    reason="bitsandbytes not installed" if not HAS_BNB else "needs a CUDA device")
+def test_nf4_quantizes_the_llm_linears(tiny):
+    import bitsandbytes as bnb
+
+    model = load_facellava(tiny, quantization="nf4", device="cuda")
+    q_proj = model.llm.model.layers[0].self_attn.q_proj
+    assert isinstance(q_proj, bnb.nn.Linear4bit)
+    assert q_proj.weight.quant_state.quant_type == "nf4"
+    ids = model.tokenizer("hello", return_tensors="pt").input_ids.cuda()
+    with torch.no_grad():
+        assert torch.isfinite(model.llm(ids).logits).all()
