@@ -79,7 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--no-describe", dest="describe", action="store_false", default=None,
                    help="skip the LLM descriptions")
     a.add_argument("--stream-id", help="stream id in events (default: from the source name)")
-    a.add_argument("--backend", dest="encoder_backend", choices=("onnxruntime", "torch"),
+    a.add_argument("--backend", dest="encoder_backend",
+                   choices=("onnxruntime", "torch", "tensorrt"),
                    help="runtime for the visual nets")
     a.add_argument("--threads", type=int, help="CPU threads for the nets (0 = library default)")
 
@@ -122,6 +123,63 @@ def _parser() -> argparse.ArgumentParser:
     pull.add_argument("--samples", action="store_true", help="also fetch the sample clips")
     pull.add_argument("--force", action="store_true", help="fetch and convert again")
     msub.add_parser("list", help="show each model file and whether it is present")
+
+    ev = sub.add_parser("eval", help="score a profile on a labelled folder (UAR/WAR, F1, MAE...)",
+                        description="Analyse every file listed in the labels CSV with the "
+                                    "embedded pipeline and compute the task's metrics.")
+    ev.add_argument("dataset_dir", type=Path, help="folder of images or videos")
+    ev.add_argument("--task", required=True,
+                    choices=("expression", "action_units", "age", "attributes", "deepfake"))
+    ev.add_argument("--labels", type=Path,
+                    help="CSV with a file column and the task's labels "
+                         "(default DATASET_DIR/labels.csv)")
+    ev.add_argument("--profile", default="compact", choices=("compact", "facellava"),
+                    help="analysis profile (default compact)")
+    ev.add_argument("--out", type=Path,
+                    help="results JSON (default facestream-out/eval-<folder>-<task>.json)")
+    ev.add_argument("--limit", type=int, help="only the first N rows of the CSV")
+    ev.add_argument("--dataset", help="the dataset's name (DFEW, CREMA-D, RAF-DB, MORPH II, "
+                                      "UTKFace, CelebA, FaceForensics++) to print the paper's "
+                                      "figures beside")
+
+    enc = sub.add_parser("encoder", help="build the visual nets' runtime artefacts")
+    encsub = enc.add_subparsers(dest="encoder_command", required=True)
+    ex = encsub.add_parser("export", help="export ONNX graphs or build TensorRT engines into "
+                                          "the cache, and check each against torch",
+                           description="One line per artefact: path, size, build time, and "
+                                       "the largest difference from torch on a random batch.")
+    ex.add_argument("--backend", required=True, choices=("onnx", "tensorrt"))
+    ex.add_argument("--profile", default="compact", choices=("compact", "facellava"),
+                    help="which nets (default compact)")
+    ex.add_argument("--checkpoint", type=Path,
+                    help="facellava: the released Face-LLaVA checkpoint directory")
+    ex.add_argument("--image-tower", type=Path, help="facellava: LanguageBind image tower dir")
+    ex.add_argument("--video-tower", type=Path, help="facellava: LanguageBind video tower dir")
+    ex.add_argument("--force", action="store_true", help="rebuild even when cached")
+
+    llm = sub.add_parser("llm", help="the LLM tier on its own")
+    llmsub = llm.add_subparsers(dest="llm_command", required=True)
+    serve = llmsub.add_parser(
+        "serve", help="serve an LLM over an OpenAI-compatible HTTP endpoint",
+        description="Run the continuous-batching engine behind /v1/completions (prompt text, "
+                    "token ids or vLLM-style prompt_embeds), /v1/models and /health, for "
+                    "workers whose llm_endpoint points here.  See docs/LLM_SERVING.md.")
+    serve.add_argument("--model", type=Path,
+                       help="transformers LLaMA-family model directory (default: the "
+                            "SmolLM2 that `models pull` converts)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
+    serve.add_argument("--port", type=int, default=8000,
+                       help="port (default 8000; 0 picks a free one)")
+    serve.add_argument("--max-batch", type=int, help="requests decoded together "
+                                                     "(default: setting llm_max_batch)")
+    serve.add_argument("--max-seq-len", type=int, help="longest prompt + answer in tokens "
+                                                       "(default: setting llm_max_seq_len)")
+    serve.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    serve.add_argument("--dtype", default="auto",
+                       choices=("auto", "float32", "float16", "bfloat16"),
+                       help="weights dtype (default: float32 on CPU, the checkpoint's on GPU)")
+    serve.add_argument("--threads", type=int, help="CPU threads (0 = library default)")
     return p
 
 
@@ -143,6 +201,12 @@ def main(argv: list[str] | None = None) -> int:
             return _events(args)
         if args.command == "streams":
             return _streams(args)
+        if args.command == "eval":
+            return _eval(args)
+        if args.command == "encoder":
+            return _encoder(args)
+        if args.command == "llm":
+            return _llm_serve(args)
         return 2
     except FacestreamError as exc:
         print(f"facestream: error: {exc}", file=sys.stderr)
@@ -242,6 +306,32 @@ def _analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from facestream.evaluation import report_lines, run_eval, write_json
+
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit {args.limit}: expected a positive number of rows")
+
+    def progress(done: int, total: int, name: str) -> None:
+        if sys.stderr.isatty():
+            sys.stderr.write(f"\r[{done + 1}/{total}] {name[:90]:<90}")
+            sys.stderr.flush()
+
+    try:
+        result = run_eval(args.dataset_dir, task=args.task, labels=args.labels,
+                          profile=args.profile, limit=args.limit, dataset=args.dataset,
+                          progress=progress)
+    finally:
+        if sys.stderr.isatty():
+            sys.stderr.write("\r" + " " * 100 + "\r")
+    for line in report_lines(result):
+        print(line)
+    folder = args.dataset_dir.resolve().name
+    out = args.out or Path("facestream-out") / f"eval-{folder}-{args.task}.json"
+    print(f"results: {write_json(result, out)}")
+    return 0
+
+
 def _resolve_source(text: str, settings) -> str:
     if text.startswith("sample:"):
         from facestream import assets
@@ -333,4 +423,90 @@ def _streams(args: argparse.Namespace) -> int:
                 print(f"{stream_id}\t{spec.source}\t{spec.fps:g} fps\t{spec.profile}")
             except SpecError as exc:
                 print(f"{stream_id}\tINVALID: {exc}")
+    return 0
+
+
+def _encoder(args: argparse.Namespace) -> int:
+    import logging
+
+    from facestream.config import Settings
+    from facestream.encoder.backends import TorchBackend, compare_backends, import_tensorrt
+    from facestream.encoder.export import (ENGINES_DIR, VISION_INPUTS, VISION_OUTPUT,
+                                           BatchProfile, EngineCache, export_vision_path,
+                                           open_artefact, vision_inputs)
+
+    settings = Settings.load()
+    if args.backend == "tensorrt":
+        import_tensorrt()          # the install hint before any model is loaded
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="facestream: warning: %(message)s")
+    fp16 = settings.encoder_precision == "fp16"
+    profile = BatchProfile.parse(settings.encoder_batch_sizes)
+    # checks: (artefact, the backend it is compared with, a random batch)
+    if args.profile == "compact":
+        from facestream.encoder import compact
+
+        built = compact.export_artefacts(settings.cache_dir, backend=args.backend, fp16=fp16,
+                                         profile=profile, force=args.force)
+        checks = [(art, compact.reference_backend(settings.cache_dir, name),
+                   compact.random_inputs(name, 5, seed=1)) for name, art in built.items()]
+    else:
+        if args.checkpoint is None:
+            raise ConfigError("--profile facellava needs --checkpoint DIR (the released "
+                              "Face-LLaVA checkpoint; --image-tower / --video-tower DIR where "
+                              "its config.json names hub ids rather than local towers)")
+        import torch
+
+        from facestream.encoder.facellava import load_facellava
+
+        model = load_facellava(args.checkpoint, image_tower=args.image_tower,
+                               video_tower=args.video_tower, load_llm=False,
+                               dtype=torch.float32)
+        vision = model.vision_path("video")
+        art = export_vision_path(EngineCache(settings.cache_dir / ENGINES_DIR), vision,
+                                 backend=args.backend, fp16=fp16, profile=profile,
+                                 force=args.force)
+        checks = [(art, TorchBackend(vision, input_names=VISION_INPUTS,
+                                     output_names=(VISION_OUTPUT,)),
+                   vision_inputs(vision, 2, seed=1))]
+    for art, reference, inputs in checks:
+        agreement = compare_backends(reference, open_artefact(art), inputs)
+        state = f"built in {art.seconds:.1f}s" if art.built else "cached"
+        batch = next(iter(inputs.values())).shape[0]
+        print(f"{art.name}: {art.path}  {art.size_bytes / 1e6:.1f} MB  {state}  "
+              f"max abs diff vs {reference.name} {agreement.max_abs:.2e} "
+              f"(relative {agreement.max_rel:.2e}, random batch of {batch})")
+    return 0
+
+
+def _llm_serve(args: argparse.Namespace) -> int:
+    import signal
+
+    import torch
+
+    from facestream import assets
+    from facestream.config import Settings
+    from facestream.llm.server import LLMServer
+
+    settings = Settings.load({"llm_max_batch": args.max_batch,
+                              "llm_max_seq_len": args.max_seq_len, "threads": args.threads})
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    model_dir = args.model or settings.cache_dir / assets.SMOLLM_DIR
+    dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
+    server = LLMServer.from_model_dir(model_dir, device=args.device, dtype=dtype,
+                                      host=args.host, port=args.port,
+                                      max_batch=settings.llm_max_batch,
+                                      max_seq_len=settings.llm_max_seq_len,
+                                      queue_size=settings.llm_queue_size)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    server.start()
+    try:
+        print(f"llm: serving {server.model_name} at {server.url} (/v1/completions with prompt "
+              f"or prompt_embeds, /v1/models, /health); max batch {settings.llm_max_batch}, "
+              f"max seq len {settings.llm_max_seq_len}", flush=True)
+        stop.wait()
+    finally:
+        server.close()
     return 0

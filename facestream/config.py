@@ -54,13 +54,45 @@ class Settings:
         "Smallest IoU between a predicted track box and a detection to associate them.",
         ge=0, le=1))
     encoder_backend: str = field(default="onnxruntime", metadata=_doc(
-        "Runtime for the visual nets.", choices=("onnxruntime", "torch")))
+        "Runtime for the visual nets (tensorrt needs a CUDA device and `pip install "
+        "'facestream[tensorrt]'`; its engines are built once into cache_dir/engines).",
+        choices=("onnxruntime", "torch", "tensorrt")))
+    encoder_batch_sizes: str = field(default="1,8,32", metadata=_doc(
+        "TensorRT optimisation profile: smallest, typical and largest faces per encoder call, "
+        "comma-separated ('8' fixes the batch); larger calls are split."))
+    encoder_precision: str = field(default="fp16", metadata=_doc(
+        "Arithmetic of TensorRT engines; ONNX Runtime and torch always run fp32.",
+        choices=("fp16", "fp32")))
     threads: int = field(default=0, metadata=_doc(
         "CPU threads for the nets and the LLM; 0 lets each library choose.", ge=0, le=256))
     describe: bool = field(default=True, metadata=_doc(
         "Write a natural-language description with the small LLM."))
     description_max_tokens: int = field(default=32, metadata=_doc(
         "Longest description, in tokens.", ge=8, le=512))
+
+    # Change-triggered descriptions (facestream.workers.scheduler): a track's window goes to
+    # the LLM when the track is new, when a cheap signal moved more than its threshold since
+    # the track's last described window, or when llm_max_interval_s passed; otherwise the
+    # last description is reused.  A threshold at its upper limit turns its trigger off.
+    # Defaults tuned with bench/bench_scheduling.py (docs/PERFORMANCE.md, "Scheduling").
+    llm_trigger_label: bool = field(default=True, metadata=_doc(
+        "Describe afresh when the expression label differs from the last described window's."))
+    llm_trigger_expression: float = field(default=1.0, metadata=_doc(
+        "Describe afresh when the 7 expression scores moved more than this (L1 distance, "
+        "0..2).", ge=0, le=2))
+    llm_trigger_au: float = field(default=3.0, metadata=_doc(
+        "Describe afresh when one geometric AU intensity moved more than this (0..5 scale).",
+        ge=0, le=5))
+    llm_trigger_pose_deg: float = field(default=30.0, metadata=_doc(
+        "Describe afresh when head yaw, pitch or roll moved more than this many degrees.",
+        ge=0, le=180))
+    llm_trigger_motion: float = field(default=0.15, metadata=_doc(
+        "Describe afresh when the 68 landmarks moved relative to the eyes by more than this "
+        "on average (units of the distance between the eyes; position, size and roll of the "
+        "face do not count).", ge=0, le=10))
+    llm_max_interval_s: float = field(default=10.0, metadata=_doc(
+        "Describe afresh at least this often (media seconds); 0 describes every window.",
+        ge=0, le=3600))
     reconnect_attempts: int = field(default=5, metadata=_doc(
         "Reconnects tried for a live source that drops, before giving up.", ge=0, le=1000))
     reconnect_backoff_s: float = field(default=0.5, metadata=_doc(
@@ -117,6 +149,38 @@ class Settings:
     events_maxlen: int = field(default=100_000, metadata=_doc(
         "Approximate cap on each Redis events stream (XADD MAXLEN ~).", ge=100))
 
+    # Face-LLaVA towers: the checkpoint's config names them by hub id; facestream never
+    # downloads, so these point at local copies ("" = use the config's value if it is local).
+    facellava_image_tower: str = field(default="", metadata=_doc(
+        "Local directory of LanguageBind/LanguageBind_Image (config.json + weights)."))
+    facellava_video_tower: str = field(default="", metadata=_doc(
+        "Local directory of LanguageBind/LanguageBind_Video_merge (config.json + weights)."))
+
+    # LLM engine (facestream.llm.engine): continuous batching over a preallocated slot KV
+    # cache of llm_max_batch x llm_max_seq_len positions (2 x layers x kv heads x head dim
+    # values each; Vicuna-7B fp16: 0.5 MiB per position).
+    llm_max_batch: int = field(default=8, metadata=_doc(
+        "Most requests the LLM engine decodes together (KV cache slots).", ge=1, le=512))
+    llm_max_seq_len: int = field(default=2560, metadata=_doc(
+        "Longest prompt + answer per request, in tokens (a Face-LLaVA video prompt is 2,056 "
+        "visual tokens + the question).", ge=64, le=32768))
+    llm_queue_size: int = field(default=256, metadata=_doc(
+        "Requests waiting for a slot; when full, the oldest non-urgent one is shed and "
+        "counted.", ge=1, le=100_000))
+
+    # Remote LLM tier (facestream.llm.remote): the same requests sent to an OpenAI-compatible
+    # server that accepts prompt embeddings (vLLM with --enable-prompt-embeds, or
+    # `facestream llm serve`); docs/LLM_SERVING.md.
+    llm_endpoint: str = field(default="", metadata=_doc(
+        "Base URL of the LLM server, e.g. http://llm-host:8000 (a trailing /v1 is accepted); "
+        "empty runs the LLM in-process."))
+    llm_timeout_s: float = field(default=120.0, metadata=_doc(
+        "Longest wait for one answer from the LLM server, in seconds (not retried).",
+        ge=0.1, le=3600))
+    llm_max_in_flight: int = field(default=8, metadata=_doc(
+        "Most requests a process has open at the LLM server at once; more wait their turn.",
+        ge=1, le=1024))
+
     def kafka_client_options(self) -> dict[str, Any]:
         """Connection options shared by every kafka-python client facestream makes."""
         options: dict[str, Any] = {"bootstrap_servers": self.kafka_bootstrap.split(","),
@@ -144,6 +208,9 @@ class Settings:
         if self.kafka_security_protocol.startswith("SASL") and not self.kafka_sasl_mechanism:
             raise ConfigError(f"setting kafka_security_protocol={self.kafka_security_protocol} "
                               "needs kafka_sasl_mechanism (and user name, password)")
+        from facestream.encoder.export import BatchProfile
+
+        BatchProfile.parse(self.encoder_batch_sizes)
         if self.window_s < 1.0 / self.fps:
             raise ConfigError(
                 f"setting window_s={self.window_s} is shorter than one sampled frame at "

@@ -8,8 +8,8 @@ import torch
 
 from facestream import assets
 from facestream.encoder import action_units
-from facestream.encoder.backends import OnnxNet, TorchNet
-from facestream.encoder.expression import load_expression_net, preprocess
+from facestream.encoder.backends import OnnxBackend, TorchBackend
+from facestream.encoder.expression import INPUT_NAME, OUTPUT_NAME, load_expression_net, preprocess
 from facestream.errors import AssetError
 from tests.conftest import analyze_in_process
 
@@ -59,13 +59,14 @@ def test_onnx_export_matches_torch(settings, face_analyzer, sample):
     from tests.media import load_rgb
 
     net = load_expression_net(assets.require(settings.cache_dir, "models/emotion_model.hdf5"))
-    onnx = OnnxNet(assets.require(settings.cache_dir, assets.EXPRESSION_ONNX))
+    onnx = OnnxBackend(assets.require(settings.cache_dir, assets.EXPRESSION_ONNX))
+    torch_net = TorchBackend(net, input_names=(INPUT_NAME,), output_names=(OUTPUT_NAME,))
     chips = face_analyzer(load_rgb(sample("multi_face.jpg"))).chips.expression
     x = preprocess(chips)                                  # a batch of 5 real faces
     with torch.no_grad():
         reference = net(torch.from_numpy(x)).numpy()
-    np.testing.assert_allclose(onnx(x), reference, atol=1e-5)
-    np.testing.assert_allclose(TorchNet(net)(x), reference, atol=1e-6)
+    np.testing.assert_allclose(onnx.run({INPUT_NAME: x})[OUTPUT_NAME], reference, atol=1e-5)
+    np.testing.assert_allclose(torch_net.run({INPUT_NAME: x})[OUTPUT_NAME], reference, atol=1e-6)
     assert np.allclose(reference.sum(1), 1, atol=1e-5)
 
 
@@ -90,7 +91,7 @@ def test_corrupt_model_file_is_reported_with_the_fix(tmp_path):
     bad_onnx = tmp_path / "age.onnx"
     bad_onnx.write_bytes(b"\x00" * 100)
     with pytest.raises(AssetError, match="cannot be loaded.*models pull --force"):
-        OnnxNet(bad_onnx)
+        OnnxBackend(bad_onnx)
 
 
 def test_descriptions_are_written_from_the_results(models_with_llm, sample, tmp_path):

