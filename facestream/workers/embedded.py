@@ -23,6 +23,7 @@ from facestream.retry import Backoff
 from facestream.workers.decode import DecodedFrame, Decoder, StreamInfo
 from facestream.workers.faces import FaceAnalyzer
 from facestream.workers.pipeline import PROFILE, StreamState, WindowAnalyzer
+from facestream.workers.scheduler import ChangeScheduler, Thresholds
 from facestream.workers.sinks import JsonlSink
 
 
@@ -51,7 +52,8 @@ class Models:
                                       threads=settings.threads)
         faces = FaceAnalyzer(min_confidence=settings.min_detection_confidence,
                              min_face_px=settings.min_face_px, max_faces=settings.max_faces)
-        return cls(faces, WindowAnalyzer(encoder, describer))
+        scheduler = ChangeScheduler(Thresholds.from_settings(settings))
+        return cls(faces, WindowAnalyzer(encoder, describer, scheduler=scheduler))
 
 
 @dataclass

@@ -3,8 +3,9 @@
 * :class:`StreamState` — one stream's tracker and windows: frames and their faces in, track
   events and closed windows out.  Cheap; one per stream.
 * :class:`WindowAnalyzer` — the models: turns closed windows of *any* streams into analysis
-  events, running the encoder once per call over all of them and the LLM only for windows
-  whose track is new or whose results changed.  One per process.
+  events, running the encoder once per call over all of them and the LLM only for the
+  windows the :class:`~facestream.workers.scheduler.ChangeScheduler` picks (new track, cheap
+  signals moved, or too long since the last description).  One per process.
 
 ``facestream analyze`` (embedded) and the Kafka workers both drive these two classes.
 """
@@ -20,6 +21,7 @@ from facestream.config import Settings
 from facestream.encoder.compact import COMPONENTS, CompactEncoder, EncoderOutput
 from facestream.workers.decode import DecodedFrame
 from facestream.workers.faces import FaceDetections
+from facestream.workers.scheduler import REUSE, Answered, ChangeScheduler, CheapSignals, Decision
 from facestream.workers.tracker import Track, Tracker
 from facestream.workers.windows import FaceSample, FaceWindow, Windower
 
@@ -28,11 +30,11 @@ PROFILE = "compact"
 
 @dataclass
 class TrackMemory:
-    """What the analyzer remembers about a track between windows."""
+    """What the analyzer remembers about a track between windows (checkpointed with the
+    stream: plain data only)."""
 
-    signature: tuple | None = None       # the facts the last description was written from
     description: str | None = None
-    described_at_s: float | None = None
+    answered: Answered | None = None     # the last described window: the scheduler's reference
     latest: EncoderOutput | None = None
 
 
@@ -107,18 +109,17 @@ def _facts(out: EncoderOutput) -> str:
     return text + (f"; action units: {', '.join(aus)}" if aus else "")
 
 
-def _signature(out: EncoderOutput) -> tuple:
-    # What a description is about: a new expression or a changed gender call is news; the
-    # age estimate wobbles window to window and would cost a description each time.
-    return (out.expression_label, out.gender)
-
-
 class WindowAnalyzer:
-    """Runs the visual stage and the LLM over windows from any number of streams."""
+    """Runs the visual stage and the LLM over windows from any number of streams.
 
-    def __init__(self, encoder: CompactEncoder, describer=None) -> None:
+    ``describer`` (None: descriptions off) has ``describe(list[str]) -> list[str]``;
+    ``scheduler`` picks the windows it sees."""
+
+    def __init__(self, encoder: CompactEncoder, describer=None, *,
+                 scheduler: ChangeScheduler) -> None:
         self.encoder = encoder
         self.describer = describer
+        self.scheduler = scheduler
         self.components = dict(COMPONENTS)
         if describer is not None:
             from facestream.llm.smollm import MODEL_VERSION
@@ -132,31 +133,42 @@ class WindowAnalyzer:
         if not items:
             return []
         outputs = self.encoder.encode([w for _, w in items])
-        fresh: dict[int, str] = {}
+        signals = [CheapSignals.from_window(w, out) for (_, w), out in zip(items, outputs)]
+        decisions = [REUSE] * len(items)
+        texts: dict[int, str] = {}
         if self.describer is not None:
-            due = [i for i, ((state, w), out) in enumerate(zip(items, outputs))
-                   if state.memory.get(w.track_id, TrackMemory()).signature != _signature(out)]
+            # Decide in order, so that a later window of a track in the same batch is compared
+            # with an earlier one that was picked; then describe the picked ones as one batch.
+            answered: dict[tuple[int, str], Answered | None] = {}
+            for i, ((state, w), sig) in enumerate(zip(items, signals)):
+                key = (id(state), w.track_id)
+                if key not in answered:
+                    answered[key] = state.memory.get(w.track_id, TrackMemory()).answered
+                decisions[i] = self.scheduler.decide(answered[key], sig, time_s=w.start_s)
+                if decisions[i].fresh:
+                    answered[key] = Answered(sig, w.start_s)
+            due = [i for i, d in enumerate(decisions) if d.fresh]
             if due:
-                texts = self.describer.describe([_facts(outputs[i]) for i in due])
+                texts = dict(zip(due, self.describer.describe([_facts(outputs[i]) for i in due])))
                 self.llm_calls += len(due)
-                fresh = dict(zip(due, texts))
+            self.descriptions_reused += len(items) - len(due)
         result = []
         for i, ((state, window), out) in enumerate(zip(items, outputs)):
             memory = state.memory.setdefault(window.track_id, TrackMemory())
-            if i in fresh:
-                memory.signature, memory.description = _signature(out), fresh[i]
-                memory.described_at_s = window.start_s
-            elif self.describer is not None:
-                self.descriptions_reused += 1
+            if i in texts:
+                memory.description = texts[i]
+                memory.answered = Answered(signals[i], window.start_s)
             memory.latest = out
-            result.append(self._event(state, window, out, memory, reused=i not in fresh))
+            result.append(self._event(state, window, out, signals=signals[i], memory=memory,
+                                      decision=decisions[i]))
             if window.final:
                 del state.memory[window.track_id]        # the track has ended
         return result
 
-    def _event(self, state: StreamState, window: FaceWindow, out: EncoderOutput,
-               memory: TrackMemory, *, reused: bool) -> dict[str, Any]:
-        describing = self.describer is not None
+    def _event(self, state: StreamState, window: FaceWindow, out: EncoderOutput, *,
+               signals: CheapSignals, memory: TrackMemory, decision: Decision) -> dict[str, Any]:
+        describing = self.describer is not None and memory.answered is not None
+        answered_s = memory.answered.start_s if describing else None
         data = {
             "stream_id": window.stream_id,
             "track_id": window.track_id,
@@ -166,14 +178,17 @@ class WindowAnalyzer:
             "bbox": [round(float(v), 1) for v in window.median_box()],
             "expression": {"label": out.expression_label, "scores": out.expression},
             "action_units": {**out.action_units, "method": "geometric"},
+            "head_pose": signals.head_pose.as_dict(),
             "attributes": {
                 "gender": {"label": out.gender, "score": out.gender_score},
                 "age": {"years": out.age_years, "low": out.age_low, "high": out.age_high},
             },
             "deepfake": None,
             "description": memory.description if describing else None,
-            "description_reused": describing and reused,
-            "description_from_s": memory.described_at_s if describing else None,
+            "description_reused": describing and not decision.fresh,
+            "description_age_s": round(window.start_s - answered_s, 3) if describing else None,
+            "description_trigger": decision.reason,
+            "description_from_s": answered_s,
             "model": {"profile": PROFILE, "components": self.components},
             "latency_ms": round(max(0.0, time.time() - window.samples[-1].arrival) * 1000, 1),
         }
