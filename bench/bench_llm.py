@@ -1,0 +1,396 @@
+"""LLM engine benchmark: facestream's continuous-batching engine vs transformers ``generate``.
+
+Two modes, each measuring the engine and its baseline in the same process on the same
+prompts:
+
+``--model-shape smollm2`` (default, CPU): the real SmolLM2-135M-Instruct weights (fp32).
+    (a) throughput: 16 chat prompts about faces (37-59 tokens), 32 new tokens each.  Baseline:
+        HF ``generate`` one request at a time.  Engine: ``Engine.generate`` over all 16 with
+        ``max_batch`` 1, 4, 8, 16.  For equal work nobody stops early: no stop strings, the
+        engine ignores end-of-sequence tokens (``ignore_eos``) and HF gets
+        ``min_new_tokens`` = ``max_new_tokens``.  Tokens/s counts generated tokens over wall
+        time including prefill; the ratio is engine / baseline.
+    (b) time to first token under load: the engine's loop thread (``max_batch`` 8) serves 32
+        requests arriving as a Poisson process at ``--load`` x the batch-8 throughput
+        measured in (a); p50/p95 of submit -> first token and submit -> finished.
+    The engine runs as facestream serves: with the shared system prompt (the chat
+    template's, 31 tokens) as its prefix cache; one extra row at batch 8 runs without it.
+    On CPU, prefill of these short prompts costs as much compute as the answers, so the
+    prefix cache matters as much as batching.
+
+``--model-shape 7b`` (``--device cuda``): a LLaMA-7B-shaped ``LlamaForCausalLM`` (hidden
+    4096, 32 layers, 32 heads, MLP 11008, vocab 32000; Face-LLaVA's Vicuna-7B shape) with
+    random fp16 weights made directly on the GPU.  Each window is a Face-LLaVA video prompt:
+    BOS + 8 system ids + 2,056 image placeholders (random visual embeddings) + a 32-48 token
+    question; 64-token answers.  For batch 1, 2, 4, ..., 64: the engine (``max_batch`` = batch,
+    one window per slot) vs HF ``generate`` on the same windows, left-padded
+    ``inputs_embeds`` batched at the same size (batch 1 = one at a time).  Windows/s,
+    tokens/s, ratio, peak ``torch.cuda.max_memory_allocated``, and whether the greedy tokens
+    agree.  Needs torch and transformers only (no tokenizer, no model files, no network);
+    from facestream it imports only ``facestream.llm.engine``.
+``--model-shape tiny``: the same code path with a toy shape, for a CPU check.
+
+Every row is printed as a table line and as a ``JSON {...}`` line.
+
+    .venv/bin/python bench/bench_llm.py [--quick] [--threads N]   # CPU, ~3 min on 2 cores
+    python bench/bench_llm.py --device cuda --model-shape 7b --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from facestream.llm.engine import Engine, GenerationRequest  # noqa: E402
+
+QUESTIONS = (
+    "What expression is on this face?",
+    "Describe the facial expression of a woman who has just heard surprising news.",
+    "Which facial action units are active in a genuine smile?",
+    "Is a frown with pressed lips more likely to mean anger or sadness?",
+    "How can you tell fear from surprise by looking at the eyebrows and the eyes?",
+    "Estimate the age of a man with grey hair and deep wrinkles around the eyes.",
+    "List the visible facial attributes of a person wearing glasses and a beard.",
+    "What does raised inner brows and a lowered lip corner usually express?",
+    "Give a short justification for labelling a face as happy.",
+    "Can a face look neutral and tired at the same time? Explain briefly.",
+    "Describe the mouth of someone showing disgust.",
+    "What changes around the eyes when a person squints in bright light?",
+    "Summarise the emotional state of a person who is crying and smiling at once, with "
+    "reference to the cheeks, the eyes and the mouth.",
+    "Which muscles pull the lip corners down?",
+    "Describe a contempt expression in one sentence.",
+    "Compare the faces of a person who is bored and one who is sleepy.",
+)
+
+
+@dataclass(frozen=True)
+class Shape:
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    intermediate: int
+    vocab: int
+    visual_tokens: int
+    answer_tokens: int
+
+
+SHAPES = {
+    "7b": Shape(hidden=4096, layers=32, heads=32, kv_heads=32, intermediate=11008,
+                vocab=32000, visual_tokens=2056, answer_tokens=64),
+    "tiny": Shape(hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128, vocab=512,
+                  visual_tokens=24, answer_tokens=8),
+}
+IMAGE_TOKEN_ID = -200           # LLaVA's placeholder convention: outside the vocabulary
+
+
+def emit(row: dict) -> None:
+    print("JSON " + json.dumps(row), flush=True)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+# ---- SmolLM2 on CPU --------------------------------------------------------------------
+
+def default_model_dir() -> Path:
+    base = os.environ.get("FACESTREAM_CACHE_DIR") or str(
+        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "facestream")
+    return Path(base) / "models" / "smollm2-135m-instruct"
+
+
+def smollm2_bench(*, model_dir: Path, new_tokens: int, batches: tuple[int, ...],
+                  load: float, arrivals: int) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    prompts = [tuple(tokenizer.apply_chat_template(
+        [{"role": "user", "content": q}], add_generation_prompt=True)["input_ids"])
+        for q in QUESTIONS]
+    lengths = [len(p) for p in prompts]
+    print(f"SmolLM2-135M fp32, CPU, {torch.get_num_threads()} threads; {len(prompts)} prompts "
+          f"of {min(lengths)}-{max(lengths)} tokens, {new_tokens} new tokens each, no early "
+          "stop", flush=True)
+    total = len(prompts) * new_tokens
+
+    def requests(tag: str) -> list[GenerationRequest]:
+        return [GenerationRequest(f"{tag}{i}", p, max_new_tokens=new_tokens, ignore_eos=True)
+                for i, p in enumerate(prompts)]
+
+    warm = Engine(model, tokenizer, max_batch=2, max_seq_len=max(lengths) + new_tokens)
+    warm.generate(requests("warm")[:2])
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for p in prompts:
+            ids = torch.tensor([p])
+            model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                           max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                           pad_token_id=tokenizer.pad_token_id)
+    base_tps = total / (time.perf_counter() - start)
+    print(f"{'run':<40}{'tokens/s':>10}{'vs HF':>8}")
+    print(f"{'HF generate, one at a time':<40}{base_tps:>10.1f}{1.0:>8.2f}")
+    emit({"bench": "llm_cpu", "run": "hf_one_at_a_time", "tokens_per_s": round(base_tps, 2)})
+    shared = 0
+    while all(len(p) > shared and p[shared] == prompts[0][shared] for p in prompts):
+        shared += 1
+    prefix = prompts[0][:shared]            # the chat template's system prompt
+    runs = [(batch, prefix) for batch in batches]
+    runs.append((8 if 8 in batches else max(batches), ()))
+    engine_tps = {}
+    for batch, prefix_ids in runs:
+        engine = Engine(model, tokenizer, max_batch=batch, prefix_ids=prefix_ids,
+                        max_seq_len=max(lengths) + new_tokens)
+        start = time.perf_counter()
+        results = engine.generate(requests(f"b{batch}-"))
+        tps = sum(len(r.token_ids) for r in results) / (time.perf_counter() - start)
+        label = f"engine, max_batch {batch}" + ("" if prefix_ids else ", no prefix cache")
+        if prefix_ids:
+            engine_tps[batch] = tps
+        print(f"{label:<40}{tps:>10.1f}{tps / base_tps:>8.2f}", flush=True)
+        emit({"bench": "llm_cpu", "run": "engine", "max_batch": batch,
+              "prefix_cache_tokens": len(prefix_ids), "tokens_per_s": round(tps, 2),
+              "ratio_vs_hf": round(tps / base_tps, 3)})
+    batch = 8 if 8 in engine_tps else max(engine_tps)
+    ttft_under_load(model, tokenizer, prompts, batch=batch, new_tokens=new_tokens,
+                    rate=load * engine_tps[batch] / new_tokens, arrivals=arrivals,
+                    prefix=prefix)
+
+
+def ttft_under_load(model, tokenizer, prompts, *, batch: int, new_tokens: int, rate: float,
+                    arrivals: int, prefix: tuple[int, ...]) -> None:
+    """Poisson arrivals at ``rate`` requests/s into the engine's loop thread."""
+    import random
+
+    engine = Engine(model, tokenizer, max_batch=batch, prefix_ids=prefix,
+                    max_seq_len=max(len(p) for p in prompts) + new_tokens)
+    engine.start()
+    rng = random.Random(0)
+    futures = []
+    for i in range(arrivals):
+        futures.append(engine.submit(GenerationRequest(
+            f"load{i}", prompts[i % len(prompts)], max_new_tokens=new_tokens,
+            ignore_eos=True)))
+        time.sleep(rng.expovariate(rate))
+    results = [f.result() for f in futures]
+    engine.close()
+    ttft = [r.ttft_s * 1000 for r in results]
+    latency = [r.latency_s * 1000 for r in results]
+    row = {"bench": "llm_cpu", "run": "ttft_under_load", "max_batch": batch,
+           "arrival_rate_per_s": round(rate, 3), "requests": arrivals,
+           "ttft_ms_p50": round(statistics.median(ttft), 1),
+           "ttft_ms_p95": round(percentile(ttft, 0.95), 1),
+           "latency_ms_p50": round(statistics.median(latency), 1),
+           "latency_ms_p95": round(percentile(latency, 0.95), 1)}
+    print(f"TTFT under load (Poisson, {rate:.2f} req/s, max_batch {batch}, {arrivals} "
+          f"requests): p50 {row['ttft_ms_p50']:.0f} ms, p95 {row['ttft_ms_p95']:.0f} ms; "
+          f"latency p50 {row['latency_ms_p50']:.0f} ms, p95 {row['latency_ms_p95']:.0f} ms")
+    emit(row)
+
+
+# ---- LLaMA-7B shape with random weights ------------------------------------------------
+
+def random_llama(shape: Shape, *, device: torch.device, dtype: torch.dtype):
+    """A LlamaForCausalLM of ``shape`` with N(0, 0.02) weights and unit norms, built on the
+    meta device and materialised directly on ``device`` (no CPU copy of the weights)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(hidden_size=shape.hidden, num_hidden_layers=shape.layers,
+                         num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads,
+                         intermediate_size=shape.intermediate, vocab_size=shape.vocab,
+                         max_position_embeddings=4096, bos_token_id=1, eos_token_id=2,
+                         pad_token_id=0)
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    model = model.to(dtype=dtype).to_empty(device=device)
+    generator = torch.Generator(device=device).manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.fill_(1.0)
+            else:
+                param.normal_(0.0, 0.02, generator=generator)
+        # Buffers were left uninitialised by to_empty: rebuild the rotary table's inv_freq.
+        rotary = type(model.model.rotary_emb)(config=config).to(device)
+        model.model.rotary_emb = rotary
+    model.generation_config.pad_token_id = 0
+    return model.eval()
+
+
+@dataclass(frozen=True)
+class Window:
+    ids: tuple[int, ...]        # BOS, system ids, image placeholders, question ids
+    visual: torch.Tensor        # [visual_tokens, hidden]
+
+
+def make_windows(shape: Shape, count: int, *, device, dtype) -> list[Window]:
+    generator = torch.Generator().manual_seed(1)
+    windows = []
+    for _ in range(count):
+        question_len = int(torch.randint(32, 49, (), generator=generator))
+        system = torch.randint(3, shape.vocab, (8,), generator=generator).tolist()
+        question = torch.randint(3, shape.vocab, (question_len,), generator=generator).tolist()
+        ids = (1, *system, *([IMAGE_TOKEN_ID] * shape.visual_tokens), *question)
+        visual = torch.randn(shape.visual_tokens, shape.hidden, generator=generator) * 0.02
+        windows.append(Window(ids, visual.to(device=device, dtype=dtype)))
+    return windows
+
+
+def hf_embeds(model, windows: list[Window]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded inputs_embeds [B, T, hidden] and attention_mask [B, T] for HF generate."""
+    embed = model.get_input_embeddings()
+    width = max(len(w.ids) for w in windows)
+    rows, masks = [], []
+    for w in windows:
+        ids = torch.tensor(w.ids, device=embed.weight.device)
+        is_image = ids == IMAGE_TOKEN_ID
+        row = embed(ids.masked_fill(is_image, 0))
+        row[is_image] = w.visual
+        pad = width - len(w.ids)
+        rows.append(torch.cat([row.new_zeros(pad, row.shape[1]), row]))
+        masks.append(torch.cat([torch.zeros(pad, dtype=torch.long, device=ids.device),
+                                torch.ones(len(w.ids), dtype=torch.long, device=ids.device)]))
+    return torch.stack(rows), torch.stack(masks)
+
+
+def shape_bench(*, shape_name: str, device: torch.device, dtype: torch.dtype,
+                batches: tuple[int, ...]) -> list[dict]:
+    """Engine vs HF generate on a random-weight model of ``SHAPES[shape_name]``; returns the
+    rows it prints."""
+    shape = SHAPES[shape_name]
+    cuda = device.type == "cuda"
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
+    def reset_peak() -> None:
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+
+    def peak_gib() -> float:
+        return torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+
+    model = random_llama(shape, device=device, dtype=dtype)
+    windows = make_windows(shape, max(batches), device=device, dtype=dtype)
+    max_seq_len = max(len(w.ids) for w in windows) + shape.answer_tokens
+    new = shape.answer_tokens
+    print(f"LLaMA shape {shape_name} ({shape.layers} layers, hidden {shape.hidden}), random "
+          f"{str(dtype).removeprefix('torch.')} weights on {device}; windows of "
+          f"{shape.visual_tokens} visual tokens + 41-57 text tokens, {new}-token answers, "
+          "no early stop", flush=True)
+    print(f"{'batch':>5} {'run':<8}{'windows/s':>10}{'tokens/s':>10}{'vs HF':>7}"
+          f"{'peak GiB':>9}  agree")
+    rows = []
+    for batch in batches:
+        group = windows[:batch]
+        reset_peak()
+        engine = None
+        try:
+            engine = Engine(model, None, max_batch=batch, max_seq_len=max_seq_len,
+                            image_token_id=IMAGE_TOKEN_ID)
+            if not rows:        # warm-up: kernels, allocator
+                engine.generate([GenerationRequest("warm", group[0].ids, visual=group[0].visual,
+                                                   max_new_tokens=2, ignore_eos=True)])
+            sync()
+            start = time.perf_counter()
+            results = engine.generate([GenerationRequest(f"w{i}", w.ids, visual=w.visual,
+                                                         max_new_tokens=new, ignore_eos=True)
+                                       for i, w in enumerate(group)])
+            sync()
+            engine_s = time.perf_counter() - start
+            engine_tokens = [r.token_ids for r in results]
+        except torch.OutOfMemoryError:
+            engine_s, engine_tokens = float("nan"), None
+        engine_peak = peak_gib()
+        del engine
+        reset_peak()
+        try:
+            with torch.inference_mode():
+                embeds, mask = hf_embeds(model, group)
+                sync()
+                start = time.perf_counter()
+                out = model.generate(inputs_embeds=embeds, attention_mask=mask,
+                                     do_sample=False, max_new_tokens=new, min_new_tokens=new)
+            sync()
+            hf_s = time.perf_counter() - start
+            hf_tokens = [tuple(row) for row in out[:, -new:].tolist()]
+            del embeds, mask, out
+        except torch.OutOfMemoryError:
+            hf_s, hf_tokens = float("nan"), None
+        hf_peak = peak_gib()
+        agree = (None if engine_tokens is None or hf_tokens is None
+                 else sum(a == b for a, b in zip(engine_tokens, hf_tokens)) / batch)
+        for run, seconds, peak in (("engine", engine_s, engine_peak), ("hf", hf_s, hf_peak)):
+            row = {"bench": "llm_shape", "shape": shape_name, "device": str(device),
+                   "batch": batch, "run": run, "seconds": round(seconds, 4),
+                   "windows_per_s": round(batch / seconds, 3),
+                   "tokens_per_s": round(batch * new / seconds, 2),
+                   "ratio_vs_hf_same_batch": round(hf_s / seconds, 3),
+                   "peak_gib": round(peak, 2), "greedy_agree": agree}
+            rows.append(row)
+            print(f"{batch:>5} {run:<8}{row['windows_per_s']:>10.2f}"
+                  f"{row['tokens_per_s']:>10.1f}{row['ratio_vs_hf_same_batch']:>7.2f}"
+                  f"{row['peak_gib']:>9.1f}  {agree}", flush=True)
+            emit(row)
+    hf_one = next((r for r in rows if r["run"] == "hf" and r["batch"] == 1), None)
+    if hf_one is not None:
+        for row in rows:
+            if row["run"] == "engine":
+                emit({"bench": "llm_shape", "shape": shape_name, "batch": row["batch"],
+                      "engine_tokens_per_s_vs_hf_one_at_a_time":
+                          round(row["tokens_per_s"] / hf_one["tokens_per_s"], 2)})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--model-shape", default="smollm2", choices=("smollm2", *SHAPES))
+    parser.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16"),
+                        help="random-weight shapes: default float16 on cuda, float32 on cpu")
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer new tokens / batch sizes (CPU ~1 min; 7b GPU < 4 min)")
+    parser.add_argument("--batches", default=None,
+                        help="comma-separated batch sizes (overrides the defaults)")
+    parser.add_argument("--load", type=float, default=0.7,
+                        help="Poisson arrival rate as a fraction of the batch-8 throughput")
+    parser.add_argument("--model-dir", type=Path, default=default_model_dir())
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch intra-op threads (0: torch's default); on a busy shared "
+                             "machine 1 avoids OpenMP spin contention")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.model_shape == "smollm2":
+        if args.device != "cpu":
+            parser.error("--model-shape smollm2 is the CPU benchmark; use 7b on cuda")
+        batches = tuple(int(b) for b in args.batches.split(",")) if args.batches \
+            else (1, 4, 8, 16)
+        smollm2_bench(model_dir=args.model_dir, new_tokens=16 if args.quick else 32,
+                      batches=batches, load=args.load, arrivals=16 if args.quick else 32)
+        return
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype or ("float16" if device.type == "cuda" else "float32"))
+    default = (1, 4, 16, 64) if args.quick else (1, 2, 4, 8, 16, 32, 64)
+    batches = tuple(int(b) for b in args.batches.split(",")) if args.batches else default
+    shape_bench(shape_name=args.model_shape, device=device, dtype=dtype, batches=batches)
+
+
+if __name__ == "__main__":
+    main()

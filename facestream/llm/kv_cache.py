@@ -1,0 +1,222 @@
+"""A preallocated slot KV cache and the two pure functions that run a LLaMA stack on it.
+
+The cache holds one row ("slot") per running request: ``k`` and ``v`` are each
+``[layers, slots, kv_heads, max_seq_len, head_dim]``, allocated once and overwritten in
+place.  A slot's valid length lives with the caller (the engine), never in the tensors.
+
+* :func:`prefill` runs the prompt of one request (optionally after a prefix already copied
+  into its slot) and returns the logits of its last position;
+* :func:`decode_step` runs one new token for each of the slots ``0..n-1`` at once, every
+  slot at its own position, attending only to its own valid positions.
+
+Both use the model's own modules (embedding, projections, norms, MLP, lm_head) and its own
+rotary table, and mirror transformers' Llama numerics (RMSNorm in fp32, cos/sin cast to the
+model dtype, grouped-query attention on the key/value heads, scale ``head_dim ** -0.5``), so
+greedy tokens match ``generate`` in fp32.  They must run under ``torch.inference_mode``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from facestream.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class LlamaParts:
+    """Read-only view of a ``LlamaForCausalLM``'s modules plus its rotary table.
+
+    Holds references, not copies: the weights stay owned by the model."""
+
+    embed: nn.Embedding
+    layers: tuple[nn.Module, ...]       # LlamaDecoderLayer-like: self_attn, mlp, two norms
+    norm: nn.Module
+    lm_head: nn.Module
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    hidden: int
+    vocab: int
+    cos: torch.Tensor                   # [max_seq_len, head_dim], model dtype
+    sin: torch.Tensor                   # [max_seq_len, head_dim], model dtype
+
+    @classmethod
+    def from_model(cls, model: nn.Module, *, max_seq_len: int) -> LlamaParts:
+        """Parts of a LLaMA-architecture causal LM (LLaMA, Vicuna, SmolLM2, Mistral without
+        sliding window).  Raises ConfigError for anything else."""
+        config = model.config
+        base = getattr(model, "model", None)
+        needed = ("embed_tokens", "layers", "norm", "rotary_emb")
+        if base is None or not all(hasattr(base, name) for name in needed) \
+                or not hasattr(model, "lm_head"):
+            raise ConfigError(f"LLM engine: expected a LLaMA-architecture causal LM "
+                              f"(model.model.layers, lm_head), got {type(model).__name__}; "
+                              "load the LLM with LlamaForCausalLM")
+        if getattr(config, "sliding_window", None):
+            raise ConfigError(f"LLM engine: sliding-window attention "
+                              f"({config.sliding_window}) is not supported; use a model "
+                              "with full attention")
+        limit = getattr(config, "max_position_embeddings", max_seq_len)
+        if max_seq_len > limit:
+            raise ConfigError(f"LLM engine: max_seq_len={max_seq_len} exceeds the model's "
+                              f"max_position_embeddings={limit}; lower llm_max_seq_len")
+        n_heads = config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_heads
+        weight = base.embed_tokens.weight
+        positions = torch.arange(max_seq_len, device=weight.device)[None]
+        with torch.inference_mode():
+            # The model's own rotary module, so scaled RoPE variants come out as in HF.
+            probe = torch.empty(1, device=weight.device, dtype=weight.dtype)
+            cos, sin = base.rotary_emb(probe, positions)          # [1, S, head_dim] each
+        return cls(embed=base.embed_tokens, layers=tuple(base.layers), norm=base.norm,
+                   lm_head=model.lm_head, n_heads=n_heads,
+                   n_kv_heads=config.num_key_value_heads, head_dim=head_dim,
+                   hidden=config.hidden_size, vocab=weight.shape[0],
+                   cos=cos[0].contiguous(), sin=sin[0].contiguous())
+
+
+@dataclass(frozen=True)
+class SlotKVCache:
+    """Keys and values of ``slots`` sequences, preallocated.  Not thread-safe: one writer."""
+
+    k: torch.Tensor                     # [layers, slots, kv_heads, max_seq_len, head_dim]
+    v: torch.Tensor                     # same
+
+    @classmethod
+    def allocate(cls, parts: LlamaParts, *, slots: int, max_seq_len: int,
+                 device: torch.device, dtype: torch.dtype) -> SlotKVCache:
+        shape = (len(parts.layers), slots, parts.n_kv_heads, max_seq_len, parts.head_dim)
+        with torch.inference_mode():
+            return cls(k=torch.zeros(shape, device=device, dtype=dtype),
+                       v=torch.zeros(shape, device=device, dtype=dtype))
+
+    @property
+    def nbytes(self) -> int:
+        return 2 * self.k.numel() * self.k.element_size()
+
+    def copy_in(self, source: SlotKVCache, *, slot: int, length: int) -> None:
+        """Copy the first ``length`` positions of ``source``'s slot 0 into ``slot``."""
+        # k[:, slot, :, :length]: [layers, kv_heads, length, head_dim]
+        self.k[:, slot, :, :length].copy_(source.k[:, 0, :, :length])
+        self.v[:, slot, :, :length].copy_(source.v[:, 0, :, :length])
+
+
+def embed_prompt(parts: LlamaParts, ids: tuple[int, ...], visual: torch.Tensor | None, *,
+                 image_token_id: int | None, device: torch.device) -> torch.Tensor:
+    """Token embeddings with the rows at image placeholders replaced, in order, by
+    ``visual`` (cast to the embedding dtype).  The caller has checked that the counts agree.
+    Placeholder positions are found on the host, so there is no device sync.
+
+    ids: T ints; visual: [n_placeholders, hidden] -> [T, hidden]"""
+    at = [i for i, t in enumerate(ids) if t == image_token_id] if visual is not None else []
+    tokens = torch.tensor([0 if t == image_token_id else t for t in ids], device=device)
+    embeds = parts.embed(tokens)                                    # [T, hidden]
+    if at:
+        rows = torch.tensor(at, device=device)                     # [n_placeholders]
+        embeds.index_copy_(0, rows, visual.to(device=device, dtype=embeds.dtype))
+    return embeds
+
+
+def prefill(parts: LlamaParts, cache: SlotKVCache, embeds: torch.Tensor, *, slot: int,
+            start: int) -> torch.Tensor:
+    """Run ``embeds`` (positions ``start..start+T-1``) through the stack for one slot,
+    writing its keys and values; positions ``< start`` must already hold the slot's past.
+
+    embeds: [T, hidden] -> logits of the last position: [vocab]"""
+    n_tokens = embeds.shape[0]
+    end = start + n_tokens
+    positions = torch.arange(start, end, device=embeds.device)     # [T]
+    cos = parts.cos[positions][None, None]                          # [1, 1, T, D]
+    sin = parts.sin[positions][None, None]
+    keys = torch.arange(end, device=embeds.device)
+    # [1, 1, T, end] causal; with no past the kernels' own causal mode does the same, faster
+    mask = None if start == 0 else (keys[None, :] <= positions[:, None])[None, None]
+    x = embeds[None]                                                # [1, T, hidden]
+    for i, layer in enumerate(parts.layers):
+        q, k, v = _project(parts, layer, x, cos=cos, sin=sin)       # k, v: [1, KV, T, D]
+        cache.k[i, slot, :, start:end] = k[0]
+        cache.v[i, slot, :, start:end] = v[0]
+        keys = cache.k[i, slot:slot + 1, :, :end]                   # [1, KV, end, D]
+        values = cache.v[i, slot:slot + 1, :, :end]
+        x = _attend_and_mlp(layer, x, q, keys, values, mask)
+    return parts.lm_head(parts.norm(x[:, -1]))[0]
+
+
+def decode_step(parts: LlamaParts, cache: SlotKVCache, tokens: torch.Tensor,
+                positions: torch.Tensor, *, span: int) -> torch.Tensor:
+    """One token for each slot ``0..n-1``: slot ``b`` reads ``tokens[b]`` at position
+    ``positions[b]``, writes its key/value there and attends to positions ``0..positions[b]``.
+    ``span`` (a host int, ``>= max(positions) + 1``) bounds the keys read, so the step does
+    not sync to find it.  Unused slots may be fed any token at position 0.
+
+    tokens: [n] long, positions: [n] long -> logits: [n, vocab]"""
+    n = tokens.shape[0]
+    rows = torch.arange(n, device=tokens.device)
+    cos = parts.cos[positions][:, None, None]                       # [n, 1, 1, D]
+    sin = parts.sin[positions][:, None, None]
+    keys = torch.arange(span, device=tokens.device)
+    mask = (keys[None, :] <= positions[:, None])[:, None, None]     # [n, 1, 1, span]
+    x = parts.embed(tokens)[:, None]                                # [n, 1, hidden]
+    for i, layer in enumerate(parts.layers):
+        q, k, v = _project(parts, layer, x, cos=cos, sin=sin)       # k, v: [n, KV, 1, D]
+        k_slots, v_slots = cache.k[i, :n], cache.v[i, :n]           # [n, KV, max_seq_len, D]
+        k_slots[rows, :, positions] = k[:, :, 0]
+        v_slots[rows, :, positions] = v[:, :, 0]
+        x = _attend_and_mlp(layer, x, q, k_slots[:, :, :span], v_slots[:, :, :span], mask)
+    return parts.lm_head(parts.norm(x[:, 0]))                       # [n, vocab]
+
+
+def _project(parts: LlamaParts, layer: nn.Module, x: torch.Tensor, *, cos: torch.Tensor,
+             sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Queries, keys and values of one layer, rotated.  x: [B, T, hidden]; cos, sin:
+    broadcastable to [B, H, T, D] -> q: [B, H, T, D], k, v: [B, KV, T, D]"""
+    attn = layer.self_attn
+    batch, n_tokens, _ = x.shape
+    h = layer.input_layernorm(x)
+    q = attn.q_proj(h).view(batch, n_tokens, parts.n_heads, parts.head_dim).transpose(1, 2)
+    k = attn.k_proj(h).view(batch, n_tokens, parts.n_kv_heads, parts.head_dim).transpose(1, 2)
+    v = attn.v_proj(h).view(batch, n_tokens, parts.n_kv_heads, parts.head_dim).transpose(1, 2)
+    return _rope(q, cos, sin), _rope(k, cos, sin), v
+
+
+def _attend_and_mlp(layer: nn.Module, x: torch.Tensor, q: torch.Tensor, keys: torch.Tensor,
+                    values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The rest of the layer.  x: [B, T, hidden]; q: [B, H, T, D]; keys, values:
+    [B, KV, S, D]; mask: [B|1, 1, T, S] bool, True = may attend (None: causal, T == S)
+    -> [B, T, hidden]"""
+    x = x + layer.self_attn.o_proj(_attend(q, keys, values, mask))
+    return x + layer.mlp(layer.post_attention_layernorm(x))
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+            mask: torch.Tensor | None) -> torch.Tensor:
+    """Grouped-query attention.  With a mask, the ``G`` query heads that share a key/value
+    head become ``G`` extra query rows of it, so keys are never repeated (head ``h`` uses kv
+    head ``h // G``, as transformers' ``repeat_kv`` does); without one (a prompt with no
+    past, T == S) attention is causal.
+
+    q: [B, H, T, D]; k, v: [B, KV, S, D]; mask: [B|1, 1, T, S] bool or None -> [B, T, H * D]"""
+    batch, n_heads, n_tokens, head_dim = q.shape
+    n_kv, span = k.shape[1], k.shape[2]
+    groups = n_heads // n_kv
+    scale = head_dim ** -0.5
+    if mask is None:
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale,
+                                             enable_gqa=groups > 1)
+        return out.transpose(1, 2).reshape(batch, n_tokens, n_heads * head_dim)
+    q = q.reshape(batch, n_kv, groups * n_tokens, head_dim)         # [B, KV, G*T, D]
+    mask = mask[:, :, None].expand(mask.shape[0], 1, groups, n_tokens, span)
+    mask = mask.reshape(mask.shape[0], 1, groups * n_tokens, span)  # [B|1, 1, G*T, S]
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    return out.reshape(batch, n_heads, n_tokens, head_dim).transpose(1, 2) \
+              .reshape(batch, n_tokens, n_heads * head_dim)
