@@ -57,7 +57,7 @@ from facestream.ingest.sources import parse_source  # noqa: E402
 from facestream.retry import Backoff  # noqa: E402
 from facestream.workers.decode import Decoder  # noqa: E402
 from facestream.workers.faces import FaceAnalyzer  # noqa: E402
-from facestream.workers.pipeline import StreamState, WindowAnalyzer  # noqa: E402
+from facestream.workers.pipeline import Answer, StreamState, WindowAnalyzer  # noqa: E402
 from facestream.workers.scheduler import ChangeScheduler, Thresholds  # noqa: E402
 from facestream.workers.windows import FaceWindow  # noqa: E402
 from tests.media import face_patch, load_rgb, moving_faces, write_clip  # noqa: E402
@@ -76,12 +76,14 @@ BASELINE = "every-window"
 class CountingDescriber:
     """Stands in for the LLM: counts requests, returns a placeholder per request."""
 
+    components = {"description": "counter"}
+
     def __init__(self) -> None:
         self.requests = 0
 
-    def describe(self, facts: list[str]) -> list[str]:
-        self.requests += len(facts)
-        return [f"description {self.requests - len(facts) + i}" for i in range(len(facts))]
+    def answer(self, items: list) -> list[Answer]:
+        self.requests += len(items)
+        return [Answer(f"description {self.requests - len(items) + i}") for i in range(len(items))]
 
 
 class MemoEncoder:

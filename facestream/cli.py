@@ -83,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
                    choices=("onnxruntime", "torch", "tensorrt"),
                    help="runtime for the visual nets")
     a.add_argument("--threads", type=int, help="CPU threads for the nets (0 = library default)")
+    _profile_options(a)
 
     i = sub.add_parser("ingest", help="publish a source to Kafka as keyframe-aligned chunks")
     i.add_argument("source", nargs="?",
@@ -97,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--no-describe", dest="describe", action="store_false", default=None,
                    help="skip the LLM descriptions")
     w.add_argument("--fps", type=float, help="analysis rate (default 10)")
+    _profile_options(w)
 
     r = sub.add_parser("streams", help="the stream registry (compacted Kafka topic)")
     rsub = r.add_subparsers(dest="streams_command", required=True)
@@ -133,14 +135,13 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--labels", type=Path,
                     help="CSV with a file column and the task's labels "
                          "(default DATASET_DIR/labels.csv)")
-    ev.add_argument("--profile", default="compact", choices=("compact", "facellava"),
-                    help="analysis profile (default compact)")
     ev.add_argument("--out", type=Path,
                     help="results JSON (default facestream-out/eval-<folder>-<task>.json)")
     ev.add_argument("--limit", type=int, help="only the first N rows of the CSV")
     ev.add_argument("--dataset", help="the dataset's name (DFEW, CREMA-D, RAF-DB, MORPH II, "
                                       "UTKFace, CelebA, FaceForensics++) to print the paper's "
                                       "figures beside")
+    _profile_options(ev, tasks=False)
 
     enc = sub.add_parser("encoder", help="build the visual nets' runtime artefacts")
     encsub = enc.add_subparsers(dest="encoder_command", required=True)
@@ -279,7 +280,7 @@ def _analyze(args: argparse.Namespace) -> int:
 
     settings = Settings.load({"fps": args.fps, "window_s": args.window_s,
                               "describe": args.describe, "encoder_backend": args.encoder_backend,
-                              "threads": args.threads})
+                              "threads": args.threads, **_profile_overrides(args)})
     spec = parse_source(_resolve_source(args.source, settings))
     stream_id = stream_id_from(args.stream_id) if args.stream_id else spec.name
     out_dir = args.out or Path("facestream-out") / stream_id
@@ -317,10 +318,15 @@ def _eval(args: argparse.Namespace) -> int:
             sys.stderr.write(f"\r[{done + 1}/{total}] {name[:90]:<90}")
             sys.stderr.flush()
 
+    from facestream.evaluation import settings_for
+
+    profile = args.profile or "compact"
+    overrides = {k: v for k, v in _profile_overrides(args).items() if k != "profile"}
+    settings = settings_for(profile, args.task, overrides)
     try:
         result = run_eval(args.dataset_dir, task=args.task, labels=args.labels,
-                          profile=args.profile, limit=args.limit, dataset=args.dataset,
-                          progress=progress)
+                          profile=profile, limit=args.limit, dataset=args.dataset,
+                          settings=settings, progress=progress)
     finally:
         if sys.stderr.isatty():
             sys.stderr.write("\r" + " " * 100 + "\r")
@@ -330,6 +336,31 @@ def _eval(args: argparse.Namespace) -> int:
     out = args.out or Path("facestream-out") / f"eval-{folder}-{args.task}.json"
     print(f"results: {write_json(result, out)}")
     return 0
+
+
+def _profile_options(p: argparse.ArgumentParser, *, tasks: bool = True) -> None:
+    """The analysis profile's options (settings profile, facellava_*, device, dtype)."""
+    g = p.add_argument_group("analysis profile")
+    g.add_argument("--profile", choices=("compact", "facellava"),
+                   help="compact (default: bundled CPU models) or facellava (Face-LLaVA)")
+    g.add_argument("--checkpoint", dest="facellava_checkpoint", metavar="DIR",
+                   help="facellava: local directory of the released checkpoint")
+    g.add_argument("--image-tower", dest="facellava_image_tower", metavar="DIR",
+                   help="facellava: local LanguageBind_Image directory")
+    g.add_argument("--video-tower", dest="facellava_video_tower", metavar="DIR",
+                   help="facellava: local LanguageBind_Video_merge directory")
+    if tasks:
+        g.add_argument("--tasks", dest="facellava_tasks", metavar="LIST",
+                       help="facellava: questions per window, comma-separated (expression, "
+                            "action_units, attributes, age, deepfake; default expression)")
+    g.add_argument("--device", help="facellava: cpu (default), cuda or cuda:N")
+    g.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), help="facellava on CUDA")
+
+
+def _profile_overrides(args: argparse.Namespace) -> dict:
+    names = ("profile", "facellava_checkpoint", "facellava_image_tower",
+             "facellava_video_tower", "facellava_tasks", "device", "dtype")
+    return {n: getattr(args, n, None) for n in names}
 
 
 def _resolve_source(text: str, settings) -> str:
@@ -369,7 +400,8 @@ def _worker(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = Settings.load({"describe": args.describe, "fps": args.fps})
+    settings = Settings.load({"describe": args.describe, "fps": args.fps,
+                              **_profile_overrides(args)})
     worker = Worker(settings)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     print(f"worker: consuming {settings.video_topic} at {settings.kafka_bootstrap} as "

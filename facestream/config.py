@@ -149,6 +149,27 @@ class Settings:
     events_maxlen: int = field(default=100_000, metadata=_doc(
         "Approximate cap on each Redis events stream (XADD MAXLEN ~).", ge=100))
 
+    # Analysis profile.  facellava needs the user's local copy of the released checkpoint
+    # (non-commercial licence: never bundled) and the two LanguageBind towers.
+    profile: str = field(default="compact", metadata=_doc(
+        "Analysis profile: compact (CPU, bundled weights) or facellava (Face-LLaVA from a "
+        "local checkpoint).", choices=("compact", "facellava")))
+    facellava_checkpoint: str = field(default="", metadata=_doc(
+        "Local directory of the released Face-LLaVA checkpoint (config.json, weights, "
+        "tokenizer); required by the facellava profile."))
+    facellava_tasks: str = field(default="expression", metadata=_doc(
+        "Questions asked of each described window, comma-separated: expression, "
+        "action_units, attributes, age, deepfake (one generation each)."))
+    facellava_max_new_tokens: int = field(default=64, metadata=_doc(
+        "Longest Face-LLaVA answer, in tokens.", ge=4, le=1024))
+    facellava_vision_backend: str = field(default="torch", metadata=_doc(
+        "Runtime of the Face-LLaVA vision path (exports are cached under cache_dir/engines).",
+        choices=("torch", "onnxruntime", "tensorrt")))
+    device: str = field(default="cpu", metadata=_doc(
+        "Device of the Face-LLaVA vision path and LLM: cpu or cuda (cuda:N)."))
+    dtype: str = field(default="fp16", metadata=_doc(
+        "Arithmetic of the Face-LLaVA model on CUDA; the CPU always runs fp32.",
+        choices=("fp16", "bf16", "fp32")))
     # Face-LLaVA towers: the checkpoint's config names them by hub id; facestream never
     # downloads, so these point at local copies ("" = use the config's value if it is local).
     facellava_image_tower: str = field(default="", metadata=_doc(
@@ -181,6 +202,10 @@ class Settings:
         "Most requests a process has open at the LLM server at once; more wait their turn.",
         ge=1, le=1024))
 
+    @property
+    def facellava_task_list(self) -> tuple[str, ...]:
+        return tuple(t.strip() for t in self.facellava_tasks.split(",") if t.strip())
+
     def kafka_client_options(self) -> dict[str, Any]:
         """Connection options shared by every kafka-python client facestream makes."""
         options: dict[str, Any] = {"bootstrap_servers": self.kafka_bootstrap.split(","),
@@ -211,6 +236,17 @@ class Settings:
         from facestream.encoder.export import BatchProfile
 
         BatchProfile.parse(self.encoder_batch_sizes)
+        if self.profile == "facellava" and not self.facellava_checkpoint:
+            raise ConfigError("setting profile=facellava needs facellava_checkpoint: the local "
+                              "directory of the released Face-LLaVA checkpoint")
+        from facestream.llm.prompts import TASKS
+
+        unknown = [t for t in self.facellava_task_list if t not in TASKS]
+        if unknown or not self.facellava_task_list:
+            raise ConfigError(f"setting facellava_tasks={self.facellava_tasks!r}: expected a "
+                              f"comma-separated subset of {', '.join(TASKS)}")
+        if not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise ConfigError(f"setting device={self.device!r}: expected cpu, cuda or cuda:N")
         if self.window_s < 1.0 / self.fps:
             raise ConfigError(
                 f"setting window_s={self.window_s} is shorter than one sampled frame at "

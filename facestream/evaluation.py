@@ -17,7 +17,7 @@ one prediction: expression = the most frequent window label (ties: higher mean s
 age = mean years; action units = mean intensity, active iff >= ``au_threshold``
 (:data:`AU_ACTIVE_THRESHOLD`, DISFA's usual "intensity >= 2 is an occurrence"); gender and
 CelebA attributes = majority; deepfake = mean score >= 0.5.  CelebA attributes are read from
-``data.attributes.<CelebA name>`` (true/false/null) and ``Male`` from the gender.
+``data.attributes.celeba.<CelebA name>`` (true/false/null) and ``Male`` from the gender.
 
 Misses are counted, never dropped: a file with no face ("no face") or whose dominant track
 carries null for the field ("no prediction") is a wrong answer for the classification
@@ -316,7 +316,8 @@ def aggregate(task: str, windows: list[dict[str, Any]], targets: Sequence[str]) 
         elif name == "Male":
             out[name] = None if gender is None else gender == "male"
         else:
-            out[name] = _majority([(w.get("attributes") or {}).get(name) for w in windows])
+            out[name] = _majority([((w.get("attributes") or {}).get("celeba") or {}).get(name)
+                                   for w in windows])
     return out
 
 
@@ -354,16 +355,15 @@ class EvalResult:
                 "no_prediction": statuses["no prediction"]}
 
 
-def settings_for(profile: str, overrides: dict[str, Any] | None = None) -> Settings:
-    """Settings for an eval run of ``profile``: no descriptions unless overridden."""
+def settings_for(profile: str, task: str, overrides: dict[str, Any] | None = None) -> Settings:
+    """Settings for an eval run of ``profile`` on ``task``: no compact descriptions; the
+    facellava profile asks exactly the task's question (settings and FACESTREAM_* variables
+    still give its checkpoint and towers)."""
     if profile not in PROFILES:
         raise ConfigError(f"profile {profile!r}: expected one of {', '.join(PROFILES)}")
-    values = {"describe": False, **(overrides or {})}
-    if profile != "compact":
-        if "profile" not in {f.name for f in dataclasses.fields(Settings)}:
-            raise ConfigError(f"profile {profile}: this build's embedded pipeline runs only the "
-                              "compact profile; use --profile compact")
-        values["profile"] = profile
+    values = {"describe": False, "profile": profile, **(overrides or {})}
+    if profile == "facellava":
+        values.setdefault("facellava_tasks", task)
     return Settings.load(values)
 
 
@@ -391,7 +391,7 @@ def run_eval(dataset_dir: Path, *, task: str, labels: Path | None = None,
     files, ignored = read_labels(dataset_dir, task, labels=labels, limit=limit)
     targets = _targets(task, files)
     evaluated, skipped = _check_capability(task, profile, targets)
-    settings = settings or settings_for(profile)
+    settings = settings or settings_for(profile, task)
     models = models or Models.load(settings)
     results = []
     with tempfile.TemporaryDirectory(prefix="facestream-eval-") as tmp:

@@ -71,7 +71,7 @@ def analyze_in_process(path: Path, models, tmp_path: Path, *, stream_id: str | N
     from facestream.ingest.sources import parse_source
     from facestream.workers.embedded import analyze
 
-    settings = Settings.load({"describe": models.analyzer.describer is not None, **overrides})
+    settings = Settings.load({"describe": models.analyzer.language is not None, **overrides})
     spec = parse_source(str(path))
     summary = analyze(spec, settings, out_dir=tmp_path, models=models, stream_id=stream_id)
     return summary, read_events(summary.events_path)

@@ -59,7 +59,7 @@ def window(track: str, *, label=None, scores=None, years=None, aus=None, gender=
     return {"track_id": track, "bbox": list(box),
             "expression": {"label": label, "scores": scores},
             "attributes": {"gender": {"label": gender, "score": 0.9}, "age": {"years": years},
-                           **attributes},
+                           "celeba": attributes},
             "action_units": aus, "deepfake": None if fake is None else {"score": fake}}
 
 

@@ -100,3 +100,28 @@ def test_descriptions_are_written_from_the_results(models_with_llm, sample, tmp_
     assert isinstance(text, str) and 3 <= len(text.split()) <= 60
     assert face["description_reused"] is False
     assert face["model"]["components"]["description"].startswith("SmolLM2-135M")
+
+
+def test_descriptions_through_the_engine_equal_hf_generate(models_with_llm, settings):
+    """The compact describer batches its requests in the engine (shared system-prompt
+    prefix, sentence-end stop strings); each text is what HF ``generate`` writes alone."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from facestream.llm.smollm import _trim
+
+    describer = models_with_llm.analyzer.language
+    facts = ["a woman, about 29 years old; expression: happy (88%)",
+             "a man, about 41 years old; expression: surprise (61%); action units: AU1 2.3, AU2 2.8",
+             "a woman, about 35 years old; expression: neutral (70%)"]
+    texts = describer.describe(facts)
+    model_dir = settings.cache_dir / assets.SMOLLM_DIR
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    for line, text in zip(facts, texts):
+        ids = tokenizer(describer.prompt(line), return_tensors="pt", add_special_tokens=False)
+        with torch.inference_mode():
+            out = model.generate(**ids, max_new_tokens=settings.description_max_tokens,
+                                 do_sample=False)
+        raw = tokenizer.decode(out[0, ids.input_ids.shape[1]:], skip_special_tokens=True)
+        ends = [i for i, ch in enumerate(raw) if ch in ".!?\n"]
+        assert text == _trim(raw[:ends[0] + 1] if ends else raw)

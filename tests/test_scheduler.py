@@ -18,7 +18,7 @@ from facestream.encoder.compact import EncoderOutput
 from facestream.encoder.expression import CONTRACT_LABELS
 from facestream.workers import checkpoint
 from facestream.workers.crops import FaceChips
-from facestream.workers.pipeline import StreamState, TrackMemory, WindowAnalyzer
+from facestream.workers.pipeline import Answer, StreamState, TrackMemory, WindowAnalyzer
 from facestream.workers.scheduler import (
     ACTION_UNITS, EXPRESSION, HEAD_POSE, MAX_INTERVAL, MOTION, NEW_TRACK, Answered,
     ChangeScheduler, CheapSignals, Decision, Thresholds, face_shape)
@@ -231,12 +231,14 @@ class _Encoder:
 
 
 class _Describer:
-    def __init__(self) -> None:
-        self.calls: list[str] = []
+    components = {"description": "test-describer"}
 
-    def describe(self, facts):
-        self.calls += facts
-        return [f"answer {len(self.calls) - len(facts) + i}" for i in range(len(facts))]
+    def __init__(self) -> None:
+        self.calls: list = []
+
+    def answer(self, items):
+        self.calls += items
+        return [Answer(f"answer {len(self.calls) - len(items) + i}") for i in range(len(items))]
 
 
 def _output(label: str) -> EncoderOutput:

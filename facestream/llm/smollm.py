@@ -49,18 +49,34 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     return out_dir
 
 
-class SmolDescriber:
-    """Writes one sentence per request from structured facts.
+def facts(out) -> str:
+    """The structured results of one window (``EncoderOutput``) as the facts line the
+    describer writes its sentence from."""
+    label = out.expression_label
+    aus = [f"{au} {v:.1f}" for au, v in out.action_units.items() if v is not None and v >= 2.0]
+    text = (f"{'a woman' if out.gender == 'female' else 'a man'}, about {out.age_years:.0f} years "
+            f"old; expression: {label} ({out.expression[label]:.0%})")
+    return text + (f"; action units: {', '.join(aus)}" if aus else "")
 
-    Requests are generated together as one left-padded batch with greedy decoding, so the
-    same facts always give the same text.  Blocking, CPU or CUDA; not thread-safe.
+
+class SmolDescriber:
+    """Writes one sentence per request from structured facts: the compact profile's language
+    stage (``answer``), with ``describe`` taking the facts lines directly.
+
+    Generation goes through the continuous-batching engine (in this process, or the LLM
+    server at ``endpoint``): greedy, ending at the first sentence end, so the same facts
+    always give the same text.  The system prompt is the engine's shared prefix, computed
+    once.  Blocking; not thread-safe.
     """
 
     SYSTEM = ("You write one short factual sentence about a person's face for a video "
               "analytics log. Use only the facts given. Do not invent names or context.")
+    SENTENCE_ENDS = (".", "!", "?", "\n")
+    components = {"description": MODEL_VERSION}
 
     def __init__(self, model_dir: Path, *, max_new_tokens: int = 40, threads: int = 0,
-                 device: str = "cpu") -> None:
+                 device: str = "cpu", max_batch: int = 8, max_seq_len: int = 512,
+                 endpoint: str = "", timeout_s: float = 120.0, max_in_flight: int = 8) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -68,20 +84,26 @@ class SmolDescriber:
         from facestream.errors import AssetError
 
         hf_logging.disable_progress_bar()
-
         if threads:
             torch.set_num_threads(threads)
         try:
             self._tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-            self._model = AutoModelForCausalLM.from_pretrained(
+            model = None if endpoint else AutoModelForCausalLM.from_pretrained(
                 str(model_dir), dtype=torch.float32).to(device).eval()
         except (OSError, ValueError) as exc:
             raise AssetError(f"model {model_dir} cannot be loaded ({str(exc).splitlines()[0]}); "
                              "run `facestream models pull --force`") from None
-        self._tokenizer.padding_side = "left"
         self._max_new_tokens = max_new_tokens
-        self._device = device
-        self._sentence_end = _SentenceEnd(self._tokenizer, device=device)
+        if endpoint:
+            from facestream.llm.remote import RemoteEngine
+
+            self._engine = RemoteEngine(endpoint, timeout_s=timeout_s, max_in_flight=max_in_flight)
+        else:
+            from facestream.llm.engine import Engine
+
+            self._engine = Engine(model, self._tokenizer, max_batch=max_batch,
+                                  max_seq_len=max_seq_len, prefix_ids=self._prefix_ids())
+        self._seq = 0
 
     def prompt(self, facts: str) -> str:
         messages = [{"role": "system", "content": self.SYSTEM},
@@ -89,46 +111,36 @@ class SmolDescriber:
         return self._tokenizer.apply_chat_template(messages, tokenize=False,
                                                    add_generation_prompt=True)
 
+    def answer(self, items) -> list:
+        """One :class:`facestream.workers.pipeline.Answer` per (window, encoder output)."""
+        from facestream.workers.pipeline import Answer
+
+        return [Answer(text) for text in self.describe([facts(out) for _, out in items])]
+
     def describe(self, facts: list[str]) -> list[str]:
         """One description per facts string, in order.  May return "" for a request whose
         generation produced no text."""
-        if not facts:
-            return []
-        import torch
+        from facestream.llm.engine import GenerationRequest
 
-        batch = self._tokenizer([self.prompt(f) for f in facts], return_tensors="pt",
-                                padding=True).to(self._device)
-        with torch.inference_mode():
-            out = self._model.generate(**batch, max_new_tokens=self._max_new_tokens,
-                                       do_sample=False, pad_token_id=self._tokenizer.pad_token_id,
-                                       stopping_criteria=[self._sentence_end])
-        texts = self._tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:],
-                                             skip_special_tokens=True)
-        return [_trim(t) for t in texts]
+        requests = []
+        for line in facts:
+            self._seq += 1
+            ids = self._tokenizer(self.prompt(line), add_special_tokens=False).input_ids
+            requests.append(GenerationRequest(
+                f"describe-{self._seq}", tuple(ids), max_new_tokens=self._max_new_tokens,
+                stop=self.SENTENCE_ENDS, include_stop=True))
+        return [_trim(r.text) for r in self._engine.generate(requests)]
 
-
-class _SentenceEnd:
-    """Stops each sequence at the first token that ends a sentence (., !, ? or a newline).
-
-    The token set is computed once from the vocabulary; transformers' own ``stop_strings``
-    rebuilds its tables on every ``generate`` call, which costs more than the generation."""
-
-    def __init__(self, tokenizer, *, device: str) -> None:
-        import torch
-
-        texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
-        ends = [i for i, text in enumerate(texts) if any(ch in text for ch in ".!?\n")]
-        self._ends = torch.tensor(ends, dtype=torch.long, device=device)
-
-    def __call__(self, input_ids, scores, **kwargs):
-        import torch
-
-        # input_ids: [B, S] -> [B] bool, True where that sequence has just ended a sentence
-        return torch.isin(input_ids[:, -1], self._ends)
+    def _prefix_ids(self) -> tuple[int, ...]:
+        """The ids every prompt starts with: the chat template up to the facts."""
+        a = self._tokenizer(self.prompt("a"), add_special_tokens=False).input_ids
+        b = self._tokenizer(self.prompt("b"), add_special_tokens=False).input_ids
+        n = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+        return tuple(a[:n])
 
 
 def _trim(text: str) -> str:
-    """The first sentence (generation stops there; a batch-mate may run on past it)."""
+    """The first sentence, whitespace collapsed."""
     text = " ".join(text.split())
     ends = [i for i, ch in enumerate(text) if ch in ".!?"]
     return text[: ends[0] + 1] if ends else text

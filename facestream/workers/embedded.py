@@ -22,7 +22,7 @@ from facestream.ingest.sources import SourceSpec
 from facestream.retry import Backoff
 from facestream.workers.decode import DecodedFrame, Decoder, StreamInfo
 from facestream.workers.faces import FaceAnalyzer
-from facestream.workers.pipeline import PROFILE, StreamState, WindowAnalyzer
+from facestream.workers.pipeline import StreamState, WindowAnalyzer
 from facestream.workers.scheduler import ChangeScheduler, Thresholds
 from facestream.workers.sinks import JsonlSink
 
@@ -37,23 +37,37 @@ class Models:
 
     @classmethod
     def load(cls, settings: Settings) -> "Models":
+        """The face stage, the cheap nets and the profile's language stage (compact: the
+        SmolLM2 describer when ``describe`` is on; facellava: Face-LLaVA, always)."""
         from facestream.encoder.compact import CompactEncoder
+        from facestream.encoder.export import BatchProfile
 
         encoder = CompactEncoder(settings.cache_dir, backend=settings.encoder_backend,
-                                 threads=settings.threads)
-        describer = None
-        if settings.describe:
+                                 threads=settings.threads,
+                                 fp16=settings.encoder_precision == "fp16",
+                                 profile=BatchProfile.parse(settings.encoder_batch_sizes))
+        language = None
+        if settings.profile == "facellava":
+            from facestream.workers.facellava import load_stage
+
+            language = load_stage(settings)
+        elif settings.describe:
             from facestream import assets
             from facestream.llm.smollm import SmolDescriber
 
             model_dir = assets.require_dir(settings.cache_dir, assets.SMOLLM_DIR,
                                            marker="model.safetensors")
-            describer = SmolDescriber(model_dir, max_new_tokens=settings.description_max_tokens,
-                                      threads=settings.threads)
+            language = SmolDescriber(model_dir, max_new_tokens=settings.description_max_tokens,
+                                     threads=settings.threads, max_batch=settings.llm_max_batch,
+                                     endpoint=settings.llm_endpoint,
+                                     timeout_s=settings.llm_timeout_s,
+                                     max_in_flight=settings.llm_max_in_flight)
         faces = FaceAnalyzer(min_confidence=settings.min_detection_confidence,
-                             min_face_px=settings.min_face_px, max_faces=settings.max_faces)
+                             min_face_px=settings.min_face_px, max_faces=settings.max_faces,
+                             square_crops=settings.profile == "facellava")
         scheduler = ChangeScheduler(Thresholds.from_settings(settings))
-        return cls(faces, WindowAnalyzer(encoder, describer, scheduler=scheduler))
+        return cls(faces, WindowAnalyzer(encoder, language, scheduler=scheduler,
+                                         profile=settings.profile))
 
 
 @dataclass
@@ -132,7 +146,7 @@ def analyze(spec: SourceSpec, settings: Settings, *, out_dir: Path, stream_id: s
         nonlocal errors_seen
         error_events.append(events.stream_error(
             stream_id=stream_id, message=message, time_s=decoder.report.last_time_s,
-            seq=errors_seen, profile=PROFILE, time_epoch=time.time(), fatal=fatal))
+            seq=errors_seen, profile=settings.profile, time_epoch=time.time(), fatal=fatal))
         errors_seen += 1
 
     backoff = Backoff(settings.reconnect_attempts, settings.reconnect_backoff_s,

@@ -3,9 +3,14 @@
 * :class:`StreamState` — one stream's tracker and windows: frames and their faces in, track
   events and closed windows out.  Cheap; one per stream.
 * :class:`WindowAnalyzer` — the models: turns closed windows of *any* streams into analysis
-  events, running the encoder once per call over all of them and the LLM only for the
-  windows the :class:`~facestream.workers.scheduler.ChangeScheduler` picks (new track, cheap
-  signals moved, or too long since the last description).  One per process.
+  events, running the encoder once per call over all of them and the language stage only for
+  the windows the :class:`~facestream.workers.scheduler.ChangeScheduler` picks (new track,
+  cheap signals moved, or too long since the last answer).  One per process.
+
+The language stage is the profile's: SmolLM2 writing a sentence from the structured results
+(``compact``), or Face-LLaVA answering task questions about the window's frames, whose parsed
+answers replace the fields they cover (``facellava``).  Either way it has ``components`` and
+``answer(items) -> list[Answer]``.
 
 ``facestream analyze`` (embedded) and the Kafka workers both drive these two classes.
 """
@@ -13,8 +18,8 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Protocol, Sequence
 
 from facestream import events
 from facestream.config import Settings
@@ -25,7 +30,21 @@ from facestream.workers.scheduler import REUSE, Answered, ChangeScheduler, Cheap
 from facestream.workers.tracker import Track, Tracker
 from facestream.workers.windows import FaceSample, FaceWindow, Windower
 
-PROFILE = "compact"
+
+@dataclass(frozen=True)
+class Answer:
+    """What the language stage says about one window: the text events show as their
+    description, and the event data fields it sets (empty for a description-only stage)."""
+
+    description: str
+    fields: Mapping[str, Any] = field(default_factory=dict)
+
+
+class LanguageStage(Protocol):
+    components: Mapping[str, str]      # event model.components entries it adds
+
+    def answer(self, items: Sequence[tuple[FaceWindow, EncoderOutput]]) -> list[Answer]:
+        """One answer per (window, cheap results), in order.  Blocking."""
 
 
 @dataclass
@@ -36,6 +55,7 @@ class TrackMemory:
     description: str | None = None
     answered: Answered | None = None     # the last described window: the scheduler's reference
     latest: EncoderOutput | None = None
+    fields: dict[str, Any] | None = None   # the last answer's event fields (plain JSON data)
 
 
 class StreamState:
@@ -44,6 +64,7 @@ class StreamState:
     def __init__(self, stream_id: str, settings: Settings, *, confirm_hits: int | None = None,
                  wall_origin: float | None = None) -> None:
         self.stream_id = stream_id
+        self.profile = settings.profile
         self.tracker = Tracker(confirm_hits=confirm_hits or settings.track_confirm_hits,
                                max_lost_s=settings.track_max_lost_s,
                                min_iou=settings.track_min_iou)
@@ -97,34 +118,26 @@ class StreamState:
         if last:
             self._first_seen.pop(track.key, None)
         return events.track_event(kind, stream_id=self.stream_id, track_id=track.track_id,
-                                  time_s=time_s, pts=pts, profile=PROFILE,
+                                  time_s=time_s, pts=pts, profile=self.profile,
                                   time_epoch=self.event_time(time_s, arrival if last else first_arrival))
 
 
-def _facts(out: EncoderOutput) -> str:
-    label = out.expression_label
-    aus = [f"{au} {v:.1f}" for au, v in out.action_units.items() if v is not None and v >= 2.0]
-    text = (f"{'a woman' if out.gender == 'female' else 'a man'}, about {out.age_years:.0f} years "
-            f"old; expression: {label} ({out.expression[label]:.0%})")
-    return text + (f"; action units: {', '.join(aus)}" if aus else "")
-
-
 class WindowAnalyzer:
-    """Runs the visual stage and the LLM over windows from any number of streams.
+    """Runs the visual stage and the language stage over windows from any number of streams.
 
-    ``describer`` (None: descriptions off) has ``describe(list[str]) -> list[str]``;
-    ``scheduler`` picks the windows it sees."""
+    ``language`` (None: no LLM; events carry the cheap results only) is the profile's
+    :class:`LanguageStage`; ``scheduler`` picks the windows it sees.  Events name
+    ``profile``."""
 
-    def __init__(self, encoder: CompactEncoder, describer=None, *,
-                 scheduler: ChangeScheduler) -> None:
+    def __init__(self, encoder: CompactEncoder, language: LanguageStage | None = None, *,
+                 scheduler: ChangeScheduler, profile: str = "compact") -> None:
         self.encoder = encoder
-        self.describer = describer
+        self.language = language
         self.scheduler = scheduler
+        self.profile = profile
         self.components = dict(COMPONENTS)
-        if describer is not None:
-            from facestream.llm.smollm import MODEL_VERSION
-
-            self.components["description"] = MODEL_VERSION
+        if language is not None:
+            self.components.update(language.components)
         self.llm_calls = 0
         self.descriptions_reused = 0
 
@@ -135,8 +148,8 @@ class WindowAnalyzer:
         outputs = self.encoder.encode([w for _, w in items])
         signals = [CheapSignals.from_window(w, out) for (_, w), out in zip(items, outputs)]
         decisions = [REUSE] * len(items)
-        texts: dict[int, str] = {}
-        if self.describer is not None:
+        answers: dict[int, Answer] = {}
+        if self.language is not None:
             # Decide in order, so that a later window of a track in the same batch is compared
             # with an earlier one that was picked; then describe the picked ones as one batch.
             answered: dict[tuple[int, str], Answered | None] = {}
@@ -149,14 +162,16 @@ class WindowAnalyzer:
                     answered[key] = Answered(sig, w.start_s)
             due = [i for i, d in enumerate(decisions) if d.fresh]
             if due:
-                texts = dict(zip(due, self.describer.describe([_facts(outputs[i]) for i in due])))
+                picked = [(items[i][1], outputs[i]) for i in due]
+                answers = dict(zip(due, self.language.answer(picked)))
                 self.llm_calls += len(due)
             self.descriptions_reused += len(items) - len(due)
         result = []
         for i, ((state, window), out) in enumerate(zip(items, outputs)):
             memory = state.memory.setdefault(window.track_id, TrackMemory())
-            if i in texts:
-                memory.description = texts[i]
+            if i in answers:
+                memory.description = answers[i].description
+                memory.fields = dict(answers[i].fields)
                 memory.answered = Answered(signals[i], window.start_s)
             memory.latest = out
             result.append(self._event(state, window, out, signals=signals[i], memory=memory,
@@ -167,7 +182,7 @@ class WindowAnalyzer:
 
     def _event(self, state: StreamState, window: FaceWindow, out: EncoderOutput, *,
                signals: CheapSignals, memory: TrackMemory, decision: Decision) -> dict[str, Any]:
-        describing = self.describer is not None and memory.answered is not None
+        describing = self.language is not None and memory.answered is not None
         answered_s = memory.answered.start_s if describing else None
         data = {
             "stream_id": window.stream_id,
@@ -189,13 +204,29 @@ class WindowAnalyzer:
             "description_age_s": round(window.start_s - answered_s, 3) if describing else None,
             "description_trigger": decision.reason,
             "description_from_s": answered_s,
-            "model": {"profile": PROFILE, "components": self.components},
+            "model": {"profile": self.profile, "components": self.components},
             "latency_ms": round(max(0.0, time.time() - window.samples[-1].arrival) * 1000, 1),
         }
+        if describing and memory.fields:
+            _apply(data, memory.fields)
         first = window.samples[0]
         return events.envelope(
             events.FACE_ANALYSIS, stream_id=window.stream_id, subject=window.track_id,
             event_id_=events.event_id(window.stream_id, window.track_id,
                                       window.start_pts if window.start_pts is not None
-                                      else f"{window.start_s:.3f}", events.FACE_ANALYSIS, PROFILE),
+                                      else f"{window.start_s:.3f}", events.FACE_ANALYSIS,
+                                      self.profile),
             time_epoch=state.event_time(first.time_s, first.arrival), data=data)
+
+
+def _apply(data: dict[str, Any], fields: Mapping[str, Any]) -> None:
+    """Put an answer's fields into event data: ``expression.label`` replaces the cheap head's
+    label (its scores stay: they are the cheap signal), ``attributes`` entries replace theirs
+    one by one, any other field is replaced whole."""
+    for key, value in fields.items():
+        if key == "expression":
+            data["expression"] = {**data["expression"], "label": value["label"]}
+        elif key == "attributes":
+            data["attributes"] = {**data["attributes"], **value}
+        else:
+            data[key] = value

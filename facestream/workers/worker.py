@@ -39,7 +39,7 @@ from facestream.ingest.sources import stream_id_from
 from facestream.workers import checkpoint
 from facestream.workers.decode import ChunkDecoder
 from facestream.workers.metrics import WorkerMetrics, serve
-from facestream.workers.pipeline import PROFILE, StreamState
+from facestream.workers.pipeline import StreamState
 from facestream.workers.redis_sink import RedisSink, SinkUnavailable
 
 log = logging.getLogger(__name__)
@@ -376,7 +376,7 @@ class Worker:
         acc.before.append(events.stream_error(
             stream_id=stream_id, message=reason,
             time_s=stream.state.last_time_s if stream else 0.0,
-            seq=record.offset, profile=PROFILE, time_epoch=time.time(), fatal=False))
+            seq=record.offset, profile=self.settings.profile, time_epoch=time.time(), fatal=False))
 
     def _dlq_producer(self):
         if self._dlq is None:

@@ -67,8 +67,8 @@ _HINT = ("expected the released Face-LLaVA checkpoint directory (config.json, we
 
 @dataclass(frozen=True, eq=False)
 class FaceLLaVA:
-    """A loaded checkpoint.  Modules are in eval mode with gradients off; ``llm`` and
-    ``tokenizer`` are None when loaded with ``load_llm=False``, a tower is None when the
+    """A loaded checkpoint.  Modules are in eval mode with gradients off; ``llm`` is None
+    when loaded with ``load_llm=False`` (the tokenizer is always loaded), a tower is None when the
     config names none.  The modules are shared, not copied, by ``vision_path``."""
 
     path: Path
@@ -133,11 +133,11 @@ def load_facellava(checkpoint_dir: str | Path, *, image_tower: str | Path | None
         raise AssetError(f"{path / 'config.json'}: {exc}") from None
     except AssetError as exc:
         raise AssetError(f"{path}: {exc}") from None
-    llm = tokenizer = None
+    llm = None
     if load_llm:
         llm = _load_llm(path, config, {k: tensors[k] for k in llm_keys}, dtype=dtype,
                         device=device, quantization=quantization)
-        tokenizer = _load_tokenizer(path)
+    tokenizer = _load_tokenizer(path)
     towers = {kind: _load_tower(config, kind, tower_dir, dtype=dtype, device=device)
               for kind, tower_dir in tower_dirs.items()}
     return FaceLLaVA(path=path, config=MappingProxyType(config), fusion=fusion,
