@@ -53,6 +53,27 @@ def face_analyzer(models):
     return models.faces
 
 
+@pytest.fixture(scope="module")
+def smol(settings):
+    """The real SmolLM2-135M-Instruct (fp32) and its tokenizer, with torch on one intra-op
+    thread while the module runs: on a shared 2-core box OpenMP spinning costs more than a
+    second thread gives."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from facestream import assets
+
+    path = settings.cache_dir / assets.SMOLLM_DIR
+    if not (path / "model.safetensors").is_file():
+        pytest.fail(f"{path} missing: run `facestream models pull`")
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield model, tokenizer
+    torch.set_num_threads(threads)
+
+
 def run_cli(*args: str, timeout: float = 600, env: dict | None = None,
             cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run the `facestream` command as a user would, capturing its output."""

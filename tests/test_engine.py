@@ -33,22 +33,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def smol(settings):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = settings.cache_dir / "models" / "smollm2-135m-instruct"
-    if not (path / "model.safetensors").is_file():
-        pytest.fail(f"{path} missing: run `facestream models pull`")
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
-    # One intra-op thread: on a shared 2-core box, OpenMP spinning makes 2 threads ~4x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield model, tokenizer
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
 def prompts(smol) -> list[tuple[int, ...]]:
     _, tokenizer = smol
     return [tuple(tokenizer.apply_chat_template([{"role": "user", "content": q}],

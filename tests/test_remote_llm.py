@@ -45,21 +45,6 @@ VISUAL_QUESTIONS = ("What expression does this face show?",
 FAST = Backoff(attempts=2, base_s=0.01, maximum_s=0.01, seed=0)
 
 
-@pytest.fixture(scope="module")
-def smol(settings):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = settings.cache_dir / "models" / "smollm2-135m-instruct"
-    if not (path / "model.safetensors").is_file():
-        pytest.fail(f"{path} missing: run `facestream models pull`")
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)        # a shared 2-core box: OpenMP spinning costs more than it gives
-    yield model, tokenizer
-    torch.set_num_threads(threads)
-
-
 def splice(model, ids: tuple[int, ...], visual: torch.Tensor | None) -> torch.Tensor:
     """Reference prompt embeddings: token rows, visual rows at the placeholders.
     -> [T, hidden]"""

@@ -22,9 +22,11 @@ from pathlib import Path
 
 import torch
 
+from facestream import assets
+from facestream.config import Settings
 from tests.tiny_towers import save_weights, write_tiny_tower
 
-SMOLLM_DIR = Path.home() / ".cache" / "facestream" / "models" / "smollm2-135m-instruct"
+SMOLLM_DIR = Settings.load().cache_dir / assets.SMOLLM_DIR     # its tokenizer stands in for Vicuna's
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 REGION_POINTS = (("face", 17), ("eyebrow1", 5), ("eyebrow2", 5), ("nose", 4), ("nostril", 5),
                  ("eye1", 6), ("eye2", 6), ("lips", 12), ("teeth", 8))

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
 
+from facestream.assets import sha256_of
 from facestream.errors import AssetError, ConfigError
 
 if TYPE_CHECKING:
@@ -127,7 +128,7 @@ def file_key(path: Path) -> str:
     """sha256 of an ONNX file (and its external data) and :data:`EXPORT_CODE_VERSION`."""
     digest = hashlib.sha256(f"facestream-export-{EXPORT_CODE_VERSION}".encode())
     for part in _files_of(Path(path)):
-        digest.update(_sha256_file(part).encode())
+        digest.update(sha256_of(part).encode())
     return digest.hexdigest()
 
 
@@ -297,20 +298,12 @@ def _files_of(path: Path) -> list[Path]:
     return [path, data] if data.is_file() else [path]
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _stamp_path(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
 def _digest_line(path: Path) -> str:
-    return " ".join(f"{_sha256_file(p)}:{p.stat().st_size}" for p in _files_of(path)) + "\n"
+    return " ".join(f"{sha256_of(p)}:{p.stat().st_size}" for p in _files_of(path)) + "\n"
 
 
 def _write_stamp(path: Path) -> None:

@@ -273,15 +273,8 @@ class Engine:
 
     def _validate(self, request: GenerationRequest) -> None:
         rid, ids = request.request_id, request.prompt_ids
-        placeholders = ids.count(self._image_token_id) if self._image_token_id is not None else 0
-        given = 0 if request.visual is None else request.visual.shape[0]
-        if placeholders != given:
-            raise RequestError(f"request {rid}: prompt has {placeholders} image placeholders "
-                               f"but {given} visual tokens were given")
-        if request.visual is not None and request.visual.shape[1] != self._parts.hidden:
-            raise RequestError(f"request {rid}: visual tokens have hidden size "
-                               f"{request.visual.shape[1]} but the model's hidden size is "
-                               f"{self._parts.hidden}; project them to {self._parts.hidden}")
+        check_splice(request, image_token_id=self._image_token_id, hidden=self._parts.hidden,
+                     what="the model's hidden size")
         need = len(ids) + request.max_new_tokens
         if need > self._max_seq_len:
             raise RequestError(f"request {rid}: prompt ({len(ids)} tokens) + max_new_tokens "
@@ -431,6 +424,23 @@ def sample(logits: torch.Tensor, temperatures: list[float],
             probs = torch.softmax(logits[row].float() / temperature, dim=-1)   # [V]
             tokens[row] = torch.multinomial(probs, 1, generator=generator)[0]
     return tokens
+
+
+def check_splice(request: GenerationRequest, *, image_token_id: int | None,
+                 hidden: int | None, what: str) -> None:
+    """Raise RequestError unless the request's placeholders and visual tokens agree: one
+    visual row per placeholder, rows ``hidden`` wide (``what`` names that width's owner;
+    None: width not checked)."""
+    rid, ids = request.request_id, request.prompt_ids
+    placeholders = ids.count(image_token_id) if image_token_id is not None else 0
+    given = 0 if request.visual is None else request.visual.shape[0]
+    if placeholders != given:
+        raise RequestError(f"request {rid}: prompt has {placeholders} image placeholders "
+                           f"but {given} visual tokens were given")
+    if request.visual is not None and hidden is not None and request.visual.shape[1] != hidden:
+        raise RequestError(f"request {rid}: visual tokens have hidden size "
+                           f"{request.visual.shape[1]} but {what} is {hidden}; "
+                           f"project them to {hidden}")
 
 
 class TextTail:

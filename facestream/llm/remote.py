@@ -52,7 +52,7 @@ import torch
 from torch import nn
 
 from facestream.errors import ConfigError
-from facestream.llm.engine import GenerationRequest, GenerationResult, RequestError
+from facestream.llm.engine import GenerationRequest, GenerationResult, RequestError, check_splice
 from facestream.llm.kv_cache import embed_prompt
 from facestream.retry import Backoff
 
@@ -227,22 +227,14 @@ class RemoteEngine:
     # ---- internals --------------------------------------------------------------------
 
     def _validate(self, request: GenerationRequest) -> None:
-        rid, ids = request.request_id, request.prompt_ids
-        placeholders = ids.count(self._image_token_id) if self._image_token_id is not None else 0
-        given = 0 if request.visual is None else request.visual.shape[0]
-        if placeholders != given:
-            raise RequestError(f"request {rid}: prompt has {placeholders} image placeholders "
-                               f"but {given} visual tokens were given")
-        if request.visual is None:
-            return
-        if self._table is None:
-            raise RequestError(f"request {rid}: has visual tokens but this remote engine has "
-                               "no embedding table; pass embedding= (load_embedding_table)")
-        hidden = self._table.embed.embedding_dim
-        if request.visual.shape[1] != hidden:
-            raise RequestError(f"request {rid}: visual tokens have hidden size "
-                               f"{request.visual.shape[1]} but the embedding table's is "
-                               f"{hidden}; project them to {hidden}")
+        table = self._table
+        check_splice(request, image_token_id=self._image_token_id,
+                     hidden=None if table is None else table.embed.embedding_dim,
+                     what="the embedding table's")
+        if request.visual is not None and table is None:
+            raise RequestError(f"request {request.request_id}: has visual tokens but this "
+                               "remote engine has no embedding table; pass embedding= "
+                               "(load_embedding_table)")
 
     def _run(self, request: GenerationRequest, submitted: float) -> GenerationResult:
         with self._lock:
