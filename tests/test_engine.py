@@ -196,6 +196,7 @@ def test_bad_requests_are_refused_at_submit(small_engine, ids, visual_shape, max
     ({"temperature": -1.0}, "temperature=-1.0"),
     ({"stop": ("",)}, "empty stop string"),
     ({"visual": torch.zeros(576)}, r"visual has shape \(576,\)"),
+    ({"seed": 2 ** 64}, r"seed=18446744073709551616"),
 ])
 def test_bad_request_values(fields, match):
     with pytest.raises(RequestError, match=match):

@@ -73,6 +73,9 @@ class GenerationRequest:
         if any(not s for s in self.stop):
             raise RequestError(f"request {self.request_id}: empty stop string; "
                                "stop strings must be non-empty")
+        if self.seed is not None and not -2 ** 63 <= self.seed < 2 ** 64:
+            raise RequestError(f"request {self.request_id}: seed={self.seed}; expected an "
+                               "integer in [-2**63, 2**64)")
         if self.visual is not None and self.visual.dim() != 2:
             raise RequestError(f"request {self.request_id}: visual has shape "
                                f"{tuple(self.visual.shape)}; expected [n_tokens, hidden]")
