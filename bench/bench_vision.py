@@ -38,7 +38,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -165,7 +164,7 @@ def main() -> int:
                                     windows_per_s=round(rate / frames, 3),
                                     vs_eager=round(ratio, 3), max_abs_diff=diff,
                                     peak_mb=None if not cuda else round(peak)))
-        del vision, runners, ort_session
+        vision = runners = ort_session = None      # free the model before the next shape
     print("RESULT " + json.dumps({"device": args.device, "results": results}))
     return 0
 

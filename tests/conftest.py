@@ -82,6 +82,21 @@ def run_cli(*args: str, timeout: float = 600, env: dict | None = None,
                           text=True, timeout=timeout, env=full_env, cwd=cwd)
 
 
+def check_events_file(path: Path) -> None:
+    """Every event in ``path`` holds against the package's JSON Schema and, where the
+    checkout sits beside the shared tools, against ``shared/tools/check_events.py``."""
+    from facestream import events
+
+    validator = events.validator()
+    for event in read_events(path):
+        errors = [e.message for e in validator.iter_errors(event)]
+        assert not errors, (event["type"], errors)
+    if SHARED_CHECKER.is_file():
+        check = subprocess.run([sys.executable, str(SHARED_CHECKER), str(path)],
+                               capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout
+
+
 def read_events(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 import threading
 
 import av
 import pytest
 
 from facestream import events
-from tests.conftest import SHARED_CHECKER, read_events, run_cli
+from tests.conftest import check_events_file, read_events, run_cli
 from tests.media import write_clip
 
 
@@ -27,14 +25,7 @@ def test_sample_clip_gives_valid_events_and_an_annotated_video(sample, tmp_path)
     assert "\r" not in proc.stderr, "progress bar must stay quiet when stderr is not a terminal"
 
     evs = read_events(out / "events.jsonl")
-    validator = events.validator()
-    for ev in evs:
-        errors = [e.message for e in validator.iter_errors(ev)]
-        assert not errors, (ev["type"], errors)
-    if SHARED_CHECKER.is_file():
-        check = subprocess.run([sys.executable, str(SHARED_CHECKER), str(out / "events.jsonl")],
-                               capture_output=True, text=True)
-        assert check.returncode == 0, check.stdout
+    check_events_file(out / "events.jsonl")
     kinds = [ev["type"] for ev in evs]
     assert kinds[0] == events.TRACK_STARTED and kinds[-1] == events.TRACK_ENDED
     analysis = [ev["data"] for ev in evs if ev["type"] == events.FACE_ANALYSIS]

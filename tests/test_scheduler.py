@@ -3,8 +3,6 @@ face shape), the analyzer's events, checkpointing, and the embedded pipeline end
 
 from __future__ import annotations
 
-import subprocess
-import sys
 
 import cv2
 import numpy as np
@@ -23,7 +21,7 @@ from facestream.workers.scheduler import (
     ACTION_UNITS, EXPRESSION, HEAD_POSE, MAX_INTERVAL, MOTION, NEW_TRACK, Answered,
     ChangeScheduler, CheapSignals, Decision, Thresholds, face_shape)
 from facestream.workers.windows import FaceSample, FaceWindow
-from tests.conftest import SHARED_CHECKER, analyze_in_process
+from tests.conftest import analyze_in_process, check_events_file
 from tests.media import load_rgb
 
 T = Thresholds(expression=0.4, action_units=1.0, head_pose_deg=10.0, motion=0.1,
@@ -359,9 +357,7 @@ def test_describe_off_events_carry_pose_and_no_description(sample, models, tmp_p
 def test_embedded_pipeline_with_llm_reuses_answers(sample, models_with_llm, tmp_path):
     summary, evs = analyze_in_process(sample("WolfgangLanger_Pexels.mp4"), models_with_llm,
                                       tmp_path)
-    checked = subprocess.run([sys.executable, str(SHARED_CHECKER), str(summary.events_path)],
-                             capture_output=True, text=True)
-    assert checked.returncode == 0, checked.stdout
+    check_events_file(summary.events_path)
     validator = events.validator()
     analysis = [ev["data"] for ev in evs if ev["type"] == events.FACE_ANALYSIS]
     for ev in evs:
