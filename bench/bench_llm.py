@@ -44,6 +44,7 @@ import os
 import statistics
 import sys
 import time
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -267,10 +268,12 @@ def hf_embeds(model, windows: list[Window]) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def shape_bench(*, shape_name: str, device: torch.device, dtype: torch.dtype,
-                batches: tuple[int, ...]) -> list[dict]:
+                batches: tuple[int, ...], answer_tokens: int | None = None) -> list[dict]:
     """Engine vs HF generate on a random-weight model of ``SHAPES[shape_name]``; returns the
     rows it prints."""
     shape = SHAPES[shape_name]
+    if answer_tokens is not None:
+        shape = dataclasses.replace(shape, answer_tokens=answer_tokens)
     cuda = device.type == "cuda"
 
     def sync() -> None:
@@ -369,6 +372,8 @@ def main() -> None:
                         help="comma-separated batch sizes (overrides the defaults)")
     parser.add_argument("--load", type=float, default=0.7,
                         help="Poisson arrival rate as a fraction of the batch-8 throughput")
+    parser.add_argument("--answer-tokens", type=int, default=None,
+                        help="shaped models: tokens per answer (default: the shape's, 64 for 7b)")
     parser.add_argument("--model-dir", type=Path, default=default_model_dir())
     parser.add_argument("--threads", type=int, default=0,
                         help="torch intra-op threads (0: torch's default); on a busy shared "
@@ -388,7 +393,8 @@ def main() -> None:
     dtype = getattr(torch, args.dtype or ("float16" if device.type == "cuda" else "float32"))
     default = (1, 4, 16, 64) if args.quick else (1, 2, 4, 8, 16, 32, 64)
     batches = tuple(int(b) for b in args.batches.split(",")) if args.batches else default
-    shape_bench(shape_name=args.model_shape, device=device, dtype=dtype, batches=batches)
+    shape_bench(shape_name=args.model_shape, device=device, dtype=dtype, batches=batches,
+                answer_tokens=args.answer_tokens)
 
 
 if __name__ == "__main__":
