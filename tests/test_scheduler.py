@@ -315,6 +315,25 @@ def test_batching_does_not_change_decisions(track_windows, batches):
     assert view(together) == view(one_by_one)
 
 
+class _SheddingDescriber(_Describer):
+    """The LLM engine shed the window at 2.0 s (its request was dropped under load)."""
+
+    def answer(self, items):
+        answers = super().answer(items)
+        return [None if w.start_s == 2.0 else a for (w, _), a in zip(items, answers)]
+
+
+def test_a_shed_window_keeps_the_last_answer_and_the_next_one_retries(track_windows):
+    data = _analyze(track_windows, batches=[1] * len(track_windows),
+                    describer=_SheddingDescriber())
+    by_start = {d["window"]["start_s"]: d for d in data}
+    shed, after = by_start[2.0], by_start[3.0]
+    assert shed["description_reused"] and shed["description_trigger"] is None
+    assert shed["description"] == by_start[0.0]["description"]
+    # Still not answered since the label changed: the next window asks again.
+    assert not after["description_reused"] and after["description_trigger"] == EXPRESSION
+
+
 def test_without_describer_events_have_no_description(track_windows):
     for d in _analyze(track_windows, batches=[8]):
         assert (d["description"], d["description_reused"], d["description_age_s"],

@@ -112,14 +112,19 @@ class SmolDescriber:
                                                    add_generation_prompt=True)
 
     def answer(self, items) -> list:
-        """One :class:`facestream.workers.pipeline.Answer` per (window, encoder output)."""
+        """One :class:`facestream.workers.pipeline.Answer` per (window, encoder output); None
+        where the engine shed the request under load."""
         from facestream.workers.pipeline import Answer
 
-        return [Answer(text) for text in self.describe([facts(out) for _, out in items])]
+        results = self._generate([facts(out) for _, out in items])
+        return [None if r.finish_reason == "shed" else Answer(_trim(r.text)) for r in results]
 
     def describe(self, facts: list[str]) -> list[str]:
         """One description per facts string, in order.  May return "" for a request whose
         generation produced no text."""
+        return [_trim(r.text) for r in self._generate(facts)]
+
+    def _generate(self, facts: list[str]) -> list:
         from facestream.llm.engine import GenerationRequest
 
         requests = []
@@ -129,7 +134,7 @@ class SmolDescriber:
             requests.append(GenerationRequest(
                 f"describe-{self._seq}", tuple(ids), max_new_tokens=self._max_new_tokens,
                 stop=self.SENTENCE_ENDS, include_stop=True))
-        return [_trim(r.text) for r in self._engine.generate(requests)]
+        return self._engine.generate(requests)
 
     def _prefix_ids(self) -> tuple[int, ...]:
         """The ids every prompt starts with: the chat template up to the facts."""

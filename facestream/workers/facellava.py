@@ -107,9 +107,10 @@ class FaceLlavaAnswerer:
                               image_token_id=IMAGE_TOKEN_ID, tokens_per_image=1)
         return tuple(ids[:ids.index(IMAGE_TOKEN_ID)])
 
-    def answer(self, items: Sequence[tuple[FaceWindow, Any]]) -> list[Answer]:
-        """One answer per (window, cheap results), in order; the description is the
-        expression answer when that task is asked, else the first task's."""
+    def answer(self, items: Sequence[tuple[FaceWindow, Any]]) -> list[Answer | None]:
+        """One answer per (window, cheap results), in order (None where the engine shed a
+        request under load); the description is the expression answer when that task is
+        asked, else the first task's."""
         windows = [w for w, _ in items]
         if not windows:
             return []
@@ -124,10 +125,13 @@ class FaceLlavaAnswerer:
                     prompt_ids=self._prompts[task], visual=tokens[kind][i],
                     max_new_tokens=self._max_new_tokens, stop=(STOP,)))
         results = self._engine.generate(requests)
-        out, k = [], 0
-        for _ in windows:
-            texts = {task: results[k + j].text.strip() for j, task in enumerate(self.tasks)}
-            k += len(self.tasks)
+        out: list[Answer | None] = []
+        for k in range(0, len(results), len(self.tasks)):
+            mine = results[k:k + len(self.tasks)]
+            if any(r.finish_reason == "shed" for r in mine):
+                out.append(None)                # not answered: the window keeps the last answer
+                continue
+            texts = {task: r.text.strip() for task, r in zip(self.tasks, mine)}
             description = texts.get("expression") or texts[self.tasks[0]]
             out.append(Answer(description, {**answer_fields(texts), "answers": texts}))
         return out

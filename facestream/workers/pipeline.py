@@ -43,8 +43,9 @@ class Answer:
 class LanguageStage(Protocol):
     components: Mapping[str, str]      # event model.components entries it adds
 
-    def answer(self, items: Sequence[tuple[FaceWindow, EncoderOutput]]) -> list[Answer]:
-        """One answer per (window, cheap results), in order.  Blocking."""
+    def answer(self, items: Sequence[tuple[FaceWindow, EncoderOutput]]) -> list[Answer | None]:
+        """One answer per (window, cheap results), in order; None for a window the LLM did
+        not answer (its request was shed under load).  Blocking."""
 
 
 @dataclass
@@ -139,6 +140,7 @@ class WindowAnalyzer:
         if language is not None:
             self.components.update(language.components)
         self.llm_calls = 0
+        self.llm_shed = 0
         self.descriptions_reused = 0
 
     def analyze(self, items: list[tuple[StreamState, FaceWindow]]) -> list[dict[str, Any]]:
@@ -163,7 +165,11 @@ class WindowAnalyzer:
             due = [i for i, d in enumerate(decisions) if d.fresh]
             if due:
                 picked = [(items[i][1], outputs[i]) for i in due]
-                answers = dict(zip(due, self.language.answer(picked)))
+                answers = {i: a for i, a in zip(due, self.language.answer(picked))
+                           if a is not None}
+                for i in set(due) - set(answers):    # shed: the window keeps the last answer
+                    decisions[i] = REUSE
+                self.llm_shed += len(due) - len(answers)
                 self.llm_calls += len(due)
             self.descriptions_reused += len(items) - len(due)
         result = []
