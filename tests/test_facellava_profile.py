@@ -104,6 +104,20 @@ def test_remote_llm_tier_gives_the_same_answers(checkpoint, window):
     assert remote[0].fields["answers"] == local[0].fields["answers"]
 
 
+@pytest.mark.slow
+def test_onnx_runtime_vision_backend_gives_the_same_answers(checkpoint, window, tmp_path):
+    """``facellava_vision_backend=onnxruntime`` exports the vision path once into the engine
+    cache and runs it there; the answers are the torch path's."""
+    base = {"profile": "facellava", "facellava_checkpoint": str(checkpoint),
+            "facellava_tasks": "expression,age", "facellava_max_new_tokens": NEW_TOKENS,
+            "cache_dir": str(tmp_path)}
+    torch_answer = load_stage(Settings.load(base)).answer([(window, None)])[0]
+    onnx_stage = load_stage(Settings.load({**base, "facellava_vision_backend": "onnxruntime"}))
+    assert len(list((tmp_path / "engines").glob("facellava-vision-*.onnx"))) == 2   # both towers
+    onnx_answer = onnx_stage.answer([(window, None)])[0]
+    assert onnx_answer.fields["answers"] == torch_answer.fields["answers"]
+
+
 @pytest.mark.parametrize("texts, expected", [
     ({"expression": "The person's expression clearly indicates fear. Her eyes are wide open."},
      {"expression": {"label": "fear"}}),

@@ -146,9 +146,9 @@ class FaceLlavaAnswerer:
                                   "with square_crops=True for the facellava profile")
             picks = (uniform_indices(len(samples), VIDEO_FRAMES) if kind == "video"
                      else [len(samples) // 2])
-            crops = np.concatenate([samples[i].chips.square for i in picks])        # [F, 256, 256, 3]
+            crops = np.concatenate([samples[i].chips.square for i in picks])  # [F, 256, 256, 3]
             marks = np.concatenate([samples[i].chips.square_landmarks for i in picks])  # [F, 136]
-            frames = clip_pixels(crops, kind=kind)                                   # [F, 3, 224, 224]
+            frames = clip_pixels(crops, kind=kind)                             # [F, 3, 224, 224]
             pixels.append(frames.transpose(1, 0, 2, 3) if kind == "video" else frames[0])
             landmarks.append(marks)
         batch_pixels = np.stack(pixels)        # video [W, 3, 8, 224, 224]; image [W, 3, 224, 224]
@@ -184,8 +184,8 @@ def load_stage(settings) -> FaceLlavaAnswerer:
     """The facellava profile's language stage from settings: the checkpoint and towers from
     their local directories, the vision path on the configured backend, the LLM behind the
     continuous-batching engine — in this process, or at ``llm_endpoint`` (then only the
-    embedding table is loaded here, to splice the visual tokens).  Blocking (seconds to minutes); raises AssetError or
-    ConfigError with a one-line message."""
+    embedding table is loaded here, to splice the visual tokens).  Blocking (seconds to
+    minutes); raises AssetError or ConfigError with a one-line message."""
     import copy
 
     from facestream.encoder.facellava import load_facellava
@@ -211,9 +211,9 @@ def load_stage(settings) -> FaceLlavaAnswerer:
                                                    export_vision_path, open_artefact)
 
             fp32 = copy.deepcopy(path).float().cpu()     # exports are traced in fp32 on the CPU
+            backend = "onnx" if settings.facellava_vision_backend == "onnxruntime" else "tensorrt"
             artefact = export_vision_path(
-                EngineCache(settings.cache_dir / ENGINES_DIR), fp32,
-                backend="onnx" if settings.facellava_vision_backend == "onnxruntime" else "tensorrt",
+                EngineCache(settings.cache_dir / ENGINES_DIR), fp32, backend=backend,
                 fp16=settings.encoder_precision == "fp16",
                 profile=BatchProfile.parse(settings.encoder_batch_sizes))
             del fp32

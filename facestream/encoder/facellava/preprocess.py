@@ -60,7 +60,8 @@ def clip_pixels(crops: np.ndarray, *, kind: str = "image") -> np.ndarray:
         return np.zeros((0, 3, CLIP_SIZE, CLIP_SIZE), np.float32)
     if min(height, width) < 1:
         raise InputError(f"clip_pixels got empty crops of {height}x{width} pixels")
-    x = torch.from_numpy(np.require(crops, requirements=("C", "W"))).permute(0, 3, 1, 2).float() / 255.0
+    writable = np.require(crops, requirements=("C", "W"))       # torch wants writable memory
+    x = torch.from_numpy(writable).permute(0, 3, 1, 2).float() / 255.0
     new_h, new_w = _resized_shape(height, width)
     if (new_h, new_w) != (height, width):
         x = F.interpolate(x, size=(new_h, new_w), mode=_RESIZE_MODE[kind], align_corners=False,
