@@ -3,9 +3,9 @@ and the most streams it keeps up with against what its offline throughput predic
 
 Kafka in, Redis out, as deployed: one ``Worker`` (``facestream worker --no-describe`` with
 ``FACESTREAM_FPS=5``, run in a thread of this process with its models loaded once, metrics
-endpoint off) consumes the video topic; the publishers run in a child process, as edge
-publishers would not share the worker's interpreter (they, Kafka and Redis do share this
-machine's cores).  Every measurement has its own topic (6 partitions, the dev broker's
+endpoint off, ``worker_threads`` from ``--worker-threads``) consumes the video topic; the
+publishers run in a child process, as edge publishers would not share the worker's
+interpreter (they, Kafka and Redis do share this machine's cores).  Every measurement has its own topic (6 partitions, the dev broker's
 default), consumer group and Redis keys, created before and deleted after.
 
 (a) offline    ``--offline-streams`` (default 4) passes of the sample clip
@@ -32,11 +32,14 @@ default), consumer group and Redis keys, created before and deleted after.
                the arrival rate adds ~0.1 s of backlog per second).
 
 The largest N kept up (N and every smaller N) is compared with the theoretical count, offline
-throughput / (5 frames/s per stream).  The last line is ``RESULT {json}`` with every number.
-About 3 minutes on a 2-core machine (real-time runs are real time: ~25 s each).
+throughput / (5 frames/s per stream).  ``--worker-threads 1,2`` measures each setting of
+``worker_threads`` in the same run, interleaved (offline run by run, real time N by N, so drift
+on a shared machine hits both), and prints each one's offline throughput as a ratio to the
+first's.  The last line is ``RESULT {json}`` with every number.  About 3 minutes per setting
+on a 2-core machine (real-time runs are real time: ~25 s each).
 
     .venv/bin/python bench/bench_distributed.py [--repeat N] [--offline-streams N]
-                                                [--start-services]
+                                                [--worker-threads N,N] [--start-services]
     ./dev bench                        # every bench/bench_*.py
 
 Kafka and Redis: with ``--start-services``, or when FACESTREAM_KAFKA_BOOTSTRAP and
@@ -130,11 +133,11 @@ def publish_streams(spec: SourceSpec, settings: Settings, stream_ids: list[str],
 
 # worker (this process) -----------------------------------------------------------------
 
-def measurement_settings(endpoints: Endpoints, tag: str) -> Settings:
+def measurement_settings(endpoints: Endpoints, tag: str, *, worker_threads: int = 0) -> Settings:
     """Settings with this measurement's own topic, group and Redis keys.  The worker's
     metrics endpoint is off (its port may be another worker's); its counters still run."""
     return Settings.load({**endpoints.overrides(), "describe": False, "fps": FPS,
-                          "metrics_port": 0,
+                          "metrics_port": 0, "worker_threads": worker_threads,
                           "video_topic": f"bench-{tag}.video", "dlq_topic": f"bench-{tag}.dlq",
                           "consumer_group": f"bench-{tag}", "events_stream": f"bench:{tag}:events",
                           "checkpoint_prefix": f"bench:{tag}:checkpoint"})
@@ -199,6 +202,7 @@ class Offline:
     streams: int
     frames: int
     seconds: float
+    load: float                     # 1-minute load average at the end (shared machine)
 
     @property
     def fps(self) -> float:
@@ -211,6 +215,7 @@ class Realtime:
     completed: bool                 # the worker saw every stream end in time
     latencies: tuple[float, ...]    # seconds, one per analysis event
     growth: float                   # seconds of latency gained per second of run
+    load: float                     # 1-minute load average at the end (shared machine)
 
     def percentile(self, q: float) -> float:
         return float(np.percentile(self.latencies, q)) if self.latencies else float("nan")
@@ -226,9 +231,9 @@ def stream_ids(tag: str, count: int) -> list[str]:
 
 
 def measure_offline(endpoints: Endpoints, models, pool: Executor, spec: SourceSpec,
-                    streams: int) -> Offline:
+                    streams: int, *, worker_threads: int) -> Offline:
     tag = f"offline-{uuid.uuid4().hex[:8]}"
-    settings = measurement_settings(endpoints, tag)
+    settings = measurement_settings(endpoints, tag, worker_threads=worker_threads)
     ids = stream_ids(tag, streams)
     with fresh_topic(endpoints.kafka_bootstrap, settings.video_topic, partitions=PARTITIONS):
         pool.submit(publish_streams, spec, settings, ids, realtime=False, stagger_s=0).result()
@@ -237,7 +242,7 @@ def measure_offline(endpoints: Endpoints, models, pool: Executor, spec: SourceSp
     if report.streams_ended < streams:
         raise SystemExit(f"offline run: the worker finished {report.streams_ended} of "
                          f"{streams} streams within {DRAIN_TIMEOUT_S:g}s")
-    return Offline(streams, report.frames, seconds)
+    return Offline(streams, report.frames, seconds, os.getloadavg()[0])
 
 
 def latencies(settings: Settings,
@@ -268,9 +273,9 @@ def growth(points: list[tuple[float, float]]) -> float:
 
 
 def measure_realtime(endpoints: Endpoints, models, pool: Executor, spec: SourceSpec,
-                     streams: int, chunk_period_s: float) -> Realtime:
+                     streams: int, chunk_period_s: float, *, worker_threads: int) -> Realtime:
     tag = f"rt{streams}-{uuid.uuid4().hex[:8]}"
-    settings = measurement_settings(endpoints, tag)
+    settings = measurement_settings(endpoints, tag, worker_threads=worker_threads)
     ids = stream_ids(tag, streams)
     with fresh_topic(endpoints.kafka_bootstrap, settings.video_topic, partitions=PARTITIONS):
         sent, report, _ = run_worker(settings, models, streams, feed=lambda: pool.submit(
@@ -279,7 +284,7 @@ def measure_realtime(endpoints: Endpoints, models, pool: Executor, spec: SourceS
     points = latencies(settings, sent)
     forget(settings, ids)
     return Realtime(streams, report.streams_ended >= streams,
-                    tuple(latency for _, latency in points), growth(points))
+                    tuple(latency for _, latency in points), growth(points), os.getloadavg()[0])
 
 
 # report --------------------------------------------------------------------------------
@@ -305,36 +310,46 @@ def largest_kept_up(runs: list[Realtime]) -> int:
 def print_report(offline: Offline, runs: list[Realtime], repeat: int) -> None:
     theoretical = offline.fps / FPS
     print(f"offline: {offline.streams} streams, {offline.frames} frames in {offline.seconds:.1f}s "
-          f"= {offline.fps:.1f} frames/s (best of {repeat}) -> {theoretical:.1f} real-time "
-          f"streams at {FPS:g} fps in theory")
+          f"= {offline.fps:.1f} frames/s (best of {repeat}; load {offline.load:.1f}) -> "
+          f"{theoretical:.1f} real-time streams at {FPS:g} fps in theory")
     print(f"{'streams':>7}  {'events':>6}  {'p50 s':>6}  {'p95 s':>6}  {'max s':>6}  "
-          f"{'growth s/s':>10}  kept up (p95 < {P95_LIMIT_S:g} s, growth < {GROWTH_LIMIT:g})")
+          f"{'growth s/s':>10}  {'load':>4}  kept up (p95 < {P95_LIMIT_S:g} s, growth < "
+          f"{GROWTH_LIMIT:g})")
     for run in runs:
         verdict = "yes" if run.kept_up else ("NO" if run.completed else "NO (did not finish)")
         print(f"{run.streams:>7}  {len(run.latencies):>6}  {run.percentile(50):>6.2f}  "
               f"{run.percentile(95):>6.2f}  {run.percentile(100):>6.2f}  {run.growth:>10.3f}  "
-              f"{verdict}")
+              f"{run.load:>4.1f}  {verdict}")
     kept = largest_kept_up(runs)
     print(f"largest stream count kept up: {kept} of {', '.join(map(str, STREAM_COUNTS))}; "
           f"theoretical {theoretical:.1f}; ratio {kept / theoretical:.2f}")
 
 
-def result_json(offline: Offline, runs: list[Realtime], repeat: int,
-                endpoints: Endpoints) -> dict:
+def result_json(offline: Offline, runs: list[Realtime]) -> dict:
     theoretical = offline.fps / FPS
     kept = largest_kept_up(runs)
     return {
-        "clip": CLIP, "fps": FPS, "repeat": repeat, "kafka_bootstrap": endpoints.kafka_bootstrap,
-        "services_started": endpoints.started,
         "offline": {"streams": offline.streams, "frames": offline.frames,
-                    "seconds": round(offline.seconds, 3), "frames_per_s": round(offline.fps, 2)},
+                    "seconds": round(offline.seconds, 3), "frames_per_s": round(offline.fps, 2),
+                    "load": round(offline.load, 2)},
         "realtime": [{"streams": r.streams, "events": len(r.latencies), "completed": r.completed,
                       "p50_s": round(r.percentile(50), 3), "p95_s": round(r.percentile(95), 3),
                       "max_s": round(r.percentile(100), 3), "growth": round(r.growth, 4),
-                      "kept_up": r.kept_up} for r in runs],
+                      "kept_up": r.kept_up, "load": round(r.load, 2)} for r in runs],
         "largest_kept_up": kept, "theoretical_streams": round(theoretical, 2),
         "ratio": round(kept / theoretical, 3),
     }
+
+
+def thread_counts(text: str) -> list[int]:
+    """``--worker-threads``: comma-separated worker_threads settings (0: the default)."""
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+    if not counts or min(counts) < 0 or len(set(counts)) != len(counts):
+        raise argparse.ArgumentTypeError(f"expected distinct integers >= 0, got {text!r}")
+    return counts
 
 
 def main() -> None:
@@ -342,6 +357,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2, help="offline runs (best kept)")
     parser.add_argument("--offline-streams", type=int, default=4,
                         help="clip passes published before the offline run")
+    parser.add_argument("--worker-threads", type=thread_counts, default=[0],
+                        help="worker_threads settings to measure, e.g. 1,2 (0: the default, "
+                             "min(2, cores)); the first is the baseline of the ratios")
     parser.add_argument("--start-services", action="store_true",
                         help="start a private Kafka and Redis even if the environment names some")
     args = parser.parse_args()
@@ -350,6 +368,7 @@ def main() -> None:
     tune_allocator()          # as the facestream CLI does at start-up
 
     from facestream.workers.embedded import Models
+    from facestream.workers.worker import worker_threads
 
     base = Settings.load({"describe": False, "fps": FPS})
     spec = parse_source(str(assets.sample(base.cache_dir, CLIP)))
@@ -358,14 +377,35 @@ def main() -> None:
     with services(start=args.start_services) as endpoints, \
             ProcessPoolExecutor(1, mp_context=spawn) as pool:
         models = Models.load(base)
-        offline = max((measure_offline(endpoints, models, pool, spec, args.offline_streams)
-                       for _ in range(args.repeat)), key=lambda o: o.fps)
-        runs = [measure_realtime(endpoints, models, pool, spec, n, period) for n in STREAM_COUNTS]
+        offlines: dict[int, list[Offline]] = {n: [] for n in args.worker_threads}
+        for _ in range(args.repeat):
+            for n in args.worker_threads:
+                offlines[n].append(measure_offline(endpoints, models, pool, spec,
+                                                   args.offline_streams, worker_threads=n))
+        runs: dict[int, list[Realtime]] = {n: [] for n in args.worker_threads}
+        for streams in STREAM_COUNTS:
+            for n in args.worker_threads:
+                runs[n].append(measure_realtime(endpoints, models, pool, spec, streams, period,
+                                                worker_threads=n))
 
     print(f"clip {spec.target}, {FPS:g} fps analysis, one worker, Kafka "
           f"{endpoints.kafka_bootstrap}, Redis {endpoints.redis_url}")
-    print_report(offline, runs, args.repeat)
-    print("RESULT " + json.dumps(result_json(offline, runs, args.repeat, endpoints)))
+    best = {n: max(offlines[n], key=lambda o: o.fps) for n in args.worker_threads}
+    baseline = args.worker_threads[0]
+    threads = {n: worker_threads(Settings.load({"worker_threads": n})) for n in args.worker_threads}
+    for n in args.worker_threads:
+        print(f"\nworker_threads={n} ({threads[n]} threads), offline "
+              f"throughput {best[n].fps / best[baseline].fps:.2f}x worker_threads={baseline}")
+        print_report(best[n], runs[n], args.repeat)
+    print("RESULT " + json.dumps({
+        "clip": CLIP, "fps": FPS, "repeat": args.repeat,
+        "kafka_bootstrap": endpoints.kafka_bootstrap, "services_started": endpoints.started,
+        "load_average": list(os.getloadavg()),
+        "by_worker_threads": [{"worker_threads": n, "threads": threads[n],
+                               "offline_ratio": round(best[n].fps / best[baseline].fps, 3),
+                               "offline_runs_frames_per_s": [round(o.fps, 2) for o in offlines[n]],
+                               **result_json(best[n], runs[n])}
+                              for n in args.worker_threads]}))
 
 
 if __name__ == "__main__":

@@ -131,6 +131,10 @@ class Settings:
         "A worker drops chunks of live streams that reach it this many seconds after they "
         "were published (it has fallen behind), and counts them; file chunks are never "
         "dropped.", ge=0.5, le=3600))
+    worker_threads: int = field(default=0, metadata=_doc(
+        "Threads a worker decodes chunks and finds faces on (one MediaPipe face stage "
+        "each); 0 = min(2, CPU cores); 1 = everything on the consuming thread.",
+        ge=0, le=64))
     registry_topic: str = field(default="facestream.streams", metadata=_doc(
         "Compacted topic of stream specs, keyed by stream id."))
     registry_schemes: str = field(default="rtsp,rtsps,http,https,rtmp,srt", metadata=_doc(

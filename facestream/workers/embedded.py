@@ -62,9 +62,7 @@ class Models:
                                      endpoint=settings.llm_endpoint,
                                      timeout_s=settings.llm_timeout_s,
                                      max_in_flight=settings.llm_max_in_flight)
-        faces = FaceAnalyzer(min_confidence=settings.min_detection_confidence,
-                             min_face_px=settings.min_face_px, max_faces=settings.max_faces,
-                             square_crops=settings.profile == "facellava")
+        faces = FaceAnalyzer.from_settings(settings)
         scheduler = ChangeScheduler(Thresholds.from_settings(settings))
         return cls(faces, WindowAnalyzer(encoder, language, scheduler=scheduler,
                                          profile=settings.profile))

@@ -78,6 +78,13 @@ class FaceAnalyzer:
         self._max_faces = max_faces
         self._square_crops = square_crops     # Face-LLaVA's 256² crops (facellava profile)
 
+    @classmethod
+    def from_settings(cls, settings) -> "FaceAnalyzer":
+        """The face stage as ``settings`` configure it (its profile decides the crops)."""
+        return cls(min_confidence=settings.min_detection_confidence,
+                   min_face_px=settings.min_face_px, max_faces=settings.max_faces,
+                   square_crops=settings.profile == "facellava")
+
     def close(self) -> None:
         self._detector.close()
         self._close_detector.close()

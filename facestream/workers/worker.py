@@ -18,14 +18,22 @@ the same ids, because the successor resumes from the checkpoint (or, without one
 committed offset with fresh state).  Messages that are not chunks, and chunks that do not
 decode, go to the dead-letter topic with the reason in header ``fs-error``; an error event
 is written and the worker goes on with its other streams.
+
+The two stages that cost most per frame, decoding a chunk and finding its faces, run on
+``worker_threads`` threads (:class:`FaceStage`); everything else (offsets, stream states,
+dead letters, events, checkpoints, commits) stays on the consuming thread, in message order,
+so a threaded worker writes exactly the events, ids and checkpoints a single-threaded one does.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import os
+import queue
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -37,7 +45,8 @@ from facestream.errors import InputError
 from facestream.ingest.chunks import ChunkError, EndOfStream, PartAssembler, parse_message
 from facestream.ingest.sources import stream_id_from
 from facestream.workers import checkpoint
-from facestream.workers.decode import ChunkDecoder
+from facestream.workers.decode import ChunkDecoder, DecodedFrame
+from facestream.workers.faces import FaceAnalyzer, FaceDetections
 from facestream.workers.metrics import WorkerMetrics, serve
 from facestream.workers.pipeline import StreamState
 from facestream.workers.redis_sink import RedisSink, SinkUnavailable
@@ -74,6 +83,106 @@ class _Batch:
     touched: dict = field(default_factory=dict)      # stream id -> TopicPartition
     ended: dict = field(default_factory=dict)        # stream id -> offset after its end
 
+    def extend(self, other: "_Batch") -> None:
+        """Append what ``other`` (a later message's share) produced."""
+        self.before += other.before
+        self.windows += other.windows
+        self.after += other.after
+        self.touched.update(other.touched)
+        self.ended.update(other.ended)
+
+
+@dataclass(frozen=True, eq=False)
+class _Seen:
+    """One picked frame and its faces."""
+
+    frame: DecodedFrame
+    faces: FaceDetections
+    seconds: float                 # wall seconds the face stage took
+
+
+@dataclass(frozen=True, eq=False)
+class _Decoded:
+    """A chunk's picked frames, each with its faces still being found."""
+
+    frames: list                   # Future[_Seen], in presentation order
+    seconds: float                 # wall seconds decoding took
+
+
+@dataclass(frozen=True, eq=False)
+class _InFlight:
+    """A chunk admitted on the consuming thread and handed to the face stage."""
+
+    stream: _Stream
+    chunk: Any
+    record: Any
+    decoded: Future                # Future[_Decoded]
+    acc: _Batch                    # its message's share of the round
+
+
+class FaceStage:
+    """Decodes chunks and finds the faces of their frames on ``threads`` threads.
+
+    A chunk is decoded on one thread (its stream's :class:`ChunkDecoder` picks frames in
+    order), then each of its frames is a task of its own, so even one stream's chunk uses
+    every thread.  Each task checks a :class:`FaceAnalyzer` out of a fixed set, one per
+    thread (MediaPipe graphs are not thread-safe): ``faces`` and ``threads - 1`` more made
+    here from ``settings``.  With ``threads=1`` no thread is started and :meth:`submit` does
+    the work before it returns.  :attr:`lookahead` is how many chunks a caller should keep
+    submitted ahead of the one it waits for: enough to keep the threads busy, few enough
+    not to hold many chunks' frames (2 per thread beyond the first; 0 with one thread).
+
+    Not thread-safe: one caller.  The caller must not submit a decoder's next chunk before
+    the future of its previous one and of that chunk's frames are done.
+    """
+
+    def __init__(self, faces: Callable[[Any], FaceDetections], settings: Settings, *,
+                 threads: int) -> None:
+        self.lookahead = 2 * (threads - 1)
+        self._own = [FaceAnalyzer.from_settings(settings) for _ in range(threads - 1)]
+        self._analyzers: queue.SimpleQueue = queue.SimpleQueue()
+        for analyzer in [faces, *self._own]:
+            self._analyzers.put(analyzer)
+        self._pool = (ThreadPoolExecutor(threads, thread_name_prefix="facestream-faces")
+                      if threads > 1 else None)
+
+    def submit(self, decoder: ChunkDecoder, chunk) -> Future:
+        """Future of the chunk's :class:`_Decoded`; it raises what ``decoder.decode`` raised
+        (undecodable data).  The frames' futures raise what the face stage raised."""
+        return self._run(self._decode, decoder, chunk)
+
+    def close(self) -> None:
+        """Wait for the tasks under way, drop the rest, close the analyzers made here."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        for analyzer in self._own:
+            analyzer.close()
+
+    def _run(self, fn: Callable[..., Any], *args: Any) -> Future:
+        if self._pool is not None:
+            return self._pool.submit(fn, *args)
+        done: Future = Future()
+        try:
+            done.set_result(fn(*args))
+        except Exception as exc:
+            done.set_exception(exc)
+        return done
+
+    def _decode(self, decoder: ChunkDecoder, chunk) -> _Decoded:
+        start = time.perf_counter()
+        frames = decoder.decode(chunk)
+        seconds = time.perf_counter() - start
+        return _Decoded([self._run(self._faces, frame) for frame in frames], seconds)
+
+    def _faces(self, frame: DecodedFrame) -> _Seen:
+        analyzer = self._analyzers.get()
+        try:
+            start = time.perf_counter()
+            faces = analyzer(frame.image)
+            return _Seen(frame, faces, time.perf_counter() - start)
+        finally:
+            self._analyzers.put(analyzer)
+
 
 @dataclass
 class WorkerReport:
@@ -109,6 +218,8 @@ class Worker:
         self.report = WorkerReport()
         self.metrics = WorkerMetrics()
         self._lag_checked = 0.0
+        self._face_stage = FaceStage(self.models.faces, settings,
+                                     threads=worker_threads(settings))
         self.consumer.subscribe([settings.video_topic], listener=_rebalance_listener(self))
 
     def stop(self) -> None:
@@ -126,6 +237,7 @@ class Worker:
                     self._process(batch)
                 self._observe_lag()
         finally:
+            self._face_stage.close()
             self.consumer.close(autocommit=False)
             if server is not None:
                 server.shutdown()
@@ -169,12 +281,8 @@ class Worker:
         video came in, not after the whole poll."""
         queues = [(tp, list(records)) for tp, records in batch.items()]
         for step in range(max(len(records) for _, records in queues)):
-            acc = _Batch()
-            for tp, records in queues:
-                if step < len(records):
-                    self.report.messages += 1
-                    self.metrics.messages.inc()
-                    self._record(tp, records[step], acc)
+            acc = self._round([(tp, records[step]) for tp, records in queues
+                               if step < len(records)])
             self.metrics.windows.inc(len(acc.windows))
             if acc.windows:
                 self.metrics.batch_windows.observe(len(acc.windows))
@@ -188,28 +296,64 @@ class Worker:
             if self._stop.is_set():
                 return
 
-    def _record(self, tp, record, acc: _Batch) -> None:
+    def _round(self, records: list) -> _Batch:
+        """One message per partition.  Each is admitted here in order and its chunk handed
+        to the face stage; the chunks' frames are observed here, oldest chunk first, while
+        later ones are in the face stage, each into its own message's share; the shares are
+        joined in message order.  The result is what processing the messages one after the
+        other would give (with one thread, it is how they are processed)."""
+        shares: list[_Batch] = []
+        in_flight: dict[str, _InFlight] = {}        # stream id -> its chunk in the face stage
+        for tp, record in records:
+            self.report.messages += 1
+            self.metrics.messages.inc()
+            shares.append(_Batch())
+            job = self._admit(tp, record, shares[-1], in_flight)
+            if job is not None:
+                in_flight[job.stream.state.stream_id] = job
+            if len(in_flight) > self._face_stage.lookahead:
+                self._settle(in_flight, next(iter(in_flight)))      # the oldest
+        while in_flight:
+            self._settle(in_flight, next(iter(in_flight)))
+        acc = _Batch()
+        for share in shares:
+            acc.extend(share)
+        return acc
+
+    def _settle(self, in_flight: dict[str, _InFlight], stream_id: str) -> None:
+        """Observe the stream's chunk still in the face stage, if any, before its next
+        message is looked at (two messages of one stream in one round: rare, but possible)."""
+        job = in_flight.pop(stream_id, None)
+        if job is not None:
+            self._observe(job)
+
+    def _admit(self, tp, record, acc: _Batch,
+               in_flight: dict[str, _InFlight]) -> _InFlight | None:
+        """Everything about a message but decoding and faces; the chunk to decode, if any."""
         self._consumed[tp] = record.offset + 1
         key = (record.key or b"").decode(errors="replace")
         try:
             message = parse_message(record.headers, record.value)
         except ChunkError as exc:
-            self._dead_letter(record, stream_id_from(key), f"not a chunk: {exc}", acc)
-            return
+            stream_id = stream_id_from(key)
+            self._settle(in_flight, stream_id)
+            self._dead_letter(record, stream_id, f"not a chunk: {exc}", acc)
+            return None
+        self._settle(in_flight, message.stream_id)
         stream = self._stream(message.stream_id, tp)
         if record.offset < stream.next_offset:
             self.report.skipped += 1           # already in the checkpoint's state
-            return
+            return None
         stream.next_offset = record.offset + 1
         acc.touched[message.stream_id] = tp
         if isinstance(message, EndOfStream):
             self._end(stream, acc)
-            return
+            return None
         chunk = self._assembler.add(message)
         if chunk is None:                       # a part: wait for the rest
             if stream.part_offset is None:
                 stream.part_offset = record.offset
-            return
+            return None
         stream.part_offset = None
         if stream.ended_before:
             if chunk.seq != 0:
@@ -217,26 +361,32 @@ class Worker:
                                   f"stream {chunk.stream_id} has ended (finished or removed "
                                   f"from the registry): chunk {chunk.seq} refused; a restarted "
                                   "stream starts again at chunk 0", acc)
-                return
+                return None
             stream.ended_before = False
         if chunk.live and self._behind(record):
             self._drop(stream, chunk)
-            return
+            return None
+        return _InFlight(stream, chunk, record, self._face_stage.submit(stream.decoder, chunk),
+                         acc)
+
+    def _observe(self, job: _InFlight) -> None:
+        """Wait for a chunk's frames and faces (blocking) and track them."""
+        stream, acc = job.stream, job.acc
         try:
-            with self.metrics.stage_seconds.labels("decode").time():
-                frames = stream.decoder.decode(chunk)
+            decoded = job.decoded.result()
         except (av.error.FFmpegError, ChunkError, InputError) as exc:
-            self._dead_letter(record, chunk.stream_id,
-                              f"chunk {chunk.seq} does not decode: {exc}", acc)
+            self._dead_letter(job.record, job.chunk.stream_id,
+                              f"chunk {job.chunk.seq} does not decode: {exc}", acc)
             return
+        self.metrics.stage_seconds.labels("decode").observe(decoded.seconds)
         self.report.chunks += 1
         self.metrics.chunks.inc()
-        for frame in frames:
-            with self.metrics.stage_seconds.labels("faces").time():
-                faces = self.models.faces(frame.image)
+        for future in decoded.frames:
+            seen = future.result()
+            self.metrics.stage_seconds.labels("faces").observe(seen.seconds)
             self.metrics.frames.inc()
-            self.metrics.faces.inc(len(faces))
-            started, closed, ended = stream.state.observe(frame, faces)
+            self.metrics.faces.inc(len(seen.faces))
+            started, closed, ended = stream.state.observe(seen.frame, seen.faces)
             acc.before += started
             acc.windows += [(stream.state, w) for w in closed]
             acc.after += ended
@@ -387,8 +537,12 @@ class Worker:
         return self._dlq
 
 
+def worker_threads(settings: Settings) -> int:
+    """Threads of the worker's face stage: the setting, or min(2, usable CPU cores)."""
+    return settings.worker_threads or min(2, len(os.sched_getaffinity(0)))
+
+
 def _worker_name() -> str:
-    import os
     import socket
 
     return f"{socket.gethostname()}:{os.getpid()}"

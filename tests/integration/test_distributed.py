@@ -528,3 +528,39 @@ def test_chunks_of_an_ended_stream_are_refused_until_it_restarts(isolated, model
     assert len(reasons) == 1 and "has ended" in reasons[0] and "chunk 2 refused" in reasons[0]
     errors = [e for e in _events_in_redis(settings) if e["type"] == events.STREAM_ERROR]
     assert [e["data"]["stream_id"] for e in errors] == ["gate"]
+
+
+def test_threaded_worker_writes_what_a_one_thread_worker_writes(isolated, models, sample):
+    from dataclasses import replace
+
+    from kafka import KafkaProducer
+
+    settings, _ = isolated
+    producer = KafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all", max_request_size=4_000_000)
+    clips = {"th-a": "WolfgangLanger_Pexels.mp4", "th-b": "noface_face.mov",
+             "th-c": "single_face.mp4"}
+    for stream_id, clip in clips.items():
+        with av.open(str(sample(clip))) as container:
+            chunks = list(gop_chunks(container, stream_id=stream_id))
+        for chunk in chunks:
+            producer.send(settings.video_topic, key=stream_id.encode(), value=chunk.payload,
+                          headers=chunk.headers())
+        producer.send(settings.video_topic, key=stream_id.encode(), value=b"",
+                      headers=EndOfStream(stream_id, chunks[-1].seq).headers())
+    producer.flush()
+    producer.close()
+
+    written = {}
+    for threads in (1, 2):
+        own = replace(settings, fps=5.0, worker_threads=threads,
+                      consumer_group=f"{settings.consumer_group}-t{threads}",
+                      events_stream=f"{settings.events_stream}-t{threads}",
+                      checkpoint_prefix=f"{settings.checkpoint_prefix}-t{threads}")
+        report = _run_worker(own, models, streams_to_end=len(clips))
+        assert report.dead_letters == 0 and report.dropped_chunks == 0
+        # Per stream, in order: a stream's events do not depend on how polls batch messages.
+        written[threads] = {s: [_comparable(e) for e in
+                                _events_in_redis(own, f"{own.events_stream}:{s}")]
+                            for s in clips}
+    assert all(written[1].values())
+    assert written[2] == written[1]
