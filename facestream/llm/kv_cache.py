@@ -94,10 +94,6 @@ class SlotKVCache:
             return cls(k=torch.zeros(shape, device=device, dtype=dtype),
                        v=torch.zeros(shape, device=device, dtype=dtype))
 
-    @property
-    def nbytes(self) -> int:
-        return 2 * self.k.numel() * self.k.element_size()
-
     def copy_in(self, source: SlotKVCache, *, slot: int, length: int) -> None:
         """Copy the first ``length`` positions of ``source``'s slot 0 into ``slot``."""
         # k[:, slot, :, :length]: [layers, kv_heads, length, head_dim]

@@ -102,12 +102,6 @@ class Windower:
         """Tracks with samples waiting for their window to close."""
         return len(self._open)
 
-    def earliest_open_s(self) -> float | None:
-        """Media time of the oldest sample not yet in a closed window (None: nothing open).
-        Everything before it has been handed on; the worker commits up to there."""
-        starts = [samples[0].time_s for _, samples, _ in self._open.values() if samples]
-        return min(starts) if starts else None
-
     def discard_missing(self, alive: set[int]) -> None:
         """Forget tentative tracks the tracker dropped."""
         for key in [k for k in self._open if k not in alive]:
