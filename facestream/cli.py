@@ -392,6 +392,7 @@ def _ingest(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
+    import faulthandler
     import logging
     import signal
 
@@ -404,6 +405,7 @@ def _worker(args: argparse.Namespace) -> int:
                               **_profile_overrides(args)})
     worker = Worker(settings)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
+    faulthandler.register(signal.SIGUSR1, all_threads=True)     # kill -USR1: where is it?
     print(f"worker: consuming {settings.video_topic} at {settings.kafka_bootstrap} as "
           f"{settings.consumer_group}, events to {settings.redis_url}", file=sys.stderr)
     report = worker.run()

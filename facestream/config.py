@@ -131,6 +131,24 @@ class Settings:
         "A worker drops chunks of live streams that reach it this many seconds after they "
         "were published (it has fallen behind), and counts them; file chunks are never "
         "dropped.", ge=0.5, le=3600))
+    orphan_part_timeout_s: float = field(default=30.0, metadata=_doc(
+        "A split chunk whose other parts have not arrived this many seconds after its first "
+        "part is given up: its parts go to the dead-letter topic and the offset commit moves "
+        "past them.", ge=1, le=3600))
+    kafka_session_timeout_ms: int = field(default=10_000, metadata=_doc(
+        "A worker that sends no heartbeat for this long is out of the group and its streams "
+        "move to the others (the broker's group.min/max.session.timeout.ms bound it).",
+        ge=1000, le=3_600_000))
+    kafka_heartbeat_interval_ms: int = field(default=3000, metadata=_doc(
+        "Heartbeat period of a worker's consumer; at most a third of the session timeout.",
+        ge=100, le=1_200_000))
+    kafka_max_poll_interval_ms: int = field(default=300_000, metadata=_doc(
+        "Longest a worker may take over one round of messages before the group gives its "
+        "streams away (covers the slowest model batch).", ge=1000, le=3_600_000))
+    kafka_group_instance_id: str = field(default="", metadata=_doc(
+        "Static group membership (Kafka group.instance.id): a stable, unique name per worker "
+        "(e.g. the pod name), so a worker restarted within the session timeout gets its "
+        "streams back without a rebalance.  Empty: dynamic membership."))
     worker_threads: int = field(default=0, metadata=_doc(
         "Threads a worker decodes chunks and finds faces on (one MediaPipe face stage "
         "each); 0 = min(2, CPU cores); 1 = everything on the consuming thread.",
@@ -234,6 +252,10 @@ class Settings:
                     f"setting {f.name}={value!r}: must be one of {', '.join(meta['choices'])}")
         if self.reconnect_backoff_max_s < self.reconnect_backoff_s:
             raise ConfigError("setting reconnect_backoff_max_s must be >= reconnect_backoff_s")
+        if self.kafka_heartbeat_interval_ms * 3 > self.kafka_session_timeout_ms:
+            raise ConfigError(
+                f"setting kafka_heartbeat_interval_ms={self.kafka_heartbeat_interval_ms} must "
+                f"be at most a third of kafka_session_timeout_ms={self.kafka_session_timeout_ms}")
         if self.kafka_security_protocol.startswith("SASL") and not self.kafka_sasl_mechanism:
             raise ConfigError(f"setting kafka_security_protocol={self.kafka_security_protocol} "
                               "needs kafka_sasl_mechanism (and user name, password)")

@@ -39,3 +39,12 @@ class ConfigError(FacestreamError):
     """Settings that cannot be right: unknown keys, values out of range, conflicting fields."""
 
     exit_code = 2
+
+
+def bounded(text: str, limit: int = 300) -> str:
+    """``text`` cut to at most ``limit`` characters, saying how much was left out: error
+    text that quotes what came from outside (a header, a key) must not grow with it."""
+    if len(text) <= limit:
+        return text
+    tail = f"... [{len(text) - limit} more characters]"
+    return text[:max(0, limit - len(tail))] + tail

@@ -22,6 +22,9 @@ FACE_ANALYSIS = "facestream.face.analysis"
 TRACK_STARTED = "facestream.track.started"
 TRACK_ENDED = "facestream.track.ended"
 STREAM_ERROR = "facestream.stream.error"
+# The stream id of errors about messages whose key is not a stream id: no stream can have it
+# ('~' is outside the stream id alphabet), so a bad key never lands in a real stream's events.
+UNATTRIBUTED = "~unattributed"
 
 
 def event_id(stream_id: str, track_id: str, start_pts: int | float | None, kind: str,

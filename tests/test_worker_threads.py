@@ -8,7 +8,7 @@ call by call.  The reference for the events themselves is embedded ``analyze`` o
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import av
 import pytest
@@ -16,85 +16,12 @@ import pytest
 from facestream import events
 from facestream.config import Settings
 from facestream.ingest.chunks import EndOfStream, gop_chunks
-from facestream.workers import checkpoint
 from facestream.workers.worker import Worker, worker_threads
 from tests.conftest import analyze_in_process
+from tests.helpers import MemoryProducer, MemorySink, OnePollConsumer, Record
 
 FPS = 5.0
 TOPIC = "unit.video"
-
-
-@dataclass(frozen=True)
-class Record:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes
-    headers: list
-    timestamp: int | None = None
-
-
-class OnePollConsumer:
-    """Hands out ``batch`` on the first poll, then nothing; records every commit."""
-
-    def __init__(self, batch: dict) -> None:
-        self._batch = batch
-        self.polls = 0
-        self.commits: list[dict] = []
-
-    def subscribe(self, topics, listener=None) -> None:
-        pass
-
-    def poll(self, timeout_ms: int = 0, max_records: int = 0) -> dict:
-        self.polls += 1
-        return self._batch if self.polls == 1 else {}
-
-    def assignment(self) -> set:
-        return set(self._batch)
-
-    def end_offsets(self, partitions) -> dict:
-        return {tp: self._batch[tp][-1].offset + 1 for tp in partitions}
-
-    def position(self, tp) -> int:
-        return self._batch[tp][-1].offset + 1
-
-    def commit(self, positions: dict) -> None:
-        self.commits.append({tp.partition: o.offset for tp, o in positions.items()})
-
-    def close(self, autocommit: bool = False) -> None:
-        pass
-
-
-class MemorySink:
-    def __init__(self) -> None:
-        self.writes: list[list[dict]] = []
-        self.saves: list[list[tuple[str, int, int | None]]] = []
-
-    def write(self, batch: list[dict]) -> int:
-        self.writes.append(list(batch))
-        return len(batch)
-
-    def checkpoints(self, saves: dict) -> None:
-        self.saves.append([(key, checkpoint.loads(blob).offset, ttl)
-                           for key, (blob, ttl) in saves.items()])
-
-    def load_checkpoint(self, key: str) -> None:
-        return None
-
-    def status(self, stream_id: str, **fields) -> None:
-        pass
-
-
-class MemoryProducer:
-    def __init__(self) -> None:
-        self.sent: list[tuple[bytes | None, str]] = []
-
-    def send(self, topic: str, *, key, value, headers) -> None:
-        self.sent.append((key, dict(headers)["fs-error"].decode()))
-
-    def flush(self, timeout: float | None = None) -> None:
-        pass
 
 
 def _chunks(path, stream_id: str) -> list:

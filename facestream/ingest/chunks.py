@@ -6,11 +6,12 @@ them (never re-encoded), framed as ``fs-packets-1``: per packet a little-endian 
 Everything a decoder needs travels in the headers (codec, extradata, time base), so any
 worker can start decoding a stream at any chunk.
 
-Kafka headers (ARCHITECTURE.md): ``fs-stream``, ``fs-seq``, ``fs-part`` ("i/n", from 1),
-``fs-codec``, ``fs-extradata``, ``fs-time-base`` ("num/den"), ``fs-origin-pts`` (the pts that
-is media time 0 for the whole stream), ``fs-pts`` (first pts of the chunk), ``fs-size``
-("WxH"), ``fs-format``, ``fs-live`` ("1": a live source).  A chunk larger than the broker's message limit is split into parts
-that :class:`PartAssembler` puts back together.
+Kafka headers: ``fs-stream``, ``fs-seq``, ``fs-part`` ("i/n", from 1), ``fs-codec``,
+``fs-extradata``, ``fs-time-base`` ("num/den"), ``fs-origin-pts`` (the pts that is media
+time 0 for the whole stream), ``fs-pts`` (first pts of the chunk), ``fs-size`` ("WxH"),
+``fs-format``, ``fs-live`` ("1": a live source).  Each is bounded where it is parsed (the
+bounds below; docs/RELIABILITY.md).  A chunk larger than the broker's message limit is split
+into parts that :class:`PartAssembler` puts back together.
 """
 
 from __future__ import annotations
@@ -21,15 +22,38 @@ from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Iterable, Iterator
 
+from facestream.errors import bounded
+from facestream.ingest.sources import is_stream_id
+
 FORMAT = "fs-packets-1"
-_SAFE_ID = re.compile(r"[A-Za-z0-9._-]{1,120}")
 NO_TS = -(2 ** 63)
 _PACKET = struct.Struct("<qqqBI")
 _REQUIRED = ("fs-stream", "fs-seq", "fs-part", "fs-codec", "fs-time-base", "fs-origin-pts",
              "fs-pts", "fs-size", "fs-format")
-
-
 END_HEADER = "fs-end"
+
+# Bounds on what a message may say (docs/RELIABILITY.md).  A message outside them is refused
+# with the bound it broke, never clamped or rewritten.
+MAX_TIME_BASE_TERM = 2 ** 31          # numerator and denominator of fs-time-base
+MAX_MEDIA_S = 2.0 ** 31               # |media time| of any timestamp, seconds (68 years)
+MAX_CHUNK_S = 3600.0                  # a packet's pts within this of its chunk's fs-pts
+MAX_SEQ = 2 ** 63 - 1
+MAX_PARTS = 4096                      # parts of one chunk
+MAX_SIDE = 16384                      # frame width and height, pixels
+MAX_EXTRADATA = 1 << 20               # bytes
+MAX_HEADER = 1024                     # bytes of any other header value
+CODECS = frozenset({"h264", "hevc", "av1", "vp8", "vp9", "mpeg4", "mpeg2video", "mpeg1video",
+                    "h263", "mjpeg", "png", "theora"})
+
+
+class ChunkError(ValueError):
+    """A message that is not a usable chunk; the text says which header or byte is wrong
+    (bounded: values from the wire are quoted only in part)."""
+
+
+def _show(raw: bytes | str) -> str:
+    """A header value for an error message: repr, at most 40 characters."""
+    return bounded(repr(raw), 40)
 
 
 @dataclass(frozen=True)
@@ -44,23 +68,70 @@ class EndOfStream:
                 (END_HEADER, b"1"), ("fs-format", FORMAT.encode())]
 
 
-def parse_message(headers: Iterable[tuple[str, bytes]] | None,
-                  value: bytes | None) -> "Chunk | EndOfStream":
-    """A video-topic message as a Chunk (or part of one) or an EndOfStream marker."""
-    h = dict(headers or ())
+def parse_message(headers: Iterable[tuple[str, bytes]] | None, value: bytes | None, *,
+                  key: bytes | None = None) -> "Chunk | EndOfStream":
+    """A video-topic message as a Chunk (or part of one) or an EndOfStream marker; ChunkError
+    naming the first header or byte that is wrong.  With ``key`` (the Kafka message key) the
+    message's ``fs-stream`` must equal it: a stream's messages are ordered only on its key."""
+    h = _header_map(headers)
     if END_HEADER in h:
-        try:
-            marker = EndOfStream(h["fs-stream"].decode(), int(h["fs-seq"]))
-        except (KeyError, ValueError, UnicodeDecodeError) as exc:
-            raise ChunkError(f"malformed end-of-stream marker: {exc}") from None
-        if not _SAFE_ID.fullmatch(marker.stream_id):
-            raise ChunkError(f"fs-stream {marker.stream_id!r}: not a stream id")
-        return marker
-    return Chunk.from_message(h.items(), value)
+        stream_id = _stream_id(h)
+        message: Chunk | EndOfStream = EndOfStream(stream_id, _int(h, "fs-seq", 0, MAX_SEQ))
+    else:
+        message = Chunk.from_message(h.items(), value)
+    if key is not None and key != message.stream_id.encode():
+        raise ChunkError(f"message key {_show(key)} differs from fs-stream "
+                         f"{message.stream_id!r}: publishers key each message by its stream id")
+    return message
 
 
-class ChunkError(ValueError):
-    """A message that is not a usable chunk; the text says which header or byte is wrong."""
+def _header_map(headers: Iterable[tuple[str, bytes]] | None) -> dict[str, bytes]:
+    h: dict[str, bytes] = {}
+    for name, raw in headers or ():
+        if not isinstance(name, str) or not isinstance(raw, (bytes, bytearray)):
+            raise ChunkError(f"header {_show(name)}: not a name and a byte value")
+        if name in h:
+            raise ChunkError(f"header {_show(name)} appears twice")
+        limit = MAX_EXTRADATA if name == "fs-extradata" else MAX_HEADER
+        if len(raw) > limit:
+            raise ChunkError(f"header {_show(name)} is {len(raw)} bytes; at most {limit}")
+        h[name] = bytes(raw)
+    return h
+
+
+def _text(h: dict[str, bytes], name: str) -> str:
+    try:
+        return h[name].decode("ascii")
+    except UnicodeDecodeError:
+        raise ChunkError(f"{name} {_show(h[name])}: not ASCII") from None
+
+
+def _int(h: dict[str, bytes], name: str, low: int, high: int, text: str | None = None) -> int:
+    text = _text(h, name) if text is None else text
+    if not re.fullmatch(r"-?[0-9]{1,20}", text):
+        raise ChunkError(f"{name} {_show(text)}: not an integer")
+    value = int(text)
+    if not low <= value <= high:
+        raise ChunkError(f"{name} {value} is outside {low}..{high}")
+    return value
+
+
+def _pair(h: dict[str, bytes], name: str, sep: str) -> tuple[str, str]:
+    text = _text(h, name)
+    first, found, second = text.partition(sep)
+    if not found:
+        raise ChunkError(f"{name} {_show(text)}: expected two numbers joined by {sep!r}")
+    return first, second
+
+
+def _stream_id(h: dict[str, bytes]) -> str:
+    if "fs-stream" not in h:
+        raise ChunkError("missing headers: fs-stream")
+    text = h["fs-stream"].decode("ascii", errors="replace")
+    if not is_stream_id(text):
+        raise ChunkError(f"fs-stream {_show(text)}: not a stream id (letters, "
+                         "digits, '.', '_', '-', at most 128, not starting with '.' or '-')")
+    return text
 
 
 @dataclass(frozen=True)
@@ -99,33 +170,44 @@ class Chunk:
             ("fs-live", b"1" if self.live else b"0"),
         ]
 
+    @property
+    def start_s(self) -> float:
+        """Media seconds of the chunk's first pts."""
+        return float((self.first_pts - self.origin_pts) * self.time_base)
+
     @classmethod
     def from_message(cls, headers: Iterable[tuple[str, bytes]], value: bytes | None) -> "Chunk":
-        """Parse a Kafka message; ChunkError naming the first problem found."""
-        h = {k: v for k, v in headers or ()}
+        """Parse a Kafka message; ChunkError naming the first header out of bounds."""
+        h = _header_map(headers)
         missing = [k for k in _REQUIRED if k not in h]
         if missing:
             raise ChunkError(f"missing headers: {', '.join(missing)}")
         if h["fs-format"] != FORMAT.encode():
-            raise ChunkError(f"fs-format is {h['fs-format']!r}, expected {FORMAT}")
-        try:
-            part, parts = (int(x) for x in h["fs-part"].decode().split("/"))
-            width, height = (int(x) for x in h["fs-size"].decode().split("x"))
-            num, den = (int(x) for x in h["fs-time-base"].decode().split("/"))
-            chunk = cls(stream_id=h["fs-stream"].decode(), seq=int(h["fs-seq"]),
-                        codec=h["fs-codec"].decode(), extradata=h.get("fs-extradata") or b"",
-                        time_base=Fraction(num, den), origin_pts=int(h["fs-origin-pts"]),
-                        first_pts=int(h["fs-pts"]), width=width, height=height,
-                        payload=value or b"", part=part, parts=parts,
-                        live=h.get("fs-live") == b"1")
-        except (ValueError, ZeroDivisionError, UnicodeDecodeError) as exc:
-            raise ChunkError(f"malformed header: {exc}") from None
-        if not _SAFE_ID.fullmatch(chunk.stream_id):
-            raise ChunkError(f"fs-stream {chunk.stream_id!r}: use letters, digits, '.', '_', '-'")
-        if not (1 <= chunk.part <= chunk.parts) or chunk.seq < 0:
-            raise ChunkError(f"fs-part {part}/{parts} or fs-seq {chunk.seq} out of range")
-        if not chunk.payload:
+            raise ChunkError(f"fs-format is {_show(h['fs-format'])}, expected {FORMAT}")
+        stream_id = _stream_id(h)
+        part, parts = _pair(h, "fs-part", "/")
+        parts_n = _int(h, "fs-part", 1, MAX_PARTS, parts)
+        part_i = _int(h, "fs-part", 1, parts_n, part)
+        width, height = (_int(h, "fs-size", 1, MAX_SIDE, x) for x in _pair(h, "fs-size", "x"))
+        num, den = (_int(h, "fs-time-base", 1, MAX_TIME_BASE_TERM, x)
+                    for x in _pair(h, "fs-time-base", "/"))
+        codec = _text(h, "fs-codec")
+        if codec not in CODECS:
+            raise ChunkError(f"fs-codec {_show(codec)} is not one of {', '.join(sorted(CODECS))}")
+        live = h.get("fs-live", b"0")
+        if live not in (b"0", b"1"):
+            raise ChunkError(f"fs-live {_show(live)}: expected 0 or 1")
+        if not value:
             raise ChunkError("empty payload")
+        chunk = cls(stream_id=stream_id, seq=_int(h, "fs-seq", 0, MAX_SEQ), codec=codec,
+                    extradata=h.get("fs-extradata") or b"", time_base=Fraction(num, den),
+                    origin_pts=_int(h, "fs-origin-pts", NO_TS + 1, -NO_TS - 1),
+                    first_pts=_int(h, "fs-pts", NO_TS + 1, -NO_TS - 1), width=width,
+                    height=height, payload=bytes(value), part=part_i, parts=parts_n,
+                    live=live == b"1")
+        if not -MAX_MEDIA_S <= chunk.start_s <= MAX_MEDIA_S:
+            raise ChunkError(f"fs-pts {chunk.first_pts} is {chunk.start_s:.3g} s of media "
+                             f"time after fs-origin-pts; at most {MAX_MEDIA_S:.3g} s")
         return chunk
 
     def split(self, max_bytes: int) -> list["Chunk"]:
@@ -137,10 +219,18 @@ class Chunk:
                 for i, p in enumerate(pieces)]
 
     def packets(self) -> list[Packet]:
-        """The packets of a whole (reassembled) chunk; ChunkError if the framing is broken."""
+        """The packets of a whole (reassembled) chunk; ChunkError if the framing is broken
+        or a packet's timestamps lie more than MAX_CHUNK_S from the chunk's first pts."""
         if self.parts != 1:
             raise ChunkError(f"part {self.part}/{self.parts}: reassemble the chunk first")
-        return unpack(self.payload)
+        packets = unpack(self.payload)
+        reach = MAX_CHUNK_S / self.time_base
+        for i, p in enumerate(packets):
+            for name, ts in (("pts", p.pts), ("dts", p.dts)):
+                if ts is not None and abs(ts - self.first_pts) > reach:
+                    raise ChunkError(f"packet {i}: {name} {ts} is more than {MAX_CHUNK_S:.0f} s "
+                                     f"from the chunk's fs-pts {self.first_pts}")
+        return packets
 
 
 def pack(packets: Iterable[Packet]) -> bytes:
@@ -161,6 +251,8 @@ def unpack(payload: bytes) -> list[Packet]:
         offset += _PACKET.size
         if size > end - offset:
             raise ChunkError(f"packet at byte {offset} claims {size} bytes, {end - offset} remain")
+        if duration < 0:
+            raise ChunkError(f"packet at byte {offset}: negative duration {duration}")
         packets.append(Packet(None if pts == NO_TS else pts, None if dts == NO_TS else dts,
                               duration, bool(flags & 1), payload[offset:offset + size]))
         offset += size
@@ -171,27 +263,84 @@ def unpack(payload: bytes) -> list[Packet]:
     return packets
 
 
+@dataclass(frozen=True, eq=False)
+class Orphan:
+    """Parts of a chunk that will never be whole, with the tokens they were added with."""
+
+    stream_id: str
+    seq: int
+    parts: int                 # n of the chunk
+    tokens: tuple              # in arrival order
+    reason: str
+
+
 class PartAssembler:
-    """Collects the parts of split chunks.  Bounded: at most ``max_pending`` chunks wait."""
+    """Collects the parts of split chunks; bounded in count and in time.
+
+    A publisher sends a chunk's parts one after the other, so parts of a chunk are given up
+    (become an :class:`Orphan`, drained with :meth:`take_orphans`) when a part of another
+    chunk of the same stream arrives, when more than ``max_pending`` chunks wait, or when
+    :meth:`expire` finds them older than its ``max_age_s``.  Each part carries an opaque
+    ``token`` (the worker's Kafka record), so whoever drains orphans can dead-letter them.
+    ``now`` is any monotonic clock, in seconds.  Not thread-safe.
+    """
 
     def __init__(self, *, max_pending: int = 64) -> None:
-        self._pending: dict[tuple[str, int], dict[int, Chunk]] = {}
+        # (stream id, seq) -> (parts by index, tokens, first arrival)
+        self._pending: dict[tuple[str, int], tuple[dict[int, Chunk], list, float]] = {}
         self._max_pending = max_pending
+        self._orphans: list[Orphan] = []
 
-    def add(self, chunk: Chunk) -> Chunk | None:
+    def add(self, chunk: Chunk, *, token=None, now: float = 0.0) -> Chunk | None:
         """The whole chunk once its last part arrives, else None."""
+        key = (chunk.stream_id, chunk.seq)
+        for other in [k for k in self._pending if k[0] == chunk.stream_id and k != key]:
+            self._orphan(other, f"chunk {chunk.seq} began before its last part arrived")
         if chunk.parts == 1:
             return chunk
-        key = (chunk.stream_id, chunk.seq)
-        parts = self._pending.setdefault(key, {})
+        if key in self._pending:
+            parts, tokens, _ = self._pending[key]
+            first = next(iter(parts.values()))
+            if first.parts != chunk.parts or chunk.part in parts:
+                self._orphan(key, f"part {chunk.part}/{chunk.parts} conflicts with the parts "
+                                  f"received ({first.parts} parts, {sorted(parts)} present)")
+        parts, tokens, _ = self._pending.setdefault(key, ({}, [], now))
         parts[chunk.part] = chunk
+        tokens.append(token)
         if len(parts) < chunk.parts:
             while len(self._pending) > self._max_pending:
-                self._pending.pop(next(iter(self._pending)))
+                self._orphan(next(iter(self._pending)),
+                             f"more than {self._max_pending} split chunks were waiting")
             return None
         del self._pending[key]
         payload = b"".join(parts[i].payload for i in range(1, chunk.parts + 1))
         return replace(chunk, payload=payload, part=1, parts=1)
+
+    def expire(self, now: float, max_age_s: float) -> None:
+        """Give up parts that have waited longer than ``max_age_s``."""
+        for key in [k for k, (_, _, since) in self._pending.items() if now - since > max_age_s]:
+            self._orphan(key, f"the other parts did not arrive within {max_age_s:g} s")
+
+    def tokens(self, stream_id: str) -> list:
+        """Tokens of the stream's parts still waiting, in arrival order."""
+        return [t for (sid, _), (_, tokens, _) in self._pending.items() if sid == stream_id
+                for t in tokens]
+
+    def forget(self, stream_ids) -> None:
+        """Drop the parts of streams this process no longer owns (no orphans)."""
+        for key in [k for k in self._pending if k[0] in stream_ids]:
+            del self._pending[key]
+
+    def take_orphans(self) -> list[Orphan]:
+        orphans, self._orphans = self._orphans, []
+        return orphans
+
+    def _orphan(self, key: tuple[str, int], reason: str) -> None:
+        parts, tokens, _ = self._pending.pop(key)
+        n = next(iter(parts.values())).parts
+        self._orphans.append(Orphan(key[0], key[1], n, tuple(tokens),
+                                    f"chunk {key[1]}: {len(parts)} of {n} parts received; "
+                                    f"given up: {reason}"))
 
 
 def gop_chunks(container, *, stream_id: str, min_chunk_s: float = 1.0) -> Iterator[Chunk]:

@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 
 from facestream.config import Settings
 from facestream.errors import FacestreamError, InputError
-from facestream.ingest.sources import SourceSpec, parse_source, stream_id_from
+from facestream.ingest.sources import SourceSpec, is_stream_id, parse_source
 
 PROFILES = ("compact", "facellava")
 
@@ -64,7 +64,7 @@ class StreamSpec:
 
 def validate(spec: StreamSpec, settings: Settings) -> SourceSpec:
     """The parsed source if ``spec`` may be applied; SpecError saying why not otherwise."""
-    if stream_id_from(spec.stream_id) != spec.stream_id:
+    if not is_stream_id(spec.stream_id):
         raise SpecError(f"stream id {spec.stream_id!r}: use letters, digits, '.', '_' and '-'")
     if not 0.1 <= spec.fps <= 120:
         raise SpecError(f"stream {spec.stream_id}: fps {spec.fps} is outside 0.1..120")

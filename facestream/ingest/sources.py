@@ -20,7 +20,10 @@ SourceKind = Literal["file", "image", "url", "webcam"]
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 URL_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "http", "https", "udp", "srt"})
 _WEBCAM = re.compile(r"^webcam:(\d+)$")
-_STREAM_ID = re.compile(r"[^A-Za-z0-9._-]+")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+# A stream id names Kafka keys, Redis keys and folders: letters, digits, '.', '_', '-', not
+# starting with '.' or '-', at most 128 characters.
+STREAM_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,12 @@ def parse_source(text: str) -> SourceSpec:
 
 
 def stream_id_from(name: str) -> str:
-    """A stream id safe for Kafka keys, Redis keys and folder names."""
-    cleaned = _STREAM_ID.sub("-", name).strip("-.")
-    return cleaned[:120] or "stream"
+    """A stream id made from a name the user chose (a file name, a URL path): unsafe
+    characters become '-'.  Only for names typed by a person; an id that arrives on the
+    wire is checked with :func:`is_stream_id` and refused, never rewritten."""
+    cleaned = _UNSAFE.sub("-", name).strip("-.")
+    return cleaned[:128].rstrip("-.") or "stream"
+
+
+def is_stream_id(text: str) -> bool:
+    return STREAM_ID.fullmatch(text) is not None

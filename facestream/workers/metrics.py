@@ -1,8 +1,9 @@
 """Worker observability: Prometheus ``/metrics``, liveness ``/healthz``, readiness ``/readyz``.
 
 Served from a daemon thread on ``metrics_port`` (0: off).  ``/readyz`` answers 200 once the
-worker has joined its consumer group and Redis accepted its last write, 503 otherwise, so an
-orchestrator sends no traffic to (and does not count) a worker that cannot deliver.
+worker has joined its consumer group while Redis and the broker answer (the worker probes
+both every two seconds, busy or idle), 503 otherwise, so an orchestrator sends no traffic to
+(and does not count) a worker that cannot deliver.
 """
 
 from __future__ import annotations
@@ -36,6 +37,16 @@ class WorkerMetrics:
                                        "Media seconds of live video dropped", registry=r)
         self.dead_letters = Counter("facestream_dead_letters", "Messages sent to the DLQ",
                                     registry=r)
+        self.out_of_order = Counter(
+            "facestream_chunks_out_of_order", "Chunks out of a stream's order, by kind: gap "
+            "(numbers skipped), late, duplicate, restart (chunk 0 again), backwards or jump "
+            "(media time)", ["kind"], registry=r)
+        self.orphan_parts = Counter("facestream_orphan_parts",
+                                    "Parts of split chunks given up and dead-lettered",
+                                    registry=r)
+        self.analysis_failures = Counter("facestream_analysis_failures",
+                                         "Windows the models failed on (error event written)",
+                                         registry=r)
         self.redis_retries = Counter("facestream_redis_retries",
                                      "Redis calls retried while it was unavailable", registry=r)
         self.stage_seconds = Histogram("facestream_stage_seconds", "Time spent per stage call",
@@ -48,8 +59,13 @@ class WorkerMetrics:
                                   "Tracks with a window still collecting frames", registry=r)
         self.lag = Gauge("facestream_consumer_lag", "Messages behind the end of the log",
                          ["partition"], registry=r)
-        self.ready = False
-        self.redis_ok = True
+        self.ready = False             # joined the consumer group
+        self.redis_ok = True           # Redis answered the last call or probe
+        self.broker_ok = True          # the broker answered the last probe
+
+    @property
+    def readiness(self) -> bool:
+        return self.ready and self.redis_ok and self.broker_ok
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -65,7 +81,7 @@ def serve(metrics: WorkerMetrics, port: int, *, host: str = "0.0.0.0") -> Thread
             elif self.path == "/healthz":
                 self._reply(200, b"ok\n")
             elif self.path == "/readyz":
-                ready = metrics.ready and metrics.redis_ok
+                ready = metrics.readiness
                 self._reply(200 if ready else 503, b"ready\n" if ready else b"not ready\n")
             else:
                 self._reply(404, b"not found\n")

@@ -9,24 +9,35 @@ acknowledged every entry; the worker commits Kafka offsets after that, never bef
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable
+import re
+from typing import Any, Iterable, Mapping
 
 from facestream.config import Settings
-from facestream.errors import FacestreamError
+from facestream.errors import FacestreamError, bounded
+
+# redis-py prefixes a pipeline's error with the failed command and its arguments, which can
+# be a whole pickled checkpoint: never show those.
+_PIPELINE_COMMAND = re.compile(r"^Command # \d+ \(.*?\) of pipeline caused error: ", re.S)
 
 
 class SinkUnavailable(FacestreamError):
     """Redis did not acknowledge the write, after the client's own retries."""
 
 
-def make_redis(settings: Settings):
+def _unavailable(settings: Settings, exc: Exception) -> SinkUnavailable:
+    reason = _PIPELINE_COMMAND.sub("", str(exc)).splitlines()[0] if str(exc) else ""
+    return SinkUnavailable(f"Redis at {settings.redis_url}: "
+                           f"{bounded(reason or type(exc).__name__, 200)}")
+
+
+def make_redis(settings: Settings, *, timeout_s: float = 5.0, retries: int = 3):
     import redis
     from redis.backoff import ExponentialWithJitterBackoff
     from redis.retry import Retry
 
     return redis.Redis.from_url(
-        settings.redis_url, socket_timeout=5, socket_connect_timeout=5,
-        retry=Retry(ExponentialWithJitterBackoff(base=0.1, cap=2.0), retries=3),
+        settings.redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+        retry=Retry(ExponentialWithJitterBackoff(base=0.1, cap=2.0), retries=retries),
         retry_on_error=[redis.ConnectionError, redis.TimeoutError])
 
 
@@ -36,15 +47,19 @@ class RedisSink:
     def __init__(self, settings: Settings, client=None) -> None:
         self._settings = settings
         self._redis = client or make_redis(settings)
+        self._probe = client or make_redis(settings, timeout_s=1.0, retries=0)
         self._key = settings.events_stream
         self._maxlen = settings.events_maxlen
 
-    def write(self, events: Iterable[dict[str, Any]]) -> int:
-        """Append events; returns how many.  SinkUnavailable if Redis does not answer."""
+    def write(self, events: Iterable[dict[str, Any]],
+              status: Mapping[str, Mapping[str, Any]] | None = None) -> int:
+        """Append events, then update streams' status hashes (stream id -> fields), in one
+        round trip; returns how many events.  SinkUnavailable if Redis does not answer
+        (then the caller retries the whole call: a repeated entry has the same event id)."""
         import redis
 
         events = list(events)
-        if not events:
+        if not events and not status:
             return 0
         pipe = self._redis.pipeline(transaction=False)
         for event in events:
@@ -53,11 +68,23 @@ class RedisSink:
             stream_id = event["data"]["stream_id"]
             pipe.xadd(self._key, fields, maxlen=self._maxlen, approximate=True)
             pipe.xadd(f"{self._key}:{stream_id}", fields, maxlen=self._maxlen, approximate=True)
+        for stream_id, fields in (status or {}).items():
+            pipe.hset(f"facestream:stream:{stream_id}",
+                      mapping={k: str(v) for k, v in fields.items()})
         try:
             pipe.execute()
         except redis.RedisError as exc:
-            raise SinkUnavailable(f"Redis at {self._settings.redis_url}: {exc}") from None
+            raise _unavailable(self._settings, exc) from None
         return len(events)
+
+    def ping(self) -> bool:
+        """True if Redis answers now (one try, within a second)."""
+        import redis
+
+        try:
+            return bool(self._probe.ping())
+        except redis.RedisError:
+            return False
 
     def checkpoints(self, saves: dict[str, tuple[bytes, int | None]]) -> None:
         """Store checkpoints (key -> (blob, expiry in seconds or None)) in one transaction;
@@ -72,7 +99,7 @@ class RedisSink:
         try:
             pipe.execute()
         except redis.RedisError as exc:
-            raise SinkUnavailable(f"Redis at {self._settings.redis_url}: {exc}") from None
+            raise _unavailable(self._settings, exc) from None
 
     def load_checkpoint(self, key: str) -> bytes | None:
         import redis
@@ -80,14 +107,4 @@ class RedisSink:
         try:
             return self._redis.get(key)
         except redis.RedisError as exc:
-            raise SinkUnavailable(f"Redis at {self._settings.redis_url}: {exc}") from None
-
-    def status(self, stream_id: str, **fields: Any) -> None:
-        """Update ``facestream:stream:{id}``; best effort (status is advisory)."""
-        import redis
-
-        try:
-            self._redis.hset(f"facestream:stream:{stream_id}",
-                             mapping={k: str(v) for k, v in fields.items()})
-        except redis.RedisError:
-            pass
+            raise _unavailable(self._settings, exc) from None

@@ -41,10 +41,11 @@ import av
 
 from facestream import events
 from facestream.config import Settings
-from facestream.errors import InputError
-from facestream.ingest.chunks import ChunkError, EndOfStream, PartAssembler, parse_message
-from facestream.ingest.sources import stream_id_from
+from facestream.errors import AssetError, FacestreamError, bounded
+from facestream.ingest.chunks import Chunk, ChunkError, EndOfStream, PartAssembler, parse_message
+from facestream.ingest.sources import is_stream_id
 from facestream.workers import checkpoint
+from facestream.workers.dead_letters import BrokerUnavailable, DeadLetterSender, one_line
 from facestream.workers.decode import ChunkDecoder, DecodedFrame
 from facestream.workers.faces import FaceAnalyzer, FaceDetections
 from facestream.workers.metrics import WorkerMetrics, serve
@@ -54,6 +55,12 @@ from facestream.workers.redis_sink import RedisSink, SinkUnavailable
 log = logging.getLogger(__name__)
 
 ENDED_CHECKPOINT_TTL_S = 7 * 24 * 3600
+# A chunk may start later than its predecessor by this much more than the wall clock moved
+# between their messages; further is a timestamp no camera or file gives.
+MAX_TIME_JUMP_S = 3600.0
+# Failures of the worker's own environment: they pause the worker (retried) or stop it.
+# Anything else raised while processing a message is that message's fault: dead letter.
+_ENVIRONMENT = (SinkUnavailable, BrokerUnavailable, AssetError)
 
 
 @dataclass
@@ -63,13 +70,12 @@ class _Stream:
     decoder: ChunkDecoder
     state: StreamState
     next_offset: int = 0                 # after the last message of this stream processed
-    part_offset: int | None = None       # first part of a chunk still being reassembled
     dropped: int = 0                     # live chunks dropped because the worker was late
     ended_before: bool = False           # the stream had ended: only chunk 0 restarts it
-
-    @property
-    def resume_offset(self) -> int:
-        return self.part_offset if self.part_offset is not None else self.next_offset
+    next_seq: int | None = None          # the chunk number expected next (None: any)
+    skipped: set = field(default_factory=set)   # chunk numbers a gap jumped over (recent)
+    last_start_s: float | None = None    # media start of the last chunk taken
+    last_stamp_s: float = 0.0            # its message's broker timestamp, seconds
 
 
 @dataclass
@@ -82,6 +88,7 @@ class _Batch:
     after: list = field(default_factory=list)
     touched: dict = field(default_factory=dict)      # stream id -> TopicPartition
     ended: dict = field(default_factory=dict)        # stream id -> offset after its end
+    status: dict = field(default_factory=dict)       # stream id -> status fields to write
 
     def extend(self, other: "_Batch") -> None:
         """Append what ``other`` (a later message's share) produced."""
@@ -90,6 +97,11 @@ class _Batch:
         self.after += other.after
         self.touched.update(other.touched)
         self.ended.update(other.ended)
+        for stream_id, fields in other.status.items():
+            self.set_status(stream_id, **fields)
+
+    def set_status(self, stream_id: str, **fields: Any) -> None:
+        self.status.setdefault(stream_id, {}).update(fields)
 
 
 @dataclass(frozen=True, eq=False)
@@ -191,6 +203,7 @@ class WorkerReport:
     frames: int = 0
     events: int = 0
     dead_letters: int = 0
+    out_of_order: int = 0                 # chunks late, duplicated, missing or mistimed
     streams_ended: int = 0
     resumed: int = 0
     skipped: int = 0                      # messages already covered by a checkpoint
@@ -198,26 +211,36 @@ class WorkerReport:
 
 
 class Worker:
-    """Blocking :meth:`run` loop; stop it with :meth:`stop` (from a signal or another thread)."""
+    """Blocking :meth:`run` loop; stop it with :meth:`stop` (from a signal or another thread).
+
+    Every message from the wire is either processed or dead-lettered with a one-line reason
+    and a ``facestream.stream.error`` event (docs/RELIABILITY.md); nothing a message holds
+    stops the worker.  Only its environment can pause it (Redis or the broker away: retried
+    with backoff, ``/readyz`` says so) or stop it (model files).  ``clock`` is the wall
+    clock (``time.time``) that lateness and orphaned parts are judged by.
+    """
 
     def __init__(self, settings: Settings, *, models=None, consumer=None, sink=None,
-                 dlq_producer=None) -> None:
+                 dlq_producer=None, clock: Callable[[], float] = time.time) -> None:
         from facestream.workers.embedded import Models
 
         self.settings = settings
         self.models = models or Models.load(settings)
         self.consumer = consumer or _make_consumer(settings)
         self.sink = sink or RedisSink(settings)
-        self._dlq = dlq_producer
+        self._dead_letters = DeadLetterSender(settings, dlq_producer)
+        self._clock = clock
         self._streams: dict[str, _Stream] = {}
         self._owner: dict[str, Any] = {}          # stream id -> TopicPartition
         self._ended: set[str] = set()              # streams ended while this worker ran
         self._consumed: dict[Any, int] = {}        # TopicPartition -> offset after the last processed
+        self._committed: dict[Any, int] = {}       # TopicPartition -> offset last committed
+        self._revoked: set = set()                 # in a rebalance: partitions given up
         self._assembler = PartAssembler()
         self._stop = threading.Event()
         self.report = WorkerReport()
         self.metrics = WorkerMetrics()
-        self._lag_checked = 0.0
+        self._health_checked = -float("inf")
         self._face_stage = FaceStage(self.models.faces, settings,
                                      threads=worker_threads(settings))
         self.consumer.subscribe([settings.video_topic], listener=_rebalance_listener(self))
@@ -235,73 +258,145 @@ class Worker:
                 self.metrics.ready = True           # joined the group
                 if batch:
                     self._process(batch)
-                self._observe_lag()
+                self._expire_parts()
+                self._observe_health()
         finally:
             self._face_stage.close()
+            self._dead_letters.close()
             self.consumer.close(autocommit=False)
             if server is not None:
                 server.shutdown()
                 server.server_close()
         return self.report
 
-    def _observe_lag(self, every_s: float = 5.0) -> None:
+    def _observe_health(self, every_s: float = 2.0) -> None:
+        """Every ``every_s``: whether Redis and the broker answer (for ``/readyz``, busy or
+        idle), the consumer lag behind the last commit, and the stream gauges."""
         now = time.monotonic()
-        if now - self._lag_checked < every_s:
+        if now - self._health_checked < every_s:
             return
-        self._lag_checked = now
+        self._health_checked = now
+        from kafka import TopicPartition
         from kafka.errors import KafkaError
 
-        assignment = list(self.consumer.assignment())
-        if assignment:
-            try:
-                ends = self.consumer.end_offsets(assignment)
-                for tp in assignment:
-                    self.metrics.lag.labels(f"{tp.topic}/{tp.partition}").set(
-                        max(0, ends[tp] - self.consumer.position(tp)))
-            except KafkaError as exc:          # the broker is away; measure next time
-                log.warning("consumer lag not measured: %s", exc)
+        self.metrics.redis_ok = self.sink.ping()
+        try:
+            assignment = list(self.consumer.assignment())
+            probe = assignment or [TopicPartition(self.settings.video_topic, p) for p in
+                                   self.consumer.partitions_for_topic(self.settings.video_topic)]
+            ends = self.consumer.end_offsets(probe, timeout_ms=2000) if probe else {}
+            self.metrics.broker_ok = True
+            for tp in assignment:
+                done = self._committed.get(tp)
+                done = self.consumer.position(tp) if done is None else done
+                self.metrics.lag.labels(f"{tp.topic}/{tp.partition}").set(max(0, ends[tp] - done))
+        except KafkaError as exc:          # the broker is away; measure next time
+            self.metrics.broker_ok = False
+            log.warning("broker not reachable: %s", bounded(str(exc), 200))
         self.metrics.streams.set(len(self._streams))
         self.metrics.open_windows.set(sum(s.state.windower.open_count
                                           for s in self._streams.values()))
 
     def _partitions_revoked(self, revoked) -> None:
-        """Another worker takes these streams over from their checkpoints: forget them."""
-        revoked = set(revoked)
-        for tp in revoked:
+        """Called inside ``poll`` when the group rebalances: the partitions may come back
+        (:meth:`_partitions_assigned` decides)."""
+        self._revoked |= set(revoked)
+
+    def _partitions_assigned(self, assigned) -> None:
+        """Forget the streams of the partitions revoked and not assigned again: another
+        worker takes them over from their checkpoints.  Partitions that stay keep their
+        streams as they are, since the consumer keeps their positions too (it does not
+        read them again from the committed offset)."""
+        lost, self._revoked = self._revoked - set(assigned), set()
+        for tp in lost:
             self._consumed.pop(tp, None)
-        for stream_id in [s for s, tp in self._owner.items() if tp in revoked]:
+            self._committed.pop(tp, None)
+        gone = {s for s, tp in self._owner.items() if tp in lost}
+        for stream_id in gone:
             self._streams.pop(stream_id, None)
             del self._owner[stream_id]
+        self._assembler.forget(gone)
+
+    def _rebalance_pending(self) -> bool:
+        """True once the group coordinator asked this member to rejoin (a worker joined,
+        left or died).  kafka-python learns it from a heartbeat but only acts on it in the
+        next poll, so a worker that finishes a long poll first keeps every stream of the
+        group waiting; it is read from the consumer's coordinator (kafka-python 3.x)."""
+        coordinator = getattr(self.consumer, "_coordinator", None)
+        need_rejoin = getattr(coordinator, "need_rejoin", None)
+        try:
+            return bool(need_rejoin()) if need_rejoin else False
+        except Exception:              # another kafka-python: poll as usual
+            return False
 
     # -- one poll ------------------------------------------------------------------------
 
     def _process(self, batch: dict) -> None:
         """A poll's messages in rounds: one message from each partition per round, so every
         round batches the models across streams and its events go out a chunk after its
-        video came in, not after the whole poll."""
+        video came in, not after the whole poll.  A rebalance (or a stop) ends the poll
+        after the round in progress; the messages not processed are read again."""
         queues = [(tp, list(records)) for tp, records in batch.items()]
         for step in range(max(len(records) for _, records in queues)):
-            acc = self._round([(tp, records[step]) for tp, records in queues
-                               if step < len(records)])
-            self.metrics.windows.inc(len(acc.windows))
-            if acc.windows:
-                self.metrics.batch_windows.observe(len(acc.windows))
-            with self.metrics.stage_seconds.labels("analyze").time():
-                analysis = self.models.analyzer.analyze(acc.windows)
-            # Per track: started, then its windows, then ended (a track ends in the round
-            # that closes its last window).
-            self._deliver(acc.before + analysis + acc.after)
-            self._checkpoint(acc)
-            self._commit()
+            self._finish(self._round([(tp, records[step]) for tp, records in queues
+                                      if step < len(records)]))
             if self._stop.is_set():
                 return
+            if self._rebalance_pending():
+                for tp, records in queues:
+                    if step + 1 < len(records) and tp in self.consumer.assignment():
+                        self.consumer.seek(tp, records[step + 1].offset)
+                return
+
+    def _finish(self, acc: _Batch) -> None:
+        """Analyse a round's windows, deliver its events and status, checkpoint, commit."""
+        self.metrics.windows.inc(len(acc.windows))
+        if acc.windows:
+            self.metrics.batch_windows.observe(len(acc.windows))
+        with self.metrics.stage_seconds.labels("analyze").time():
+            analysis = self._analyze(acc)
+        # Per track: started, then its windows, then ended (a track ends in the round
+        # that closes its last window).
+        self._deliver(acc.before + analysis + acc.after, acc.status)
+        self._checkpoint(acc)
+        self._commit()
+
+    def _analyze(self, acc: _Batch) -> list[dict[str, Any]]:
+        """The round's windows through the models in one batch.  Should the batch fail, each
+        stream's windows are analysed on their own, so a window that breaks the models
+        costs its stream an error event, not the round (nor the worker)."""
+        try:
+            return self.models.analyzer.analyze(acc.windows)
+        except _ENVIRONMENT:
+            raise
+        except Exception as exc:
+            log.warning("analysis batch failed (%s); analysing stream by stream",
+                        bounded(f"{type(exc).__name__}: {exc}", 200))
+        out: list[dict[str, Any]] = []
+        by_stream: dict[str, list] = {}
+        for pair in acc.windows:
+            by_stream.setdefault(pair[0].stream_id, []).append(pair)
+        for stream_id, pairs in by_stream.items():
+            try:
+                out += self.models.analyzer.analyze(pairs)
+            except _ENVIRONMENT:
+                raise
+            except Exception as exc:
+                self.metrics.analysis_failures.inc(len(pairs))
+                state = pairs[0][0]
+                acc.before.append(self._error_event(
+                    stream_id, f"{len(pairs)} windows could not be analysed: "
+                    f"{type(exc).__name__}: {exc}", seq=self.report.messages,
+                    time_s=state.last_time_s))
+        return out
 
     def _round(self, records: list) -> _Batch:
         """One message per partition.  Each is admitted here in order and its chunk handed
         to the face stage; the chunks' frames are observed here, oldest chunk first, while
         later ones are in the face stage, each into its own message's share; the shares are
-        joined in message order.  The result is what processing the messages one after the
-        other would give (with one thread, it is how they are processed)."""
+        joined in message order, then the parts given up meanwhile are dead-lettered.  The
+        result is what processing the messages one after the other would give (with one
+        thread, it is how they are processed)."""
         shares: list[_Batch] = []
         in_flight: dict[str, _InFlight] = {}        # stream id -> its chunk in the face stage
         for tp, record in records:
@@ -318,6 +413,7 @@ class Worker:
         acc = _Batch()
         for share in shares:
             acc.extend(share)
+        self._orphans(acc)
         return acc
 
     def _settle(self, in_flight: dict[str, _InFlight], stream_id: str) -> None:
@@ -329,18 +425,30 @@ class Worker:
 
     def _admit(self, tp, record, acc: _Batch,
                in_flight: dict[str, _InFlight]) -> _InFlight | None:
-        """Everything about a message but decoding and faces; the chunk to decode, if any."""
+        """Everything about a message but decoding and faces; the chunk to decode, if any.
+        Whatever the message holds, it ends here processed, waiting for its other parts, or
+        dead-lettered."""
         self._consumed[tp] = record.offset + 1
-        key = (record.key or b"").decode(errors="replace")
+        stream_id = _attributed(record)
         try:
-            message = parse_message(record.headers, record.value)
+            message = parse_message(record.headers, record.value, key=record.key)
         except ChunkError as exc:
-            stream_id = stream_id_from(key)
             self._settle(in_flight, stream_id)
             self._dead_letter(record, stream_id, f"not a chunk: {exc}", acc)
             return None
         self._settle(in_flight, message.stream_id)
-        stream = self._stream(message.stream_id, tp)
+        try:
+            return self._take(tp, record, message, acc)
+        except _ENVIRONMENT:
+            raise
+        except Exception as exc:
+            log.exception("message %s/%d@%d", record.topic, record.partition, record.offset)
+            self._dead_letter(record, stream_id, f"could not be processed: "
+                              f"{type(exc).__name__}: {exc}", acc)
+            return None
+
+    def _take(self, tp, record, message: Chunk | EndOfStream, acc: _Batch) -> _InFlight | None:
+        stream = self._stream(message.stream_id, tp, acc)
         if record.offset < stream.next_offset:
             self.report.skipped += 1           # already in the checkpoint's state
             return None
@@ -349,12 +457,9 @@ class Worker:
         if isinstance(message, EndOfStream):
             self._end(stream, acc)
             return None
-        chunk = self._assembler.add(message)
+        chunk = self._assembler.add(message, token=record, now=self._clock())
         if chunk is None:                       # a part: wait for the rest
-            if stream.part_offset is None:
-                stream.part_offset = record.offset
             return None
-        stream.part_offset = None
         if stream.ended_before:
             if chunk.seq != 0:
                 self._dead_letter(record, chunk.stream_id,
@@ -363,71 +468,160 @@ class Worker:
                                   "stream starts again at chunk 0", acc)
                 return None
             stream.ended_before = False
+            acc.set_status(chunk.stream_id, state="running", worker=_worker_name())
+        if not self._in_order(stream, chunk, record, acc):
+            return None
         if chunk.live and self._behind(record):
-            self._drop(stream, chunk)
+            self._drop(stream, chunk, acc)
             return None
         return _InFlight(stream, chunk, record, self._face_stage.submit(stream.decoder, chunk),
                          acc)
 
+    def _in_order(self, stream: _Stream, chunk: Chunk, record, acc: _Batch) -> bool:
+        """The ordering policy (docs/RELIABILITY.md): chunk numbers and media times of a
+        stream must go up.  A gap is analysed past and reported; a chunk 0 restarts the
+        stream; a late, repeated or mistimed chunk is dead-lettered.  True: analyse it."""
+        expected, stream_id = stream.next_seq, chunk.stream_id
+        stamp_s = (record.timestamp or 0) / 1000
+        if expected is not None and chunk.seq == 0 and expected > 0:
+            self._count_order("restart")
+            self._restart(stream, acc)
+        elif expected is not None and chunk.seq < expected:
+            kind = "late" if chunk.seq in stream.skipped else "duplicate"
+            self._count_order(kind)
+            self._dead_letter(record, stream_id, f"chunk {chunk.seq} arrived after chunk "
+                              f"{expected - 1} ({'out of order' if kind == 'late' else 'a repeat'}"
+                              "); not analysed", acc)
+            return False
+        elif stream.last_start_s is not None and chunk.start_s < stream.last_start_s:
+            self._count_order("backwards")
+            self._dead_letter(record, stream_id, f"chunk {chunk.seq} starts at "
+                              f"{chunk.start_s:.3f} s, before the previous chunk's "
+                              f"{stream.last_start_s:.3f} s; not analysed", acc)
+            return False
+        elif stream.last_start_s is not None and chunk.start_s - stream.last_start_s > (
+                MAX_TIME_JUMP_S + max(0.0, stamp_s - stream.last_stamp_s)):
+            self._count_order("jump")
+            self._dead_letter(record, stream_id, f"chunk {chunk.seq} starts at "
+                              f"{chunk.start_s:.6g} s, {chunk.start_s - stream.last_start_s:.6g} s "
+                              "after the previous chunk: timestamps out of bounds; not "
+                              "analysed", acc)
+            return False
+        elif expected is not None and chunk.seq > expected:
+            self._count_order("gap")
+            missing = (f"chunk {expected}" if chunk.seq == expected + 1
+                       else f"chunks {expected}..{chunk.seq - 1}")
+            stream.skipped.update(range(expected, min(chunk.seq, expected + 1024)))
+            acc.before.append(self._error_event(
+                stream_id, f"{missing} never arrived: the video from {stream.last_start_s or 0:.2f} s "
+                f"to {chunk.start_s:.2f} s is analysed only in part", seq=record.offset,
+                time_s=stream.state.last_time_s))
+        stream.next_seq = chunk.seq + 1
+        stream.skipped = {s for s in stream.skipped if s > chunk.seq - 1024}
+        stream.last_start_s, stream.last_stamp_s = chunk.start_s, stamp_s
+        return True
+
+    def _count_order(self, kind: str) -> None:
+        self.report.out_of_order += 1
+        self.metrics.out_of_order.labels(kind).inc()
+
+    def _restart(self, stream: _Stream, acc: _Batch) -> None:
+        """Chunk 0 again without an end: the publisher restarted.  The old session's tracks
+        end and the stream starts afresh."""
+        closed, ended = stream.state.finish()
+        acc.windows += [(stream.state, w) for w in closed]
+        acc.after += ended
+        stream_id = stream.state.stream_id
+        stream.decoder = ChunkDecoder(stream_id, fps=self.settings.fps)
+        stream.state = StreamState(stream_id, self.settings)
+        stream.skipped, stream.last_start_s = set(), None
+
+    def _orphans(self, acc: _Batch) -> None:
+        """Dead-letter every part of the split chunks given up (their offsets can then be
+        committed)."""
+        for orphan in self._assembler.take_orphans():
+            self.metrics.orphan_parts.inc(len(orphan.tokens))
+            for record in orphan.tokens:
+                self._dead_letter(record, orphan.stream_id, orphan.reason, acc)
+            if orphan.stream_id in self._owner:       # its checkpoint moves past the parts
+                acc.touched[orphan.stream_id] = self._owner[orphan.stream_id]
+
+    def _expire_parts(self) -> None:
+        self._assembler.expire(self._clock(), self.settings.orphan_part_timeout_s)
+        acc = _Batch()
+        self._orphans(acc)
+        if acc.before:
+            self._finish(acc)
+
     def _observe(self, job: _InFlight) -> None:
-        """Wait for a chunk's frames and faces (blocking) and track them."""
+        """Wait for a chunk's frames and faces (blocking) and track them.  A chunk that does
+        not decode, or whose frames break the face stage or the tracker, is dead-lettered;
+        frames tracked before the failure stay tracked."""
         stream, acc = job.stream, job.acc
         try:
             decoded = job.decoded.result()
-        except (av.error.FFmpegError, ChunkError, InputError) as exc:
+            self.metrics.stage_seconds.labels("decode").observe(decoded.seconds)
+            self.report.chunks += 1
+            self.metrics.chunks.inc()
+            for future in decoded.frames:
+                seen = future.result()
+                self.metrics.stage_seconds.labels("faces").observe(seen.seconds)
+                self.metrics.frames.inc()
+                self.metrics.faces.inc(len(seen.faces))
+                started, closed, ended = stream.state.observe(seen.frame, seen.faces)
+                acc.before += started
+                acc.windows += [(stream.state, w) for w in closed]
+                acc.after += ended
+                self.report.frames += 1
+        except _ENVIRONMENT:
+            raise
+        except Exception as exc:
             self._dead_letter(job.record, job.chunk.stream_id,
-                              f"chunk {job.chunk.seq} does not decode: {exc}", acc)
-            return
-        self.metrics.stage_seconds.labels("decode").observe(decoded.seconds)
-        self.report.chunks += 1
-        self.metrics.chunks.inc()
-        for future in decoded.frames:
-            seen = future.result()
-            self.metrics.stage_seconds.labels("faces").observe(seen.seconds)
-            self.metrics.frames.inc()
-            self.metrics.faces.inc(len(seen.faces))
-            started, closed, ended = stream.state.observe(seen.frame, seen.faces)
-            acc.before += started
-            acc.windows += [(stream.state, w) for w in closed]
-            acc.after += ended
-            self.report.frames += 1
+                              f"chunk {job.chunk.seq} does not decode: {_reason(exc)}", acc)
 
     def _behind(self, record) -> bool:
         """True if the message reached us more than live_max_lag_s after it was produced."""
         produced = (record.timestamp or 0) / 1000
-        return produced > 0 and time.time() - produced > self.settings.live_max_lag_s
+        return produced > 0 and self._clock() - produced > self.settings.live_max_lag_s
 
-    def _drop(self, stream: _Stream, chunk) -> None:
+    def _drop(self, stream: _Stream, chunk: Chunk, acc: _Batch) -> None:
         """Skip a live chunk the worker is too late for: the oldest video goes first, so
         the stream catches up with the camera instead of lagging more and more."""
-        stamps = [p.pts for p in chunk.packets() if p.pts is not None]
+        try:
+            stamps = [p.pts for p in chunk.packets() if p.pts is not None]
+        except ChunkError:
+            stamps = []                # never decoded: its framing does not matter
         seconds = float((max(stamps) - chunk.first_pts) * chunk.time_base) if stamps else 0.0
         stream.dropped += 1
         self.report.dropped_chunks += 1
         self.metrics.dropped_chunks.inc()
         self.metrics.dropped_seconds.inc(max(seconds, 0.0))
-        self.sink.status(stream.state.stream_id, dropped_chunks=stream.dropped)
+        acc.set_status(stream.state.stream_id, dropped_chunks=stream.dropped)
 
-    def _deliver(self, batch: list[dict[str, Any]]) -> None:
-        """Write to Redis; while it is down, retry with backoff (nothing is committed)."""
-        if not batch:
+    def _deliver(self, batch: list[dict[str, Any]], status: dict[str, dict]) -> None:
+        """Write events and status to Redis; while it is down, retry with backoff (nothing
+        is committed meanwhile)."""
+        if not batch and not status:
             return
         with self.metrics.stage_seconds.labels("redis").time():
-            self.report.events += self._until_redis_answers(lambda: self.sink.write(batch))
+            self.report.events += self._until_available(lambda: self.sink.write(batch, status))
         for event in batch:
             self.metrics.events.labels(event["type"]).inc()
 
-    def _until_redis_answers(self, call: Callable[[], Any]) -> Any:
-        """``call()``, retried with capped exponential backoff while Redis is unavailable.
-        Only a stop request ends the wait (re-raising the last error)."""
+    def _until_available(self, call: Callable[[], Any]) -> Any:
+        """``call()``, retried with capped exponential backoff while Redis or the broker is
+        unavailable.  Only a stop request ends the wait (re-raising the last error)."""
         for attempt in itertools.count():
             try:
                 result = call()
                 self.metrics.redis_ok = True
                 return result
-            except SinkUnavailable as exc:
-                self.metrics.redis_ok = False
-                self.metrics.redis_retries.inc()
+            except (SinkUnavailable, BrokerUnavailable) as exc:
+                if isinstance(exc, SinkUnavailable):
+                    self.metrics.redis_ok = False
+                    self.metrics.redis_retries.inc()
+                else:
+                    self.metrics.broker_ok = False
                 delay = min(8.0, 0.25 * 2 ** attempt)
                 log.warning("%s; retrying in %.1fs", exc, delay)
                 if self._stop.wait(delay):
@@ -439,7 +633,7 @@ class Worker:
             stream = self._streams.get(stream_id)
             if stream is not None:
                 blob = checkpoint.dumps(checkpoint.Checkpoint(
-                    checkpoint.VERSION, stream_id, stream.resume_offset, stream))
+                    checkpoint.VERSION, stream_id, self._resume_offset(stream), stream))
                 saves[self._checkpoint_key(stream_id)] = (blob, None)
         for stream_id, offset in acc.ended.items():
             # An ended stream keeps a marker for a while, so a worker that replays the
@@ -447,32 +641,37 @@ class Worker:
             blob = checkpoint.dumps(checkpoint.Checkpoint(checkpoint.VERSION, stream_id,
                                                           offset, None))
             saves[self._checkpoint_key(stream_id)] = (blob, ENDED_CHECKPOINT_TTL_S)
-        self._until_redis_answers(lambda: self.sink.checkpoints(saves))
+        self._until_available(lambda: self.sink.checkpoints(saves))
+
+    def _resume_offset(self, stream: _Stream) -> int:
+        """Where a successor resumes the stream: its next message, or the first part of a
+        chunk still being put together."""
+        parts = self._assembler.tokens(stream.state.stream_id)
+        return min([stream.next_offset, *(record.offset for record in parts)])
 
     def _commit(self) -> None:
-        """Commit each partition up to the messages processed, but not past what its
-        streams' checkpoints cover (a chunk still being reassembled from parts)."""
+        """Commit each partition up to the messages processed, but not past the first part
+        of a chunk still being put together (it is in no checkpoint's state yet)."""
         from kafka import OffsetAndMetadata
 
         positions = {}
         for tp in self.consumer.assignment():
             if tp not in self._consumed:
                 continue
-            offset = self._consumed[tp]
-            for stream_id, owner in self._owner.items():
-                if owner == tp and stream_id in self._streams:
-                    offset = min(offset, self._streams[stream_id].resume_offset)
-            positions[tp] = OffsetAndMetadata(offset, "", -1)
+            waiting = [record.offset for stream_id, owner in self._owner.items() if owner == tp
+                       for record in self._assembler.tokens(stream_id)]
+            positions[tp] = OffsetAndMetadata(min([self._consumed[tp], *waiting]), "", -1)
         if not positions:
             return
         from kafka.errors import KafkaError
 
         try:
             self.consumer.commit(positions)
+            self._committed.update({tp: o.offset for tp, o in positions.items()})
         except KafkaError as exc:
             # The broker is away or the group rebalanced under us.  Nothing is lost: the
             # checkpoints just written cover these offsets, and the next commit catches up.
-            log.warning("offset commit skipped: %s", exc)
+            log.warning("offset commit skipped: %s", bounded(str(exc), 200))
 
     # -- streams ---------------------------------------------------------------------------
 
@@ -480,11 +679,11 @@ class Worker:
         # Offsets belong to a topic: the same stream id on another topic is another stream.
         return f"{self.settings.checkpoint_prefix}:{self.settings.video_topic}:{stream_id}"
 
-    def _stream(self, stream_id: str, tp) -> _Stream:
+    def _stream(self, stream_id: str, tp, acc: _Batch) -> _Stream:
         stream = self._streams.get(stream_id)
         if stream is None:
             key = self._checkpoint_key(stream_id)
-            saved = self._until_redis_answers(lambda: self.sink.load_checkpoint(key))
+            saved = self._until_available(lambda: self.sink.load_checkpoint(key))
             restored = checkpoint.loads(saved) if saved else None
             if restored is not None and restored.stream is not None:
                 stream = restored.stream
@@ -494,12 +693,12 @@ class Worker:
                                  StreamState(stream_id, self.settings))
             if restored is not None:
                 stream.next_offset = restored.offset
-                stream.part_offset = None
             stream.ended_before = stream_id in self._ended or (
                 restored is not None and restored.stream is None)
             self._streams[stream_id] = stream
             self._owner[stream_id] = tp
-            self.sink.status(stream_id, state="running", worker=_worker_name())
+            if not stream.ended_before:       # replaying an ended stream's messages is not running it
+                acc.set_status(stream_id, state="running", worker=_worker_name())
         return stream
 
     def _end(self, stream: _Stream, acc: _Batch) -> None:
@@ -512,29 +711,44 @@ class Worker:
         del self._owner[stream.state.stream_id]
         self._ended.add(stream.state.stream_id)
         self.report.streams_ended += 1
-        self.sink.status(stream.state.stream_id, state="ended")
+        acc.set_status(stream.state.stream_id, state="ended")
 
     def _dead_letter(self, record, stream_id: str, reason: str, acc: _Batch) -> None:
+        """Send ``record`` to the dead-letter topic (waiting for the broker if it is away)
+        and add the stream's error event and status to the round."""
+        reason = one_line(reason)
         self.report.dead_letters += 1
         self.metrics.dead_letters.inc()
-        producer = self._dlq_producer()
-        headers = list(record.headers or []) + [("fs-error", reason.encode())]
-        producer.send(self.settings.dlq_topic, key=record.key, value=record.value, headers=headers)
-        producer.flush(timeout=30)
+        self._until_available(lambda: self._dead_letters.send(record, reason))
         stream = self._streams.get(stream_id)
-        self.sink.status(stream_id, last_error=reason)
-        acc.before.append(events.stream_error(
-            stream_id=stream_id, message=reason,
-            time_s=stream.state.last_time_s if stream else 0.0,
-            seq=record.offset, profile=self.settings.profile, time_epoch=time.time(), fatal=False))
+        acc.set_status(stream_id, last_error=reason)
+        acc.before.append(self._error_event(stream_id, reason, seq=record.offset,
+                                            time_s=stream.state.last_time_s if stream else 0.0))
 
-    def _dlq_producer(self):
-        if self._dlq is None:
-            from kafka import KafkaProducer
+    def _error_event(self, stream_id: str, reason: str, *, seq: int,
+                     time_s: float) -> dict[str, Any]:
+        return events.stream_error(stream_id=stream_id, message=one_line(reason),
+                                   time_s=time_s, seq=seq, profile=self.settings.profile,
+                                   time_epoch=self._clock(), fatal=False)
 
-            self._dlq = KafkaProducer(**self.settings.kafka_client_options(), acks="all",
-                                      max_request_size=self.settings.max_message_bytes + 65_536)
-        return self._dlq
+
+def _attributed(record) -> str:
+    """The stream a message's failure is reported under: its key if that is a stream id,
+    else :data:`events.UNATTRIBUTED` (a bad key is never rewritten into a real stream's)."""
+    try:
+        key = (record.key or b"").decode("ascii")
+    except UnicodeDecodeError:
+        key = ""
+    return key if is_stream_id(key) else events.UNATTRIBUTED
+
+
+def _reason(exc: Exception) -> str:
+    """What a failed chunk says: our own and FFmpeg's errors as they are, anything else
+    (a fault in the face stage) with its type."""
+    text = str(exc)
+    if text and isinstance(exc, (ChunkError, av.error.FFmpegError, FacestreamError)):
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def worker_threads(settings: Settings) -> int:
@@ -556,7 +770,7 @@ def _rebalance_listener(worker: Worker):
             worker._partitions_revoked(revoked)
 
         def on_partitions_assigned(self, assigned) -> None:
-            pass
+            worker._partitions_assigned(assigned)
 
     return Listener()
 
@@ -566,6 +780,10 @@ def _make_consumer(settings: Settings):
 
     return KafkaConsumer(**settings.kafka_client_options(),
                          group_id=settings.consumer_group, enable_auto_commit=False,
+                         group_instance_id=settings.kafka_group_instance_id or None,
+                         session_timeout_ms=settings.kafka_session_timeout_ms,
+                         heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
+                         max_poll_interval_ms=settings.kafka_max_poll_interval_ms,
                          auto_offset_reset="earliest",
                          max_partition_fetch_bytes=settings.max_message_bytes * 4,
                          fetch_max_bytes=settings.max_message_bytes * 16)

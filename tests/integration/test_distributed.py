@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import threading
 import time
@@ -19,68 +18,15 @@ from facestream import events
 from facestream.config import Settings
 from facestream.ingest.chunks import Chunk, EndOfStream, Packet, gop_chunks, pack
 from tests.conftest import analyze_in_process, run_cli
+from tests.integration.helpers import (BOOTSTRAP, dlq_reasons, events_in_redis, free_port, http,
+                                       metric, services_cli, stream_status, wait)
 
 pytestmark = pytest.mark.integration
 
-BOOTSTRAP = os.environ.get("FACESTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
-REDIS_URL = os.environ.get("FACESTREAM_REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
-def _reachable(hostport: str) -> bool:
-    host, port = hostport.rsplit(":", 1)
-    try:
-        with socket.create_connection((host, int(port)), timeout=2):
-            return True
-    except OSError:
-        return False
-
-
-@pytest.fixture(scope="module", autouse=True)
-def services():
-    redis_hostport = REDIS_URL.split("//", 1)[1].split("/", 1)[0]
-    missing = [name for name, hp in (("Kafka", BOOTSTRAP), ("Redis", redis_hostport))
-               if not _reachable(hp)]
-    if missing:
-        pytest.fail(f"{' and '.join(missing)} not reachable: start them with "
-                    "`deploy/dev-services up` (./dev test does)")
-
-
-@pytest.fixture
-def isolated():
-    """Settings with this test's own topics, group and Redis keys."""
-    tag = uuid.uuid4().hex[:8]
-    overrides = {"kafka_bootstrap": BOOTSTRAP, "redis_url": REDIS_URL,
-                 "video_topic": f"it-{tag}.video", "dlq_topic": f"it-{tag}.dlq",
-                 "consumer_group": f"it-{tag}", "events_stream": f"it:{tag}:events",
-                 "checkpoint_prefix": f"it:{tag}:checkpoint", "metrics_port": 0,
-                 "describe": False}
-    env = {f"FACESTREAM_{k.upper()}": str(v) for k, v in overrides.items()}
-    return Settings.load(overrides), env
-
-
-def _events_in_redis(settings, key=None):
-    import redis
-
-    client = redis.Redis.from_url(settings.redis_url)
-    entries = client.xrange(key or settings.events_stream)
-    return [json.loads(fields[b"event"]) for _, fields in entries]
-
-
-def _dlq_reasons(settings) -> list[str]:
-    """The ``fs-error`` header of every dead letter of this test, sorted."""
-    from kafka import KafkaConsumer
-
-    dlq = KafkaConsumer(settings.dlq_topic, bootstrap_servers=BOOTSTRAP,
-                        auto_offset_reset="earliest", consumer_timeout_ms=5000)
-    reasons = sorted(dict(m.headers)["fs-error"].decode() for m in dlq)
-    dlq.close()
-    return reasons
-
-
-def _run_worker(settings, models, *, streams_to_end: int, timeout_s: float = 120):
+def _run_worker(settings, models, *, streams_to_end: int, timeout_s: float = 120, **options):
     from facestream.workers.worker import Worker
 
-    worker = Worker(settings, models=models)
+    worker = Worker(settings, models=models, **options)
     deadline = time.monotonic() + timeout_s
     report = worker.run(until=lambda w: w.report.streams_ended >= streams_to_end
                         or time.monotonic() > deadline)
@@ -106,14 +52,14 @@ def test_worker_events_equal_what_analyze_writes(isolated, models, sample, tmp_p
 
     report = _run_worker(settings, models, streams_to_end=2)
     assert report.dead_letters == 0
-    got = _events_in_redis(settings)
+    got = events_in_redis(settings)
 
     expected = []
     for stream_id, path in clips.items():
         _, evs = analyze_in_process(path, models, tmp_path / stream_id, stream_id=stream_id)
         expected += evs
     assert expected and sorted(map(_comparable, got)) == sorted(map(_comparable, expected))
-    per_stream = _events_in_redis(settings, f"{settings.events_stream}:camB")
+    per_stream = events_in_redis(settings, f"{settings.events_stream}:camB")
     assert per_stream and {e["data"]["stream_id"] for e in per_stream} == {"camB"}
     validator = events.validator()
     assert all(validator.is_valid(e) for e in got)
@@ -153,11 +99,11 @@ def test_bad_messages_go_to_the_dead_letter_topic_and_the_rest_goes_on(isolated,
 
     report = _run_worker(settings, models, streams_to_end=1)
     assert report.dead_letters == 3
-    reasons = _dlq_reasons(settings)
+    reasons = dlq_reasons(settings)
     assert len(reasons) == 3
     assert any("missing headers" in r for r in reasons)
     assert any("claims" in r or "does not decode" in r for r in reasons)
-    got = _events_in_redis(settings)
+    got = events_in_redis(settings)
     errors = [e for e in got if e["type"] == events.STREAM_ERROR]
     assert sorted(e["data"]["stream_id"] for e in errors) == ["broken", "noise", "odd"]
     good_analysis = [e for e in got if e["type"] == events.FACE_ANALYSIS]
@@ -169,7 +115,7 @@ def test_events_tail_prints_and_acknowledges(isolated, models, sample):
     proc = run_cli("ingest", str(sample("single_face.mp4")), "--stream-id", "lobby", env=env)
     assert proc.returncode == 0, proc.stderr
     _run_worker(settings, models, streams_to_end=1)
-    total = len(_events_in_redis(settings))
+    total = len(events_in_redis(settings))
     tail = run_cli("events", "tail", "--stream", "lobby", "--count", str(total), env=env,
                    timeout=60)
     assert tail.returncode == 0, tail.stderr
@@ -179,22 +125,6 @@ def test_events_tail_prints_and_acknowledges(isolated, models, sample):
     with pytest.raises(subprocess.TimeoutExpired) as waited:      # nothing new: it waits
         run_cli("events", "tail", "--stream", "lobby", "--count", "1", env=env, timeout=8)
     assert not (waited.value.stdout or b"").strip(), "acknowledged events came back"
-
-
-def _status(settings, stream_id):
-    import redis
-
-    raw = redis.Redis.from_url(settings.redis_url).hgetall(f"facestream:stream:{stream_id}")
-    return {k.decode(): v.decode() for k, v in raw.items()}
-
-
-def _wait(predicate, timeout_s, what):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.5)
-    pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
 
 
 def test_killed_worker_streams_move_with_no_window_lost_and_the_same_ids(isolated, models,
@@ -216,22 +146,22 @@ def test_killed_worker_streams_move_with_no_window_lost_and_the_same_ids(isolate
         # Kill the owner of a stream once it has written some, but not all, of its windows.
         def victim():
             for stream_id in streams:
-                status = _status(settings, stream_id)
+                status = stream_status(settings, stream_id)
                 owner = status.get("worker", "")
-                mine = _events_in_redis(settings, f"{settings.events_stream}:{stream_id}")
+                mine = events_in_redis(settings, f"{settings.events_stream}:{stream_id}")
                 if status.get("state") == "running" and len(mine) >= 4:
                     return next((w for w in workers if owner.endswith(f":{w.pid}")), None)
             return None
 
-        _wait(lambda: victim() is not None, 120, "a worker half-way through a stream")
+        wait(lambda: victim() is not None, 120, "a worker half-way through a stream")
         killed = victim()
         killed.kill()
         killed.wait()
         survivor = next(w for w in workers if w is not killed)
-        _wait(lambda: all(_status(settings, s).get("state") == "ended" for s in streams), 180,
+        wait(lambda: all(stream_status(settings, s).get("state") == "ended" for s in streams), 180,
               "the surviving worker to finish every stream")
-        assert all(_status(settings, s)["worker"].endswith(f":{survivor.pid}") for s in streams
-                   if _status(settings, s).get("worker")), "streams did not move"
+        assert all(stream_status(settings, s)["worker"].endswith(f":{survivor.pid}") for s in streams
+                   if stream_status(settings, s).get("worker")), "streams did not move"
     finally:
         for w in workers:
             if w.poll() is None:
@@ -242,39 +172,13 @@ def test_killed_worker_streams_move_with_no_window_lost_and_the_same_ids(isolate
     for stream_id in streams:
         _, evs = analyze_in_process(clip, models, tmp_path / stream_id, stream_id=stream_id)
         expected.update({e["id"]: e for e in evs})
-    got = _events_in_redis(settings)
+    got = events_in_redis(settings)
     got_ids = {e["id"] for e in got}
     analysis_expected = {i for i, e in expected.items() if e["type"] == events.FACE_ANALYSIS}
     assert analysis_expected <= got_ids, f"{len(analysis_expected - got_ids)} windows lost"
     assert got_ids <= set(expected), "an event was written under an id analyze does not give it"
     for e in got:                                   # duplicates are the same event
         assert _comparable(e) == _comparable(expected[e["id"]])
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _http(port: int, path: str) -> tuple[int, str]:
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as reply:
-            return reply.status, reply.read().decode().strip()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode().strip()
-    except OSError:
-        return 0, ""
-
-
-def _metric(text: str, name: str) -> float:
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[-1])
-    return 0.0
 
 
 def _camera_and_worker(clip, stream_id: str, env: dict, worker_log, **worker_env):
@@ -293,41 +197,35 @@ def _camera_and_worker(clip, stream_id: str, env: dict, worker_log, **worker_env
     return publisher, worker
 
 
-def _services(*args):
-    proc = subprocess.run(["deploy/dev-services", *args], capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode == 0, proc.stderr
-
-
 def test_redis_outage_delays_events_but_loses_none(isolated, models, sample, tmp_path):
 
     settings, env = isolated
     stream_id = f"outage-{uuid.uuid4().hex[:4]}"
     clip = sample("WolfgangLanger_Pexels.mp4")
-    port = _free_port()
+    port = free_port()
     worker_log = tmp_path / "worker.log"
     publisher, worker = _camera_and_worker(clip, stream_id, env, worker_log,
                                            FACESTREAM_METRICS_PORT=str(port))
     key = f"{settings.events_stream}:{stream_id}"
     try:
-        _wait(lambda: len(_events_in_redis(settings, key)) >= 2, 90, "the first events")
-        assert _http(port, "/readyz") == (200, "ready")
-        _services("stop-redis")
-        _wait(lambda: _http(port, "/readyz")[0] == 503, 20, "/readyz to report Redis down")
+        wait(lambda: len(events_in_redis(settings, key)) >= 2, 90, "the first events")
+        assert http(port, "/readyz") == (200, "ready")
+        services_cli("stop-redis")
+        wait(lambda: http(port, "/readyz")[0] == 503, 20, "/readyz to report Redis down")
         time.sleep(15)
         assert worker.poll() is None, "the worker must wait for Redis, not die"
-        assert _http(port, "/healthz") == (200, "ok")
-        _services("start-redis")
-        _wait(lambda: _http(port, "/readyz")[0] == 200, 30, "/readyz to recover")
+        assert http(port, "/healthz") == (200, "ok")
+        services_cli("start-redis")
+        wait(lambda: http(port, "/readyz")[0] == 200, 30, "/readyz to recover")
         assert publisher.wait(timeout=60) == 0, publisher.stderr.read()
-        _wait(lambda: _status(settings, stream_id).get("state") == "ended", 120,
+        wait(lambda: stream_status(settings, stream_id).get("state") == "ended", 120,
               "the worker to finish the stream after Redis came back")
-        metrics = _http(port, "/metrics")[1]
-        assert _metric(metrics, "facestream_redis_retries_total") >= 1
-        assert _metric(metrics, "facestream_frames_total") >= 190
-        assert _metric(metrics, 'facestream_events_total{type="facestream.face.analysis"}') >= 19
+        metrics = http(port, "/metrics")[1]
+        assert metric(metrics, "facestream_redis_retries_total") >= 1
+        assert metric(metrics, "facestream_frames_total") >= 190
+        assert metric(metrics, 'facestream_events_total{type="facestream.face.analysis"}') >= 19
     finally:
-        _services("start-redis")
+        services_cli("start-redis")
         for proc in (publisher, worker):
             if proc.poll() is None:
                 proc.terminate()
@@ -336,7 +234,7 @@ def test_redis_outage_delays_events_but_loses_none(isolated, models, sample, tmp
 
     _, expected_events = analyze_in_process(clip, models, tmp_path, stream_id=stream_id)
     expected = {e["id"]: e for e in expected_events}
-    got = _events_in_redis(settings, key)
+    got = events_in_redis(settings, key)
     assert {e["id"] for e in got} == set(expected), "events lost or invented across the outage"
     for e in got:
         assert _comparable(e) == _comparable(expected[e["id"]])
@@ -351,10 +249,10 @@ def test_broker_restart_is_ridden_out_by_publisher_and_worker(isolated, models, 
     publisher, worker = _camera_and_worker(clip, stream_id, env, worker_log)
     key = f"{settings.events_stream}:{stream_id}"
     try:
-        _wait(lambda: len(_events_in_redis(settings, key)) >= 2, 90, "the first events")
-        _services("restart-kafka")
+        wait(lambda: len(events_in_redis(settings, key)) >= 2, 90, "the first events")
+        services_cli("restart-kafka")
         assert publisher.wait(timeout=90) == 0, publisher.stderr.read()
-        _wait(lambda: _status(settings, stream_id).get("state") == "ended"
+        wait(lambda: stream_status(settings, stream_id).get("state") == "ended"
               or worker.poll() is not None, 120,
               "the worker to finish the stream after the broker came back")
         assert worker.poll() is None, worker_log.read_text()[-3000:]
@@ -365,7 +263,7 @@ def test_broker_restart_is_ridden_out_by_publisher_and_worker(isolated, models, 
                 proc.wait(timeout=30)
     _, expected_events = analyze_in_process(clip, models, tmp_path, stream_id=stream_id)
     expected = {e["id"]: e for e in expected_events}
-    got = _events_in_redis(settings, key)
+    got = events_in_redis(settings, key)
     assert {e["id"] for e in got} == set(expected), "events lost or invented across the restart"
 
 
@@ -408,13 +306,13 @@ def test_registry_drives_the_publishers(isolated, models, sample):
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
     try:
-        _wait(lambda: _status(settings, short).get("state") == "ended", 90,
+        wait(lambda: stream_status(settings, short).get("state") == "ended", 90,
               "the short registered stream to be published and analysed")
-        _wait(lambda: _status(settings, long).get("state") == "running", 30, "the long one")
+        wait(lambda: stream_status(settings, long).get("state") == "running", 30, "the long one")
         removed = run_cli("streams", "remove", long, env=env)
         assert removed.returncode == 0, removed.stderr
         started = time.monotonic()
-        _wait(lambda: _status(settings, long).get("state") == "ended", 30,
+        wait(lambda: stream_status(settings, long).get("state") == "ended", 30,
               "the removed stream to be ended by its publisher")
         assert time.monotonic() - started < 15, "removal must stop the publisher, not the clip"
     finally:
@@ -424,9 +322,9 @@ def test_registry_drives_the_publishers(isolated, models, sample):
         _, log = publisher.communicate(timeout=60)
     assert f"{long}: stopped (removed from the registry)" in log
     assert "rejected registry entry" in log and "'source' must be a string" in log
-    reasons = _dlq_reasons(settings)
+    reasons = dlq_reasons(settings)
     assert any("'source' must be a string" in r for r in reasons)
-    analysed = {e["data"]["stream_id"] for e in _events_in_redis(settings)
+    analysed = {e["data"]["stream_id"] for e in events_in_redis(settings)
                 if e["type"] == events.FACE_ANALYSIS}
     assert analysed == {short, long}
 
@@ -441,11 +339,14 @@ def test_late_live_chunks_are_dropped_and_counted_files_never(isolated, models, 
         chunks = list(gop_chunks(container, stream_id="x"))
     producer = KafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all",
                              max_request_size=4_000_000)
-    an_hour_ago = int((time.time() - 3600) * 1000)
+    # Lateness is judged by the worker's clock, injected: it reads "now" as the time the
+    # on-time chunks were stamped with, however long the worker takes on this machine.
+    now_ms = int(time.time() * 1000)
+    an_hour_ago = now_ms - 3600 * 1000
     for stream_id, live in (("camera", True), ("recording", False)):
         for i, chunk in enumerate(chunks):
             chunk = replace(chunk, stream_id=stream_id, live=live)
-            stamp = an_hour_ago if i < 3 else None          # the first three arrive late
+            stamp = an_hour_ago if i < 3 else now_ms         # the first three arrive late
             producer.send(settings.video_topic, key=stream_id.encode(), value=chunk.payload,
                           headers=chunk.headers(), timestamp_ms=stamp)
         producer.send(settings.video_topic, key=stream_id.encode(), value=b"",
@@ -453,10 +354,10 @@ def test_late_live_chunks_are_dropped_and_counted_files_never(isolated, models, 
     producer.flush()
     producer.close()
 
-    report = _run_worker(settings, models, streams_to_end=2)
+    report = _run_worker(settings, models, streams_to_end=2, clock=lambda: now_ms / 1000)
     assert report.dropped_chunks == 3
-    assert _status(settings, "camera")["dropped_chunks"] == "3"
-    got = [e["data"] for e in _events_in_redis(settings) if e["type"] == events.FACE_ANALYSIS]
+    assert stream_status(settings, "camera")["dropped_chunks"] == "3"
+    got = [e["data"] for e in events_in_redis(settings) if e["type"] == events.FACE_ANALYSIS]
     first_kept = float((chunks[3].first_pts - chunks[3].origin_pts) * chunks[3].time_base)
     camera = [d for d in got if d["stream_id"] == "camera"]
     recording = [d for d in got if d["stream_id"] == "recording"]
@@ -477,20 +378,20 @@ def test_three_workers_six_streams_each_stream_owned_once(isolated, models, samp
                                 env={**os.environ, **env}, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL) for _ in range(3)]
     try:
-        _wait(lambda: all(_status(settings, s).get("state") == "ended" for s in streams), 180,
+        wait(lambda: all(stream_status(settings, s).get("state") == "ended" for s in streams), 180,
               "the three workers to finish the six streams")
     finally:
         for w in workers:
             w.terminate()
     assert [w.wait(timeout=30) for w in workers] == [0, 0, 0], "SIGTERM must end workers cleanly"
     pids = {str(w.pid) for w in workers}
-    owners = {s: _status(settings, s)["worker"].rsplit(":", 1)[1] for s in streams}
+    owners = {s: stream_status(settings, s)["worker"].rsplit(":", 1)[1] for s in streams}
     assert set(owners.values()) <= pids
     expected = {}
     for stream_id in streams:
         _, evs = analyze_in_process(clip, models, tmp_path / stream_id, stream_id=stream_id)
         expected.update({e["id"]: e for e in evs})
-    got = _events_in_redis(settings)
+    got = events_in_redis(settings)
     # Each event exactly once: one owner per stream, nothing analysed twice or lost.
     assert sorted(e["id"] for e in got) == sorted(expected)
     for e in got:
@@ -524,9 +425,9 @@ def test_chunks_of_an_ended_stream_are_refused_until_it_restarts(isolated, model
 
     report = _run_worker(settings, models, streams_to_end=2)
     assert report.dead_letters == 1
-    reasons = _dlq_reasons(settings)
+    reasons = dlq_reasons(settings)
     assert len(reasons) == 1 and "has ended" in reasons[0] and "chunk 2 refused" in reasons[0]
-    errors = [e for e in _events_in_redis(settings) if e["type"] == events.STREAM_ERROR]
+    errors = [e for e in events_in_redis(settings) if e["type"] == events.STREAM_ERROR]
     assert [e["data"]["stream_id"] for e in errors] == ["gate"]
 
 
@@ -560,7 +461,7 @@ def test_threaded_worker_writes_what_a_one_thread_worker_writes(isolated, models
         assert report.dead_letters == 0 and report.dropped_chunks == 0
         # Per stream, in order: a stream's events do not depend on how polls batch messages.
         written[threads] = {s: [_comparable(e) for e in
-                                _events_in_redis(own, f"{own.events_stream}:{s}")]
+                                events_in_redis(own, f"{own.events_stream}:{s}")]
                             for s in clips}
     assert all(written[1].values())
     assert written[2] == written[1]
