@@ -130,8 +130,9 @@ def analyze(spec: SourceSpec, settings: Settings, *, out_dir: Path, stream_id: s
             progress: Callable[[float, float | None, int], None] | None = None) -> Summary:
     """Analyse ``spec`` into ``out_dir/events.jsonl`` (and ``annotated.mp4``).
 
-    Raises InputError when the source cannot be used at all; a damaged tail or a live source
-    that drops after delivering frames is a warning in the summary and an error event.
+    Raises InputError when the source cannot be used at all; damage skipped in the middle of
+    a file, a damaged tail or a live source that drops after delivering frames is a warning
+    in the summary and an error event.
     """
     stream_id = stream_id or spec.name
     started = time.monotonic()
@@ -188,9 +189,10 @@ def analyze(spec: SourceSpec, settings: Settings, *, out_dir: Path, stream_id: s
                 raise
             summary.warnings.append(str(exc))
             report_error(str(exc), fatal=True)
-        if decoder.report.stopped_early:
-            summary.warnings.append(f"source {spec.text}: {decoder.report.stopped_early}")
-            report_error(decoder.report.stopped_early)
+        damage = decoder.report.warning()     # skipped damage and/or a damaged tail
+        if damage:
+            summary.warnings.append(f"source {spec.text}: {damage}")
+            report_error(damage)
         windows, ended_ev = state.finish()
         analysis = models.analyzer.analyze([(state, w) for w in windows])
         sink.write(error_events + analysis + ended_ev)
