@@ -185,3 +185,16 @@ def test_checkpoints_of_an_older_layout_are_not_resumed():
     assert checkpoint.loads(blob).offset == 3
     old = checkpoint.dumps(checkpoint.Checkpoint(1, "cam", 3, None))
     assert checkpoint.loads(old) is None           # an older layout restarts the stream
+
+
+def test_redis_errors_never_show_the_command_they_carried():
+    import redis
+
+    from facestream.workers.redis_sink import _unavailable
+
+    pickled = "SET it:checkpoint:cam b'\\x80\\x05\\x95" + "\\x00" * 5000 + "'"
+    error = redis.ResponseError(f"Command # 1 ({pickled}) of pipeline caused error: OOM "
+                                "command not allowed when used memory > 'maxmemory'.")
+    text = str(_unavailable(Settings.load({}), error))
+    assert text.startswith("Redis at redis://") and "OOM command not allowed" in text
+    assert "\\x80" not in text and "checkpoint" not in text and len(text) < 300

@@ -291,8 +291,9 @@ class Worker:
                 done = self.consumer.position(tp) if done is None else done
                 self.metrics.lag.labels(f"{tp.topic}/{tp.partition}").set(max(0, ends[tp] - done))
         except KafkaError as exc:          # the broker is away; measure next time
+            if self.metrics.broker_ok:
+                log.warning("broker not reachable: %s", bounded(str(exc), 200))
             self.metrics.broker_ok = False
-            log.warning("broker not reachable: %s", bounded(str(exc), 200))
         self.metrics.streams.set(len(self._streams))
         self.metrics.open_windows.set(sum(s.state.windower.open_count
                                           for s in self._streams.values()))
@@ -442,7 +443,10 @@ class Worker:
         except _ENVIRONMENT:
             raise
         except Exception as exc:
-            log.exception("message %s/%d@%d", record.topic, record.partition, record.offset)
+            log.warning("message %s/%d@%d could not be processed: %s", record.topic,
+                        record.partition, record.offset,
+                        bounded(f"{type(exc).__name__}: {exc}", 300))
+            log.debug("traceback", exc_info=True)
             self._dead_letter(record, stream_id, f"could not be processed: "
                               f"{type(exc).__name__}: {exc}", acc)
             return None

@@ -155,9 +155,18 @@ def test_killed_worker_streams_move_with_no_window_lost_and_the_same_ids(isolate
 
         wait(lambda: victim() is not None, 120, "a worker half-way through a stream")
         killed = victim()
+        orphaned = [s for s in streams if stream_status(settings, s).get("state") == "running"
+                    and stream_status(settings, s).get("worker", "").endswith(f":{killed.pid}")]
         killed.kill()
         killed.wait()
+        killed_at = time.monotonic()
         survivor = next(w for w in workers if w is not killed)
+        # The session timeout (10 s) decides how soon the survivor takes the streams over;
+        # kafka-python's own default (45 s) would take longer than this bound.
+        wait(lambda: any(stream_status(settings, s).get("worker", "").endswith(f":{survivor.pid}")
+                         or stream_status(settings, s).get("state") == "ended"
+                         for s in orphaned), 120, "the survivor to take the streams over")
+        assert time.monotonic() - killed_at < 35, "a dead worker's streams waited too long"
         wait(lambda: all(stream_status(settings, s).get("state") == "ended" for s in streams), 180,
               "the surviving worker to finish every stream")
         assert all(stream_status(settings, s)["worker"].endswith(f":{survivor.pid}") for s in streams
