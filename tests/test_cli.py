@@ -6,6 +6,7 @@ import socket
 import threading
 
 import av
+import numpy as np
 import pytest
 
 from facestream import events
@@ -46,10 +47,43 @@ def test_sample_clip_gives_valid_events_and_an_annotated_video(sample, tmp_path)
     assert all(not b["description_reused"] for a, b in zip(analysis, analysis[1:])
                if a["expression"]["label"] != b["expression"]["label"])
 
-    with av.open(str(out / "annotated.mp4")) as video:
-        decoded = sum(1 for _ in video.decode(video=0))
-    frames = int(proc.stdout.split(" frames)")[0].rsplit("(", 1)[1])
-    assert decoded == frames
+    _check_annotated(out / "annotated.mp4", sample("WolfgangLanger_Pexels.mp4"),
+                     frames=int(proc.stdout.split(" frames)")[0].rsplit("(", 1)[1]))
+
+
+# The label colours facestream draws with (facestream/workers/annotate.py), as RGB.
+_LABEL_COLOURS = np.array([(255, 99, 71), (60, 179, 113), (65, 105, 225), (255, 215, 0),
+                           (238, 130, 238), (0, 206, 209), (255, 140, 0), (154, 205, 50)])
+
+
+def _check_annotated(path, source, *, frames: int, fps: float = 10.0) -> None:
+    """The annotated video plays at the source's speed (frame i at its media time, 1/fps
+    apart) and, once the first window is analysed, every frame carries a filled label wider
+    than a track id alone: the expression, gender and age text."""
+    with av.open(str(path)) as video:
+        stream = video.streams.video[0]
+        got = [(float(f.pts * stream.time_base), f.to_ndarray(format="rgb24"))
+               for f in video.decode(stream)]
+    assert len(got) == frames
+    times = np.array([t for t, _ in got])
+    assert np.all(np.diff(times) > 0)
+    assert np.mean(np.diff(times)) == pytest.approx(1 / fps, abs=0.01)
+    assert np.diff(times).max() < 2 / fps
+    with av.open(str(source)) as clip:
+        stream = clip.streams.video[0]
+        duration = float(stream.duration * stream.time_base)
+        originals = {round(float(f.pts * stream.time_base), 2): f.to_ndarray(format="rgb24")
+                     for f in clip.decode(stream)}
+    assert times[-1] == pytest.approx(duration, abs=2 / fps)
+    labelled = 0
+    late = [(t, image) for t, image in got if t >= 3.0]
+    for t, image in late:
+        original = originals[min(originals, key=lambda s: abs(s - t))][:image.shape[0], :image.shape[1]]
+        near = [(np.abs(image.astype(int) - c).max(axis=2) <= 30).sum()
+                - (np.abs(original.astype(int) - c).max(axis=2) <= 30).sum()
+                for c in _LABEL_COLOURS]
+        labelled += max(near) >= 1200          # "t1" alone fills ~400 pixels
+    assert labelled >= 0.9 * len(late), f"{labelled} of {len(late)} frames labelled"
 
 
 def test_rerun_gives_identical_event_ids(sample, tmp_path):

@@ -25,7 +25,10 @@ class Annotator:
         self._stream = self._container.add_stream("libx264", rate=30)
         self._stream.width, self._stream.height = width - width % 2, height - height % 2
         self._stream.pix_fmt = "yuv420p"
+        # Frames carry their media time in milliseconds: the encoder must count in the same
+        # unit (its default, 1/rate, would play them 33x too slowly).
         self._stream.time_base = Fraction(1, 1000)
+        self._stream.codec_context.time_base = Fraction(1, 1000)
         self._stream.options = {"preset": "veryfast", "crf": "23"}
         self._last_ms = -1
 
@@ -47,6 +50,7 @@ class Annotator:
         self._last_ms = ms
         frame = av.VideoFrame.from_ndarray(canvas, format="rgb24")
         frame.pts = ms
+        frame.time_base = Fraction(1, 1000)
         for packet in self._stream.encode(frame):
             self._container.mux(packet)
 
