@@ -18,7 +18,7 @@ import pickle
 from dataclasses import dataclass
 from typing import Any
 
-VERSION = 2          # 2: chunk order (next_seq, last_start_s) in the stream's state
+VERSION = 2          # 2: the stream's chunk order (facestream.workers.ordering) in its state
 _ALLOWED_PREFIXES = ("facestream.", "numpy", "collections", "fractions", "builtins", "copyreg",
                      "_codecs")
 

@@ -49,15 +49,13 @@ from facestream.workers.dead_letters import BrokerUnavailable, DeadLetterSender,
 from facestream.workers.decode import ChunkDecoder, DecodedFrame
 from facestream.workers.faces import FaceAnalyzer, FaceDetections
 from facestream.workers.metrics import WorkerMetrics, serve
+from facestream.workers.ordering import ChunkOrder
 from facestream.workers.pipeline import StreamState
 from facestream.workers.redis_sink import RedisSink, SinkUnavailable
 
 log = logging.getLogger(__name__)
 
 ENDED_CHECKPOINT_TTL_S = 7 * 24 * 3600
-# A chunk may start later than its predecessor by this much more than the wall clock moved
-# between their messages; further is a timestamp no camera or file gives.
-MAX_TIME_JUMP_S = 3600.0
 # Failures of the worker's own environment: they pause the worker (retried) or stop it.
 # Anything else raised while processing a message is that message's fault: dead letter.
 _ENVIRONMENT = (SinkUnavailable, BrokerUnavailable, AssetError)
@@ -72,10 +70,7 @@ class _Stream:
     next_offset: int = 0                 # after the last message of this stream processed
     dropped: int = 0                     # live chunks dropped because the worker was late
     ended_before: bool = False           # the stream had ended: only chunk 0 restarts it
-    next_seq: int | None = None          # the chunk number expected next (None: any)
-    skipped: set = field(default_factory=set)   # chunk numbers a gap jumped over (recent)
-    last_start_s: float | None = None    # media start of the last chunk taken
-    last_stamp_s: float = 0.0            # its message's broker timestamp, seconds
+    order: ChunkOrder = field(default_factory=ChunkOrder)
 
 
 @dataclass
@@ -482,48 +477,21 @@ class Worker:
                          acc)
 
     def _in_order(self, stream: _Stream, chunk: Chunk, record, acc: _Batch) -> bool:
-        """The ordering policy (docs/RELIABILITY.md): chunk numbers and media times of a
-        stream must go up.  A gap is analysed past and reported; a chunk 0 restarts the
-        stream; a late, repeated or mistimed chunk is dead-lettered.  True: analyse it."""
-        expected, stream_id = stream.next_seq, chunk.stream_id
-        stamp_s = (record.timestamp or 0) / 1000
-        if expected is not None and chunk.seq == 0 and expected > 0:
-            self._count_order("restart")
+        """Apply the chunk order policy (:mod:`facestream.workers.ordering`): a gap is
+        reported, a restart restarts the stream, a refused chunk is dead-lettered.  True:
+        analyse the chunk."""
+        verdict = stream.order.judge(chunk.seq, chunk.start_s, (record.timestamp or 0) / 1000)
+        if verdict.kind is not None:
+            self._count_order(verdict.kind)
+        if not verdict.accept:
+            self._dead_letter(record, chunk.stream_id, verdict.message, acc)
+        elif verdict.kind == "restart":
             self._restart(stream, acc)
-        elif expected is not None and chunk.seq < expected:
-            kind = "late" if chunk.seq in stream.skipped else "duplicate"
-            self._count_order(kind)
-            self._dead_letter(record, stream_id, f"chunk {chunk.seq} arrived after chunk "
-                              f"{expected - 1} ({'out of order' if kind == 'late' else 'a repeat'}"
-                              "); not analysed", acc)
-            return False
-        elif stream.last_start_s is not None and chunk.start_s < stream.last_start_s:
-            self._count_order("backwards")
-            self._dead_letter(record, stream_id, f"chunk {chunk.seq} starts at "
-                              f"{chunk.start_s:.3f} s, before the previous chunk's "
-                              f"{stream.last_start_s:.3f} s; not analysed", acc)
-            return False
-        elif stream.last_start_s is not None and chunk.start_s - stream.last_start_s > (
-                MAX_TIME_JUMP_S + max(0.0, stamp_s - stream.last_stamp_s)):
-            self._count_order("jump")
-            self._dead_letter(record, stream_id, f"chunk {chunk.seq} starts at "
-                              f"{chunk.start_s:.6g} s, {chunk.start_s - stream.last_start_s:.6g} s "
-                              "after the previous chunk: timestamps out of bounds; not "
-                              "analysed", acc)
-            return False
-        elif expected is not None and chunk.seq > expected:
-            self._count_order("gap")
-            missing = (f"chunk {expected}" if chunk.seq == expected + 1
-                       else f"chunks {expected}..{chunk.seq - 1}")
-            stream.skipped.update(range(expected, min(chunk.seq, expected + 1024)))
-            acc.before.append(self._error_event(
-                stream_id, f"{missing} never arrived: the video from {stream.last_start_s or 0:.2f} s "
-                f"to {chunk.start_s:.2f} s is analysed only in part", seq=record.offset,
-                time_s=stream.state.last_time_s))
-        stream.next_seq = chunk.seq + 1
-        stream.skipped = {s for s in stream.skipped if s > chunk.seq - 1024}
-        stream.last_start_s, stream.last_stamp_s = chunk.start_s, stamp_s
-        return True
+        elif verdict.kind == "gap":
+            acc.before.append(self._error_event(chunk.stream_id, verdict.message,
+                                                seq=record.offset,
+                                                time_s=stream.state.last_time_s))
+        return verdict.accept
 
     def _count_order(self, kind: str) -> None:
         self.report.out_of_order += 1
@@ -538,7 +506,6 @@ class Worker:
         stream_id = stream.state.stream_id
         stream.decoder = ChunkDecoder(stream_id, fps=self.settings.fps)
         stream.state = StreamState(stream_id, self.settings)
-        stream.skipped, stream.last_start_s = set(), None
 
     def _orphans(self, acc: _Batch) -> None:
         """Dead-letter every part of the split chunks given up (their offsets can then be
