@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from facestream.encoder.facellava import checkpoint as checkpoint_module
-from facestream.encoder.facellava.checkpoint import llama_config, load_facellava
+from facestream.encoder.facellava.checkpoint import (FUSION_PREFIXES, llama_config,
+                                                     load_facellava)
 from facestream.errors import AssetError, ConfigError
 from tests.tiny_facellava import read_state, tiny_config, write_tiny_checkpoint
 
@@ -90,10 +92,67 @@ def test_half_precision_everywhere(tiny, dtype):
         assert {p.dtype for p in module.parameters()} == {dtype}
 
 
-def test_vision_only_load_skips_the_llm(tiny):
+def test_vision_only_load_skips_the_llm(tiny, monkeypatch):
+    """``load_llm=False``: no LLM tensor is read out of the weights file, and everything the
+    vision worker needs is there, equal to what the files hold: the fusion weights, both
+    towers' weights and the checkpoint's tokenizer (prompts are built with it)."""
+    import safetensors
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    read: list[tuple[Path, str]] = []         # (file, key) of every tensor read
+    real_open = safetensors.safe_open
+
+    class RecordingOpen:
+        def __init__(self, filename, *args, **kwargs):
+            self._path = Path(filename).resolve()
+            self._file = real_open(filename, *args, **kwargs)
+
+        def __enter__(self):
+            self._handle = self._file.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self._file.__exit__(*exc)
+
+        def keys(self):
+            return self._handle.keys()
+
+        def get_tensor(self, key):
+            read.append((self._path, key))
+            return self._handle.get_tensor(key)
+
+    monkeypatch.setattr(safetensors, "safe_open", RecordingOpen)
     model = load_facellava(tiny, dtype=torch.float32, load_llm=False)
-    assert model.llm is None and model.tokenizer is not None     # prompts are built here
-    assert model.video_tower is not None and model.image_tower is not None
+    monkeypatch.undo()
+
+    written = read_state(tiny)
+    fusion_keys = {k for k in written if k.startswith(FUSION_PREFIXES)}
+    llm_keys = set(written) - fusion_keys
+    weights = (tiny / "model.safetensors").resolve()
+    from_checkpoint = {key for path, key in read if path == weights}
+    # The recorder saw the checkpoint being read (else the next line would prove nothing).
+    assert from_checkpoint == fusion_keys
+    assert not from_checkpoint & llm_keys
+    assert model.llm is None
+
+    fusion = {"model." + k: v for k, v in model.fusion.state_dict().items()}
+    assert set(fusion) == fusion_keys
+    for key in fusion_keys:
+        assert torch.equal(fusion[key], written[key]), key
+
+    config = json.loads((tiny / "config.json").read_text())
+    for kind, tower in (("image", model.image_tower), ("video", model.video_tower)):
+        on_disk = load_file(str(Path(config[f"mm_{kind}_tower"]) / "model.safetensors"))
+        state = tower.state_dict()
+        assert state and set(state) <= set(on_disk), kind
+        for key, value in state.items():
+            assert torch.equal(value, on_disk[key]), (kind, key)
+
+    reference = AutoTokenizer.from_pretrained(str(tiny), local_files_only=True)
+    text = "A chat between a curious human and an artificial intelligence assistant."
+    assert model.tokenizer(text).input_ids == reference(text).input_ids
+    assert len(model.tokenizer) == len(reference) == config["vocab_size"]
 
 
 def test_explained_extra_keys_are_accepted(tmp_path):

@@ -215,14 +215,30 @@ def test_parse_deepfake(text, expected):
     ("age", "about 40 years old", AgeAnswer(40.0, 40.0, 40.0)),
     ("deepfake", "It is fake.", DeepfakeAnswer(True, 1.0)),
     ("action_units", "AU12", aus(AU12=C)),
+    ("attributes", "A woman wearing glasses.",
+     {"gender": "female", **dict.fromkeys(CELEBA_ATTRIBUTES), "Male": False,
+      "Eyeglasses": True}),
 ])
 def test_parse_answer_dispatches(task, text, expected):
     assert parse_answer(task, text) == expected
 
 
+# What each task's own parser gives for an answer that states nothing (module docstring:
+# None fields; the expression keeps the text).  The five values are of five different
+# shapes, so an answer routed to another task's parser cannot match.
+SAYS_NOTHING = {
+    "expression": ParsedExpression(None, ""),
+    "action_units": dict.fromkeys(ACTION_UNITS),
+    "attributes": {"gender": None, **dict.fromkeys(CELEBA_ATTRIBUTES)},
+    "age": AgeAnswer(None, None, None),
+    "deepfake": DeepfakeAnswer(None, None),
+}
+
+
 def test_every_prompt_task_has_a_parser():
+    assert set(TASKS) == set(SAYS_NOTHING), "a prompt task without an expected parser result"
     for task in TASKS:
-        parse_answer(task, "")
+        assert parse_answer(task, "") == SAYS_NOTHING[task], task
     with pytest.raises(ValueError, match="expected one of expression"):
         parse_answer("mood", "")
 

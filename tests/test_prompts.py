@@ -7,6 +7,8 @@ available offline); it is loaded twice, as shipped (no BOS) and with ``add_bos_t
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from facestream.llm import prompts
@@ -25,17 +27,31 @@ def reference_prompt(system: str, message: str) -> str:
     return text
 
 
-def reference_ids(text: str, tokenizer) -> list[int]:
+def reference_ids(text: str, tokenizer, *, per_image: int = 1) -> list[int]:
     """The reference's tokenizer_image_token: chunks tokenized with special tokens, the first
-    chunk's BOS kept, the others' dropped, one IMAGE_ID between chunks."""
+    chunk's BOS kept, the others' dropped, one IMAGE_ID between chunks; then (the model's
+    splice) each IMAGE_ID stands for ``per_image`` visual tokens, written out here."""
     chunks = [tokenizer(chunk).input_ids for chunk in text.split("<image>")]
     offset = 1 if chunks and chunks[0][:1] == [tokenizer.bos_token_id] else 0
     ids = chunks[0][:1] if offset else []
     for i, chunk in enumerate(chunks):
         if i > 0:
-            ids.append(IMAGE_ID)
+            ids += [IMAGE_ID] * per_image
         ids.extend(chunk[offset:])
     return ids
+
+
+class CharTokenizer:
+    """A tokenizer whose ids can be checked by hand: one id per character, ``ord(c)``; with
+    ``bos`` it puts BOS (id 1) first when asked for special tokens, as LLaMA's does."""
+
+    def __init__(self, *, bos: bool) -> None:
+        self.bos = bos
+        self.bos_token_id = 1
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> SimpleNamespace:
+        ids = [ord(c) for c in text]
+        return SimpleNamespace(input_ids=([1] if self.bos and add_special_tokens else []) + ids)
 
 
 @pytest.fixture(scope="module", params=["as_shipped", "with_bos"])
@@ -102,14 +118,34 @@ def test_expand_placeholders(ids, per_image, expected):
 def test_tokenize_matches_the_reference_then_expands(tokenizer, task, frames, per_image):
     prompt = build_prompt(task, frames=frames)
     ids = tokenize_prompt(tokenizer, prompt, image_token_id=IMAGE_ID, tokens_per_image=per_image)
-    assert ids == expand_placeholders(reference_ids(prompt.text, tokenizer),
-                                      image_token_id=IMAGE_ID, tokens_per_image=per_image)
+    assert ids == reference_ids(prompt.text, tokenizer, per_image=per_image)
     assert ids.count(IMAGE_ID) == frames * per_image          # 8 x 257 = 2,056 for a video
     bos = tokenizer.bos_token_id
     assert ids.count(bos) == (1 if tokenizer("x").input_ids[0] == bos else 0)
     text_ids = [t for t in ids if t != IMAGE_ID]
     decoded = tokenizer.decode(text_ids, skip_special_tokens=True)
     assert decoded == prompt.text.replace("<image>", "")
+
+
+# "U: <image> <image>\nQ A:" by hand: U=85 :=58 space=32 newline=10 Q=81 A=65; BOS=1 once.
+IMG3 = [IMAGE_ID] * 3
+
+
+@pytest.mark.parametrize("bos, expected", [
+    (True, [1, 85, 58, 32, *IMG3, 32, *IMG3, 10, 81, 32, 65, 58]),
+    (False, [85, 58, 32, *IMG3, 32, *IMG3, 10, 81, 32, 65, 58]),
+])
+def test_tokenize_a_tiny_prompt_by_hand(bos, expected):
+    ids = tokenize_prompt(CharTokenizer(bos=bos), Prompt("U: <image> <image>\nQ A:", 2),
+                          image_token_id=IMAGE_ID, tokens_per_image=3)
+    assert ids == expected
+
+
+def test_video_prompt_text_by_hand():
+    assert build_prompt("deepfake", frames=2).text == (
+        "A chat between a curious human and an artificial intelligence assistant. The "
+        "assistant gives helpful, detailed, and polite answers to the human's questions. "
+        "USER: <image> <image>\nIs the video authentic, or is it a fake? ASSISTANT:")
 
 
 def test_system_prefix_ids_are_a_prefix_of_every_prompt(tokenizer):

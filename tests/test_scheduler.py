@@ -154,17 +154,64 @@ def _rot(ax: float, ay: float, az: float) -> np.ndarray:
     return rz @ ry @ rx
 
 
-@pytest.mark.parametrize("ax, ay, az", [(0, 0, 0), (20, 0, 0), (0, -35, 0), (0, 0, 25),
-                                        (-15, 40, -10), (30, 20, 45)])
-def test_head_pose_recovers_a_known_rotation(photo_mesh, ax, ay, az):
-    """The real mesh, brought into its own face axes, then turned by a known rotation (as a
-    rigid head would turn under an orthographic camera)."""
-    _, mesh, _ = photo_mesh
-    face = (mesh - mesh.mean(0)) @ head_pose.rotation(mesh)           # [468, 3] face axes
-    turned = face @ _rot(ax, ay, az).T + [320.0, 240.0, 0.0]
-    expected = head_pose.from_rotation(_rot(ax, ay, az))
+# A frontal face template in image axes (x right, y down, z away from the camera; pixels),
+# built by hand at MediaPipe face-mesh indices: the points head_pose's docstring names (outer
+# and inner eye corners, cheek extremes, mouth corners as subject's right / left pairs,
+# forehead centre, chin) placed mirror-symmetric about x = 0 with forehead and chin at one
+# depth, so the face looks straight at the camera with no tilt; the nose tip (1) sticks out
+# toward the camera.  The other 457 points are a fixed random cloud inside the face.
+FRONTAL_POINTS = {
+    33: (-45.0, -20.0, 8.0), 263: (45.0, -20.0, 8.0),       # outer eye corners
+    133: (-15.0, -20.0, 5.0), 362: (15.0, -20.0, 5.0),      # inner eye corners
+    234: (-70.0, 10.0, 40.0), 454: (70.0, 10.0, 40.0),      # cheek extremes
+    61: (-25.0, 45.0, 5.0), 291: (25.0, 45.0, 5.0),         # mouth corners
+    10: (0.0, -85.0, 10.0), 152: (0.0, 95.0, 10.0),         # forehead centre, chin
+    1: (0.0, 15.0, -30.0),                                  # nose tip
+}
+
+
+def frontal_template() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    mesh = rng.uniform([-60.0, -80.0, 0.0], [60.0, 90.0, 40.0], size=(468, 3))
+    for index, point in FRONTAL_POINTS.items():
+        mesh[index] = point
+    return mesh
+
+
+def head_turn(yaw: float, pitch: float, roll: float) -> np.ndarray:
+    """The rotation (image axes) that turns a frontal head by the documented angles: yaw > 0
+    toward the image's right, pitch > 0 chin forward, roll > 0 clockwise in the image; applied
+    pitch first, then yaw, then roll (the docstring's Rz(roll) @ Ry(yaw) @ Rx(pitch)).  Its
+    single-axis meaning is checked on the template below."""
+    return _rot(-pitch, -yaw, roll)
+
+
+@pytest.mark.parametrize("yaw, pitch, roll, moved, axis, sign", [
+    (20, 0, 0, 1, 0, +1),          # nose tip goes to the image's right (x grows)
+    (-20, 0, 0, 1, 0, -1),
+    (0, 20, 0, 152, 2, -1),        # chin comes toward the camera (z falls)
+    (0, -20, 0, 152, 2, +1),
+    (0, 0, 20, 263, 1, +1),        # image-right eye goes down (y grows)
+    (0, 0, -20, 263, 1, -1),
+])
+def test_head_turn_moves_the_template_as_documented(yaw, pitch, roll, moved, axis, sign):
+    face = frontal_template()
+    turned = face @ head_turn(yaw, pitch, roll).T
+    assert np.sign(turned[moved, axis] - face[moved, axis]) == sign
+
+
+@pytest.mark.parametrize("yaw, pitch, roll", [(0, 0, 0), (30, 0, 0), (-35, 0, 0), (0, 20, 0),
+                                              (0, -15, 0), (0, 0, 25), (0, 0, -40),
+                                              (40, -15, -10), (-20, 30, 45)])
+def test_head_pose_recovers_a_known_rotation(yaw, pitch, roll):
+    """A frontal template turned by known angles (as a rigid head turns under a weak
+    perspective camera: rotation, uniform scale, shift) reads those angles; pitch is counted
+    from the documented camera-facing reading (``PITCH_OFFSET_DEG`` is what an upright face
+    reads before it is subtracted)."""
+    turned = frontal_template() @ head_turn(yaw, pitch, roll).T * 1.5 + [320.0, 240.0, 0.0]
     got = head_pose.estimate(turned)
-    np.testing.assert_allclose(got.as_array(), expected.as_array(), atol=1e-6)
+    expected = [yaw, pitch - head_pose.PITCH_OFFSET_DEG, roll]
+    np.testing.assert_allclose(got.as_array(), expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("rotation, moved, axis, angle, sign", [
