@@ -17,6 +17,10 @@ from typing import Any, Mapping
 from facestream.errors import ConfigError
 
 ENV_PREFIX = "FACESTREAM_"
+# FACESTREAM_* variables that are not settings: read by facestream's own tooling (the CLI's
+# tracebacks, ./dev, deploy/dev-services).  Any other unknown FACESTREAM_* name is an error.
+TOOLING_ENV = frozenset({"DEBUG", "VENV", "FUZZ_OUT", "SERVICES_DIR", "SERVICES_RUN_DIR",
+                         "KAFKA_PORT", "KAFKA_CONTROLLER_PORT", "REDIS_PORT"})
 
 
 def _default_cache_dir() -> Path:
@@ -286,11 +290,15 @@ class Settings:
         known = {f.name: f for f in dataclasses.fields(cls)}
         values: dict[str, Any] = {}
         for key, raw in environ.items():
-            if not key.startswith(ENV_PREFIX):
+            if not key.startswith(ENV_PREFIX) or key[len(ENV_PREFIX):] in TOOLING_ENV:
                 continue
             name = key[len(ENV_PREFIX):].lower()
-            if name in known:
-                values[name] = _coerce(known[name], raw, source=key)
+            if name not in known:
+                hint = difflib.get_close_matches(name, list(known), n=1)
+                raise ConfigError(f"unknown setting {key} in the environment"
+                                  + (f"; did you mean {ENV_PREFIX}{hint[0].upper()}?"
+                                     if hint else "; see facestream/config.py"))
+            values[name] = _coerce(known[name], raw, source=key)
         for name, value in (overrides or {}).items():
             if name not in known:
                 hint = difflib.get_close_matches(name, list(known), n=1)

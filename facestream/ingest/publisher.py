@@ -141,7 +141,7 @@ def _source_chunks(spec: SourceSpec, settings: Settings, stream_id: str, report:
     delays = backoff.delays()
     container = open_container(spec, timeout_s=settings.open_timeout_s)
     wall_start = time.monotonic()
-    base_seq, following, offset_s = 0, 0, 0.0
+    base_seq, following, offset_s, reached_s = 0, 0, 0.0, 0.0
     try:
         while True:
             try:
@@ -150,6 +150,7 @@ def _source_chunks(spec: SourceSpec, settings: Settings, stream_id: str, report:
                     chunk = replace(chunk, seq=chunk.seq + base_seq,
                                     origin_pts=chunk.origin_pts - shift, live=spec.live)
                     following = chunk.seq + 1
+                    reached_s = max(reached_s, _end_s(chunk))
                     yield chunk
                     delays = backoff.delays()       # a good chunk resets the backoff
                 if not spec.live:
@@ -166,9 +167,18 @@ def _source_chunks(spec: SourceSpec, settings: Settings, stream_id: str, report:
                 on_error(message)
             container = _reopen(spec, settings, delays, report, message)
             base_seq = following
-            offset_s = time.monotonic() - wall_start
+            # Media time goes on from where it stopped, at least as far as the wall clock
+            # went meanwhile (a source read faster than real time is ahead of the clock):
+            # workers refuse a chunk that starts before its predecessor.
+            offset_s = max(time.monotonic() - wall_start, reached_s)
     finally:
         container.close()
+
+
+def _end_s(chunk: Chunk) -> float:
+    """Media seconds at which the chunk's last frame ends."""
+    ends = [p.pts + p.duration for p in chunk.packets() if p.pts is not None]
+    return float((max(ends) - chunk.origin_pts) * chunk.time_base) if ends else chunk.start_s
 
 
 def _reopen(spec: SourceSpec, settings: Settings, delays: Iterator[float],

@@ -78,6 +78,7 @@ class SmolDescriber:
                  device: str = "cpu", max_batch: int = 8, max_seq_len: int = 512,
                  endpoint: str = "", timeout_s: float = 120.0, max_in_flight: int = 8) -> None:
         import torch
+        from safetensors import SafetensorError
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
@@ -90,8 +91,9 @@ class SmolDescriber:
             self._tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
             model = None if endpoint else AutoModelForCausalLM.from_pretrained(
                 str(model_dir), dtype=torch.float32).to(device).eval()
-        except (OSError, ValueError) as exc:
-            raise AssetError(f"model {model_dir} cannot be loaded ({str(exc).splitlines()[0]}); "
+        except (OSError, ValueError, SafetensorError) as exc:   # missing, corrupt
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise AssetError(f"model {model_dir} cannot be loaded ({reason}); "
                              "run `facestream models pull --force`") from None
         self._max_new_tokens = max_new_tokens
         if endpoint:

@@ -1,0 +1,264 @@
+"""README claims of the distributed mode that no other test guarded (docs/CLAIMS.md), against
+the real broker and Redis the test command starts.  Each test has its own topics, group and
+Redis keys (the ``isolated`` fixture)."""
+
+from __future__ import annotations
+
+import http.server
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import av
+import pytest
+
+from facestream import events
+from facestream.ingest.chunks import Chunk, EndOfStream, parse_message
+from tests.conftest import run_cli
+from tests.integration.helpers import BOOTSTRAP
+
+pytestmark = pytest.mark.integration
+
+
+def _topic(topic: str, timeout_s: float = 60) -> list:
+    """Every message of ``topic`` so far, read up to the end offsets (no idle wait)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=BOOTSTRAP, enable_auto_commit=False)
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        ends = consumer.end_offsets(partitions)
+        messages, deadline = [], time.monotonic() + timeout_s
+        while any(consumer.position(tp) < ends[tp] for tp in partitions):
+            assert time.monotonic() < deadline, f"could not read {topic} to its end"
+            for records in consumer.poll(timeout_ms=1000).values():
+                messages += records
+        return messages
+    finally:
+        consumer.close()
+
+
+def _chunks_and_end(messages, stream_id: str):
+    """(chunks in log order with their message timestamps, the end marker) of a stream."""
+    chunks, ends = [], []
+    for m in sorted(messages, key=lambda m: (m.partition, m.offset)):
+        if m.key != stream_id.encode():
+            continue
+        item = parse_message(m.headers, m.value, key=m.key)
+        if isinstance(item, EndOfStream):
+            ends.append(item)
+        else:
+            assert isinstance(item, Chunk) and item.parts == 1
+            chunks.append((item, m.timestamp))
+    assert len(ends) == 1, ends
+    return chunks, ends[0]
+
+
+def _media_start(chunk: Chunk) -> float:
+    return float((chunk.first_pts - chunk.origin_pts) * chunk.time_base)
+
+
+# --- ingest -----------------------------------------------------------------------------------
+
+def _mpegts(path) -> bytes:
+    """The clip's video remuxed (not re-encoded) into MPEG-TS, as an HTTP camera sends it."""
+    out = io.BytesIO()
+    with av.open(str(path)) as src, av.open(out, "w", format="mpegts") as dst:
+        video = src.streams.video[0]
+        stream = dst.add_stream_from_template(video)
+        for packet in src.demux(video):
+            if packet.dts is not None:
+                packet.stream = stream
+                dst.mux(packet)
+    return out.getvalue()
+
+
+class _Camera:
+    """An HTTP camera: each connection gets the next ``plan`` step, a share of the stream
+    before the connection closes (as a live source that drops), or None: 503 (down),
+    answered at once.  ``requests`` counts connections."""
+
+    def __init__(self, payload: bytes, plan: list[float | None]) -> None:
+        self.requests = 0
+        self.lock = threading.Lock()
+        camera = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.0"
+
+            def do_GET(self):
+                with camera.lock:
+                    step = plan[min(camera.requests, len(plan) - 1)]
+                    camera.requests += 1
+                if step is None:
+                    self.send_error(503, "camera offline")
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "video/mp2t")
+                self.end_headers()
+                try:
+                    self.wfile.write(payload[:int(len(payload) * step)])
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/live.ts"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_ingest_reconnects_a_live_source_that_drops(isolated, sample):
+    """README: "Live sources reconnect with bounded backoff."  The camera sends half its
+    stream and drops, comes back with the whole stream and drops again, then stays down:
+    `facestream ingest` publishes what each connection delivered, under chunk numbers that
+    run on, reconnects exactly FACESTREAM_RECONNECT_ATTEMPTS times once it stays down, and
+    then gives up with one line (exit 2)."""
+    _, env = isolated
+    camera = _Camera(_mpegts(sample("face_noface.mov")), [0.5, 1.0, None])
+    try:
+        # The camera answers every connection at once, so the open/read timeout only bounds
+        # a hang; it is generous because a loaded machine can stretch a healthy read.
+        proc = run_cli("ingest", camera.url, "--stream-id", "cam", timeout=300,
+                       env={**env, "FACESTREAM_RECONNECT_ATTEMPTS": "2",
+                            "FACESTREAM_RECONNECT_BACKOFF_S": "0.05",
+                            "FACESTREAM_OPEN_TIMEOUT_S": "60"})
+    finally:
+        camera.close()
+    assert camera.requests == 4, proc.stderr     # 2 connections that delivered + 2 refused
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert "Traceback" not in proc.stderr
+    drops = [line for line in lines if line.startswith(f"facestream: warning: source {camera.url}")]
+    assert len(drops) == 2, proc.stderr          # one per drop
+    assert lines[-1].startswith(f"facestream: error: source {camera.url}")
+    assert lines[-1].endswith("gave up after 2 reconnects"), proc.stderr
+
+    chunks, end = _chunks_and_end(_topic(isolated[0].video_topic), "cam")
+    assert [c.seq for c, _ in chunks] == list(range(len(chunks)))
+    assert end.last_seq == len(chunks) - 1
+    assert all(c.live for c, _ in chunks)
+    # Each connection's stream starts again at the clip's first timestamp: split there.
+    raw = [c.first_pts for c, _ in chunks]
+    restarts = [i for i in range(1, len(raw)) if raw[i] <= raw[i - 1]]
+    assert len(restarts) == 1, raw
+    first, second = raw[:restarts[0]], raw[restarts[0]:]
+    assert second[0] == first[0]
+    assert len(second) > len(first) >= 1, "the second connection sent the whole clip"
+    # Media time goes on across the reconnect, though this camera is faster than real time:
+    # workers refuse a chunk that starts before the one before it.
+    starts = [c.start_s for c, _ in chunks]
+    assert all(b > a for a, b in zip(starts, starts[1:])), starts
+
+
+def test_ingest_realtime_paces_a_file_at_its_own_speed(isolated, sample):
+    """README: `facestream ingest sample:NAME --stream-id ID --realtime` (the edge publisher
+    pacing a file as a camera would): each chunk is produced no earlier than its media time
+    after the first (a file without --realtime goes as fast as the broker takes it)."""
+    settings, env = isolated
+    launched_ms = time.time() * 1000
+    proc = run_cli("ingest", "sample:face_noface.mov", "--stream-id", "paced", "--realtime",
+                   env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("paced: 6 chunks"), proc.stdout
+    chunks, end = _chunks_and_end(_topic(settings.video_topic), "paced")
+    assert len(chunks) == 6 and end.last_seq == 5
+    assert not any(c.live for c, _ in chunks)
+    media = [_media_start(c) for c, _ in chunks]
+    sent = [stamp for _, stamp in chunks]          # the producer's send times (ms)
+    assert media[0] == 0.0 and media[-1] > 5.0
+    # The publisher starts its clock after the command was launched, so a paced chunk is
+    # sent no earlier than its media time after the launch...
+    late = [(m, (s - launched_ms) / 1000) for m, s in zip(media, sent)
+            if (s - launched_ms) / 1000 < m]
+    assert late == [], f"chunks sent before their media time: {late}"
+    # ...and the chunks go over seconds, not in one burst (unpaced: within ~0.1 s).
+    assert (sent[-1] - sent[0]) / 1000 >= 1.0, sent
+
+
+# --- worker -----------------------------------------------------------------------------------
+
+def test_worker_prints_its_stacks_on_sigusr1(isolated):
+    """README: "`kill -USR1` prints a worker's stacks to its log" — and the worker goes on
+    (SIGTERM then ends it cleanly)."""
+    _, env = isolated
+    worker = subprocess.Popen([sys.executable, "-m", "facestream", "worker", "--no-describe"],
+                              env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    log: list[str] = []
+    changed = threading.Condition()
+
+    def read() -> None:
+        for line in worker.stderr:
+            with changed:
+                log.append(line)
+                changed.notify_all()
+        with changed:
+            log.append("<EOF>")
+            changed.notify_all()
+
+    threading.Thread(target=read, daemon=True).start()
+
+    def wait_for(predicate, what: str, timeout_s: float) -> None:
+        with changed:
+            ok = changed.wait_for(lambda: predicate() or "<EOF>" in log, timeout=timeout_s)
+        assert ok and "<EOF>" not in log, f"waiting for {what}: {''.join(log)[-3000:]}"
+
+    try:
+        # The worker prints this line once its handler is registered.
+        wait_for(lambda: any(line.startswith("worker: consuming") for line in log),
+                 "the worker to start", 120)
+        worker.send_signal(signal.SIGUSR1)
+        wait_for(lambda: any(line.startswith("Current thread ") for line in log)
+                 and any("in _worker" in line for line in log), "the stack dump", 60)
+        text = "".join(log)
+        assert "(most recent call first):" in text
+        assert 'facestream/cli.py", line' in text
+        assert worker.poll() is None, "USR1 must not stop the worker"
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=60) == 0, "".join(log)[-3000:]
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+
+
+# --- events tail ------------------------------------------------------------------------------
+
+def test_events_tail_json_and_group(isolated):
+    """README: `facestream events tail [--stream ID] [--group G] [--json]`: --json prints each
+    event as the JSON the workers wrote; each --group reads the stream for itself and
+    acknowledges what it printed."""
+    import redis
+
+    settings, env = isolated
+    stream_id = f"tail-{uuid.uuid4().hex[:6]}"
+    client = redis.Redis.from_url(settings.redis_url)
+    key = f"{settings.events_stream}:{stream_id}"
+    written = [events.stream_error(stream_id=stream_id, message=f"event {i}", time_s=float(i),
+                                   seq=i, profile="compact", time_epoch=time.time(),
+                                   fatal=False) for i in range(3)]
+    for event in written:
+        client.xadd(key, {"id": event["id"], "type": event["type"], "event": json.dumps(event)})
+
+    for group in ("first-group", "second-group"):
+        proc = run_cli("events", "tail", "--stream", stream_id, "--group", group, "--json",
+                       "--count", "3", env=env, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        assert [json.loads(line) for line in proc.stdout.splitlines()] == written, group
+        assert client.xpending(key, group)["pending"] == 0, f"{group} did not acknowledge"
+    groups = {g["name"].decode() for g in client.xinfo_groups(key)}
+    assert groups == {"first-group", "second-group"}
