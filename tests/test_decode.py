@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import http.server
+import re
 import threading
 
 import numpy as np
 import pytest
 
 from facestream import events
+from facestream.errors import SourceDropped
 from facestream.ingest.sources import parse_source
 from facestream.retry import Backoff
 from facestream.workers.decode import Decoder
@@ -42,18 +44,21 @@ class _CameraServer:
     """An HTTP 'camera' serving an MPEG-TS stream with no length (as live sources do).
 
     ``plan`` says what each successive connection gets: a fraction of the stream, then the
-    connection closes; or None for 503 (camera down)."""
+    connection closes; or None for 503 (camera down, answered at once).  ``requests``
+    counts connections; each is counted before it is answered."""
 
     def __init__(self, payload: bytes, plan: list[float | None]) -> None:
         self.payload, self.plan, self.requests = payload, list(plan), 0
+        self.lock = threading.Lock()
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.0"
 
             def do_GET(self):
-                step = outer.plan[min(outer.requests, len(outer.plan) - 1)]
-                outer.requests += 1
+                with outer.lock:
+                    step = outer.plan[min(outer.requests, len(outer.plan) - 1)]
+                    outer.requests += 1
                 if step is None:
                     self.send_error(503, "camera offline")
                     return
@@ -93,13 +98,21 @@ def live_payload(sample, face_analyzer, tmp_path_factory):
     return clip.read_bytes()
 
 
+# The camera answers every connection at once (a stream, or a 503), so no open or read
+# waits on it and the open/read timeout only bounds a hang.  It is generous because PyAV
+# measures it in wall-clock time per open and per read (GIL waits included): on a loaded
+# machine a short one (it was 3 s) can expire on a healthy connection, failing the first
+# open (one connection, the run errors out) or dropping a stream that was still flowing.
+OPEN_TIMEOUT_S = 60
+
+
 def _run_camera(plan, payload, tmp_path):
     server = _CameraServer(payload, plan)
     try:
         proc = run_cli("analyze", server.url, "--out", str(tmp_path), "--no-describe",
                        env={"FACESTREAM_RECONNECT_ATTEMPTS": "2",
                             "FACESTREAM_RECONNECT_BACKOFF_S": "0.05",
-                            "FACESTREAM_OPEN_TIMEOUT_S": "3"}, timeout=120)
+                            "FACESTREAM_OPEN_TIMEOUT_S": str(OPEN_TIMEOUT_S)}, timeout=600)
     finally:
         server.close()
     return proc, read_events(tmp_path / "events.jsonl"), server.requests
@@ -116,6 +129,36 @@ def test_camera_that_drops_and_stays_down_is_reported(live_payload, tmp_path):
     assert len(errors) == 4                    # the drop, two failed reconnects, giving up
     assert [e["fatal"] for e in errors] == [False, False, False, True]
     assert any(ev["type"] == events.FACE_ANALYSIS for ev in evs), "frames before the drop"
+
+
+def test_live_source_reconnects_follow_the_backoff_and_are_bounded(live_payload):
+    """The Decoder itself, with ``sleep`` injected and recorded: after the drop it reopens
+    exactly ``attempts`` times, waiting exactly the backoff's delays (nothing is slept or
+    timed), reports every failure, then gives up; the camera saw exactly 3 connections."""
+    backoff = Backoff(2, 0.05, 0.4, seed=0)
+    slept: list[float] = []
+    errors: list[str] = []
+    picked: list[float] = []
+    server = _CameraServer(live_payload, [0.6, None])
+    try:
+        decoder = Decoder(parse_source(server.url), stream_id="cam", fps=5, backoff=backoff,
+                          timeout_s=OPEN_TIMEOUT_S, on_error=errors.append,
+                          sleep=slept.append)
+        with pytest.raises(SourceDropped) as info:
+            for frame in decoder.frames():
+                picked.append(frame.time_s)
+        decoder.close()
+    finally:
+        server.close()
+    assert decoder.live and picked, "frames before the drop"
+    assert server.requests == 3                # first connection + 2 bounded reconnects
+    assert slept == list(backoff.delays()) and len(slept) == 2
+    assert decoder.report.reconnects == 2
+    drop = rf"source {re.escape(server.url)}: .+ at {decoder.report.last_time_s:.2f}s"
+    assert re.fullmatch(drop, errors[0]) and decoder.report.errors == errors[:1], errors
+    assert len(errors) == 3 and all("cannot open" in e for e in errors[1:]), errors
+    assert str(info.value).startswith(errors[0]) and \
+        str(info.value).endswith("gave up after 2 reconnects")
 
 
 def test_camera_that_comes_back_keeps_being_analysed(live_payload, tmp_path):

@@ -18,7 +18,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -43,6 +42,7 @@ QUESTIONS = ("Describe the facial expression of a smiling woman.",
 VISUAL_QUESTIONS = ("What expression does this face show?",
                     "Describe the eyes and the mouth of this person.")
 FAST = Backoff(attempts=2, base_s=0.01, maximum_s=0.01, seed=0)
+WAIT_S = 60                 # bound on waits for something the test knows will happen
 
 
 def splice(model, ids: tuple[int, ...], visual: torch.Tensor | None) -> torch.Tensor:
@@ -161,16 +161,47 @@ def test_stop_strings_and_seeded_sampling_match_in_process(smol, cases, remote):
 
 @pytest.mark.slow
 def test_requests_in_flight_batch_on_the_server(cases, server, remote):
+    """Four requests in flight at once (max_in_flight=4) reach the server's engine together
+    and share its steps.  The engine's loop is held (its step waits) until the fourth request
+    has been submitted to it, so whether they overlap does not depend on how fast the client
+    threads send them; a client or server that serialises them never gets there."""
+    engine = server.engine
+    arrived = threading.Condition()
+    submitted: list[str] = []
+    gate_opened: list[bool] = []
+    real_submit, real_step = engine.submit, engine.step
+
+    def submit(request):
+        future = real_submit(request)
+        with arrived:
+            submitted.append(request.request_id)
+            arrived.notify_all()
+        return future
+
+    def step():
+        if not gate_opened:
+            with arrived:
+                gate_opened.append(arrived.wait_for(lambda: len(submitted) >= 4,
+                                                    timeout=WAIT_S))
+        return real_step()
+
     before = server.stats
     requests = [GenerationRequest(f"b{i}", cases[i % 3][0].prompt_ids, ignore_eos=True,
                                   max_new_tokens=NEW) for i in range(4)]
-    results = remote.generate(requests)
+    engine.submit, engine.step = submit, step
+    try:
+        results = remote.generate(requests)
+    finally:
+        del engine.submit, engine.step
     after = server.stats
+    assert gate_opened == [True], f"the engine never held the 4 requests at once ({submitted})"
     tokens, steps = after["tokens"] - before["tokens"], after["steps"] - before["steps"]
     assert tokens == sum(len(r.token_ids) for r in results) == 4 * NEW
     # A request alone makes at most 2 tokens per engine step (its first token at admission
-    # plus one decode); more than 2 per step means requests shared steps.
+    # plus one decode); more than 2 per step means requests shared steps.  All four admitted
+    # in the first step share every step: NEW - 1 steps in all (alone: 4 * (NEW - 1)).
     assert tokens / steps > 2, (tokens, steps)
+    assert steps == NEW - 1, (tokens, steps)
 
 
 @pytest.mark.slow
@@ -268,14 +299,17 @@ def test_bad_requests_get_a_json_error_and_the_server_goes_on(server, path, body
 
 class Stub:
     """A scripted endpoint on an ephemeral port: POST answers come from ``script`` in order
-    (the last one repeats), each after ``delay_s``; request bodies and the most requests
-    seen at once are recorded."""
+    (the last one repeats); request bodies and the most requests held at once are recorded.
+    With ``hold`` each POST is held until the test gives it a permit (:meth:`release`), so
+    what the client has sent at any point depends on what the test released, not on how
+    fast threads run; :meth:`wait_for` waits for a condition on the recorded state."""
 
-    def __init__(self, script: list[tuple[int, dict]], *, delay_s: float = 0.0) -> None:
-        self.script, self.delay_s = list(script), delay_s
+    def __init__(self, script: list[tuple[int, dict]], *, hold: bool = False) -> None:
+        self.script, self.hold = list(script), hold
         self.bodies: list[dict] = []
-        self.active = self.peak = 0
-        self.lock = threading.Lock()
+        self.active = self.peak = self.permits = 0
+        self.opened = False
+        self.lock = threading.Condition()
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -290,9 +324,13 @@ class Stub:
                     stub.peak = max(stub.peak, stub.active)
                     status, answer = stub.script.pop(0) if len(stub.script) > 1 \
                         else stub.script[0]
-                time.sleep(stub.delay_s)
-                with stub.lock:
+                    stub.lock.notify_all()
+                    if stub.hold:
+                        stub.lock.wait_for(lambda: stub.permits > 0 or stub.opened,
+                                           timeout=WAIT_S)
+                        stub.permits = max(0, stub.permits - 1)
                     stub.active -= 1
+                    stub.lock.notify_all()
                 self._send(status, answer)
 
             def _send(self, status, answer):
@@ -310,7 +348,21 @@ class Stub:
         threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
                          daemon=True).start()
 
+    def release(self, n: int = 1) -> None:
+        """Let ``n`` held requests (present or future) be answered."""
+        with self.lock:
+            self.permits += n
+            self.lock.notify_all()
+
+    def wait_for(self, predicate) -> bool:
+        """Wait (up to WAIT_S) until ``predicate()`` holds; whether it does."""
+        with self.lock:
+            return self.lock.wait_for(predicate, timeout=WAIT_S)
+
     def close(self) -> None:
+        with self.lock:             # answer whatever a failed test left held
+            self.opened = True
+            self.lock.notify_all()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -415,31 +467,60 @@ def test_a_400_refuses_the_request_without_retrying(stub_factory):
 
 
 def test_unreachable_server_is_one_line_after_bounded_retries():
-    with socket.socket() as probe:          # a port nobody listens on
+    """A refused endpoint fails after the backoff's retries, having waited exactly the
+    backoff's delays between attempts (``sleep`` injected and recorded: nothing is timed);
+    the failure comes from the refusals, not from a timeout."""
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        assert len(slept) <= 10, "retrying without bound"
+
+    with socket.socket() as probe:          # bound, not listening: connecting is refused
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    client = RemoteEngine(f"http://127.0.0.1:{port}", backoff=FAST)
-    started = time.perf_counter()
-    with pytest.raises(RemoteEngineError, match=rf"127\.0\.0\.1:{port}/v1/models failed 3 "
-                                                r"attempts \(last: ConnectionRefusedError"):
-        client.start()
-    with pytest.raises(RemoteEngineError) as info:
-        client.submit(GenerationRequest("x", (1, 2), max_new_tokens=2)).result()
-    assert "\n" not in str(info.value) and "llm_endpoint" in str(info.value)
-    assert time.perf_counter() - started < 5
-    assert client.stats["retries"] == 4 and client.stats["failed"] == 1
-    client.close()
+        client = RemoteEngine(f"http://127.0.0.1:{port}", backoff=FAST, sleep=sleep)
+        refused = (rf"127\.0\.0\.1:{port}/v1/models failed 3 attempts "
+                   r"\(last: ConnectionRefusedError")
+        with pytest.raises(RemoteEngineError, match=refused):
+            client.start()
+        assert slept == list(FAST.delays())
+        with pytest.raises(RemoteEngineError, match=refused) as info:
+            client.submit(GenerationRequest("x", (1, 2), max_new_tokens=2)).result(WAIT_S)
+        assert "\n" not in str(info.value) and "llm_endpoint" in str(info.value)
+        assert slept == list(FAST.delays()) * 2
+        assert client.stats["retries"] == 4 and client.stats["failed"] == 1
+        client.close()
 
 
 def test_in_flight_requests_are_bounded(stub_factory):
-    stub = stub_factory([(200, completion())], delay_s=0.15)
+    """At most max_in_flight requests are at the server at once; the others wait, in
+    submission order, and each answer lets exactly the next one through.  The stub holds
+    every request until the test releases one, so the state checked at each point is fixed
+    by what was released, whatever the speed of the machine."""
+    stub = stub_factory([(200, completion())], hold=True)
     client = RemoteEngine(stub.url, model="m", max_in_flight=2)
-    futures = [client.submit(GenerationRequest(f"x{i}", (1, 2), max_new_tokens=2))
+    futures = [client.submit(GenerationRequest(f"x{i}", (1, 2, 100 + i), max_new_tokens=2))
                for i in range(5)]
+
+    def sent() -> list[int]:                # which requests reached the server, in order
+        return [body["prompt"][-1] - 100 for body in stub.bodies]
+
+    assert stub.wait_for(lambda: stub.active >= 2), f"sent {sent()}"
+    assert stub.active == 2 and sorted(sent()) == [0, 1]
     stats = client.stats
-    assert stats["queued"] + stats["running"] == 5 and stats["running"] <= 2
-    assert [f.result().request_id for f in futures] == [f"x{i}" for i in range(5)]
-    assert stub.peak == 2
+    assert (stats["running"], stats["queued"]) == (2, 3), stats
+    for k in range(3):
+        stub.release()                      # one answer: the next waiting request goes out
+        assert stub.wait_for(lambda: len(stub.bodies) >= 3 + k), f"sent {sent()}"
+        assert stub.active == 2 and sent()[2:] == list(range(2, 3 + k)), sent()
+        stats = client.stats
+        assert (stats["running"], stats["queued"]) == (2, 2 - k), stats
+    stub.release(2)
+    assert [f.result(WAIT_S).request_id for f in futures] == [f"x{i}" for i in range(5)]
+    assert stub.peak == 2 and sorted(sent()) == list(range(5))
+    stats = client.stats
+    assert (stats["running"], stats["queued"], stats["failed"]) == (0, 0, 0), stats
     client.close()
 
 

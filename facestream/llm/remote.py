@@ -46,7 +46,7 @@ import urllib.request
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -140,6 +140,8 @@ class RemoteEngine:
     ``image_token_id`` is the placeholder id those requests use.  At most ``max_in_flight``
     HTTP requests run at once, from a thread pool; more wait in submission order.
 
+    ``sleep`` waits out the backoff's delays between retries (injectable for tests).
+
     ``submit`` is thread-safe and never blocks.  Results have ``ttft_s = nan`` (answers are
     not streamed) and ``latency_s`` from ``submit`` to the answer.  Errors resolve the
     future: RequestError for a request the server refused (400), RemoteEngineError for an
@@ -148,7 +150,8 @@ class RemoteEngine:
     def __init__(self, endpoint: str, *, embedding: torch.Tensor | None = None,
                  image_token_id: int | None = None, model: str | None = None,
                  timeout_s: float = 120.0, max_in_flight: int = 8,
-                 backoff: Backoff = DEFAULT_BACKOFF) -> None:
+                 backoff: Backoff = DEFAULT_BACKOFF,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         base = endpoint.strip().rstrip("/")
         base = base[:-3] if base.endswith("/v1") else base
         if not re.fullmatch(r"https?://[^/\s]+(/\S*)?", base):
@@ -167,7 +170,7 @@ class RemoteEngine:
             nn.Embedding.from_pretrained(embedding.detach(), freeze=True))
         self._image_token_id = image_token_id
         self._model = model
-        self._timeout_s, self._backoff = timeout_s, backoff
+        self._timeout_s, self._backoff, self._sleep = timeout_s, backoff, sleep
         self._pool = ThreadPoolExecutor(max_workers=max_in_flight,
                                         thread_name_prefix="llm-remote")
         self._lock = threading.Lock()
@@ -329,7 +332,7 @@ class RemoteEngine:
                     "llm_endpoint and that `facestream llm serve` or vLLM is running there")
             with self._lock:
                 self._counts["retries"] += 1
-            time.sleep(delay)
+            self._sleep(delay)
 
 
 def _refusal(url: str, code: int, message: str, *,
