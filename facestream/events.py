@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from datetime import datetime, timezone
 from functools import lru_cache
 from importlib import resources
@@ -23,8 +24,10 @@ TRACK_STARTED = "facestream.track.started"
 TRACK_ENDED = "facestream.track.ended"
 STREAM_ERROR = "facestream.stream.error"
 # The stream id of errors about messages whose key is not a stream id: no stream can have it
-# ('~' is outside the stream id alphabet), so a bad key never lands in a real stream's events.
-UNATTRIBUTED = "~unattributed"
+# (a stream id cannot start with '.'), so a bad key never lands in a real stream's events;
+# yet it is in the alphabet the schema allows in ``source`` (and, unlike '-', no command
+# line takes it for an option: ``facestream tail --stream .unattributed``).
+UNATTRIBUTED = ".unattributed"
 
 
 def event_id(stream_id: str, track_id: str, start_pts: int | float | None, kind: str,
@@ -35,8 +38,20 @@ def event_id(stream_id: str, track_id: str, start_pts: int | float | None, kind:
 
 
 def rfc3339(epoch_s: float) -> str:
-    return datetime.fromtimestamp(epoch_s, tz=timezone.utc).isoformat(timespec="milliseconds") \
-        .replace("+00:00", "Z")
+    try:
+        stamp = datetime.fromtimestamp(epoch_s, tz=timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        raise ValueError(f"time {epoch_s!r} is not a time in years 1..9999") from None
+    return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def media_time(time_s: float) -> float:
+    """``time_s`` as events carry it (to the millisecond); ValueError unless that is a finite
+    number >= 0, as the schema requires (NaN and infinities are not even JSON)."""
+    rounded = round(time_s, 3) if math.isfinite(time_s) else time_s
+    if not math.isfinite(rounded) or rounded < 0:
+        raise ValueError(f"media time {time_s!r} s: expected a finite number >= 0")
+    return rounded
 
 
 def envelope(kind: str, *, stream_id: str, event_id_: str, time_epoch: float,
@@ -62,18 +77,20 @@ def track_event(kind: str, *, stream_id: str, track_id: str, time_s: float,
     return envelope(kind, stream_id=stream_id, subject=track_id, time_epoch=time_epoch,
                     event_id_=event_id(stream_id, track_id, pts, kind, profile),
                     data={"stream_id": stream_id, "track_id": track_id,
-                          "time_s": round(time_s, 3), "pts": pts})
+                          "time_s": media_time(time_s), "pts": pts})
 
 
 def stream_error(*, stream_id: str, message: str, time_s: float, seq: int, profile: str,
                  time_epoch: float, fatal: bool) -> dict[str, Any]:
     """``seq`` numbers a stream's errors from 0: two identical failures (two reconnects
     refused alike) are two events with two ids."""
+    # Lone surrogates (OS text decoded with surrogateescape) as \udcxx: events are UTF-8.
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     digest = hashlib.sha256(message.encode()).hexdigest()[:8]
     return envelope(STREAM_ERROR, stream_id=stream_id, subject=None, time_epoch=time_epoch,
                     event_id_=event_id(stream_id, "", f"{time_s:.3f}:{seq}:{digest}",
                                        STREAM_ERROR, profile),
-                    data={"stream_id": stream_id, "time_s": round(time_s, 3),
+                    data={"stream_id": stream_id, "time_s": media_time(time_s),
                           "message": message, "fatal": fatal})
 
 

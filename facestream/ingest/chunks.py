@@ -43,7 +43,7 @@ MAX_SIDE = 16384                      # frame width and height, pixels
 MAX_EXTRADATA = 1 << 20               # bytes
 MAX_HEADER = 1024                     # bytes of any other header value
 CODECS = frozenset({"h264", "hevc", "av1", "vp8", "vp9", "mpeg4", "mpeg2video", "mpeg1video",
-                    "h263", "mjpeg", "png", "theora"})
+                    "h263", "mjpeg", "theora"})
 
 
 class ChunkError(ValueError):
@@ -100,6 +100,8 @@ def _header_map(headers: Iterable[tuple[str, bytes]] | None) -> dict[str, bytes]
 
 
 def _text(h: dict[str, bytes], name: str) -> str:
+    if name not in h:
+        raise ChunkError(f"missing headers: {name}")
     try:
         return h[name].decode("ascii")
     except UnicodeDecodeError:
@@ -253,6 +255,9 @@ def unpack(payload: bytes) -> list[Packet]:
             raise ChunkError(f"packet at byte {offset} claims {size} bytes, {end - offset} remain")
         if duration < 0:
             raise ChunkError(f"packet at byte {offset}: negative duration {duration}")
+        if flags & ~1:
+            raise ChunkError(f"packet at byte {offset}: flags {flags:#04x}; only bit 0 "
+                             "(keyframe) is defined")
         packets.append(Packet(None if pts == NO_TS else pts, None if dts == NO_TS else dts,
                               duration, bool(flags & 1), payload[offset:offset + size]))
         offset += size

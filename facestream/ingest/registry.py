@@ -20,7 +20,7 @@ from typing import Iterator
 from urllib.parse import urlparse
 
 from facestream.config import Settings
-from facestream.errors import FacestreamError, InputError
+from facestream.errors import FacestreamError, InputError, bounded
 from facestream.ingest.sources import SourceSpec, is_stream_id, parse_source
 
 PROFILES = ("compact", "facellava")
@@ -45,33 +45,47 @@ class StreamSpec:
 
     @classmethod
     def from_json(cls, stream_id: str, value: bytes) -> "StreamSpec":
+        name = _name(stream_id)
         try:
             raw = json.loads(value)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise SpecError(f"stream {stream_id}: spec is not JSON ({exc})") from None
+        except (ValueError, RecursionError) as exc:
+            # ValueError: JSONDecodeError, UnicodeDecodeError, an integer of more digits
+            # than Python converts; RecursionError: arrays or objects nested too deep.
+            raise SpecError(f"stream {name}: spec is not JSON ({bounded(str(exc), 100)})") \
+                from None
         if not isinstance(raw, dict):
-            raise SpecError(f"stream {stream_id}: spec must be a JSON object")
+            raise SpecError(f"stream {name}: spec must be a JSON object")
         unknown = set(raw) - {"source", "fps", "profile"}
         if unknown:
-            raise SpecError(f"stream {stream_id}: unknown fields {sorted(unknown)}")
+            raise SpecError(f"stream {name}: unknown fields {_show(sorted(unknown))}")
         if not isinstance(raw.get("source"), str):
-            raise SpecError(f"stream {stream_id}: 'source' must be a string")
+            raise SpecError(f"stream {name}: 'source' must be a string")
         fps = raw.get("fps", 10.0)
         if not isinstance(fps, (int, float)) or isinstance(fps, bool):
-            raise SpecError(f"stream {stream_id}: 'fps' must be a number")
-        return cls(stream_id, raw["source"], float(fps), raw.get("profile", "compact"))
+            raise SpecError(f"stream {name}: 'fps' must be a number")
+        try:
+            fps = float(fps)
+        except OverflowError:       # an integer beyond any float
+            raise SpecError(f"stream {name}: fps {_show(fps)} is outside 0.1..120") from None
+        return cls(stream_id, raw["source"], fps, raw.get("profile", "compact"))
 
 
 def validate(spec: StreamSpec, settings: Settings) -> SourceSpec:
     """The parsed source if ``spec`` may be applied; SpecError saying why not otherwise."""
     if not is_stream_id(spec.stream_id):
-        raise SpecError(f"stream id {spec.stream_id!r}: use letters, digits, '.', '_' and '-'")
+        raise SpecError(f"stream id {_show(spec.stream_id)}: use letters, digits, '.', '_' "
+                        "and '-'")
     if not 0.1 <= spec.fps <= 120:
         raise SpecError(f"stream {spec.stream_id}: fps {spec.fps} is outside 0.1..120")
     if spec.profile not in PROFILES:
-        raise SpecError(f"stream {spec.stream_id}: profile {spec.profile!r} is not one of "
+        raise SpecError(f"stream {spec.stream_id}: profile {_show(spec.profile)} is not one of "
                         f"{', '.join(PROFILES)}")
-    url = urlparse(spec.source)
+    try:
+        # As parse_source sees it (stripped): the allow-list judges what will be opened.
+        url = urlparse(spec.source.strip())
+    except ValueError as exc:       # "Invalid IPv6 URL", a netloc that NFKC changes
+        raise SpecError(f"stream {spec.stream_id}: source {_show(spec.source)} is not a "
+                        f"usable URL ({bounded(str(exc), 60)})") from None
     scheme = url.scheme.lower()
     if scheme in ("", "file"):
         if not settings.registry_allow_files:
@@ -80,19 +94,36 @@ def validate(spec: StreamSpec, settings: Settings) -> SourceSpec:
     else:
         allowed = {s.strip() for s in settings.registry_schemes.split(",") if s.strip()}
         if scheme not in allowed:
-            raise SpecError(f"stream {spec.stream_id}: scheme {scheme!r} is not allowed "
+            raise SpecError(f"stream {spec.stream_id}: scheme {_show(scheme)} is not allowed "
                             f"(registry_schemes: {', '.join(sorted(allowed))})")
         hosts = {h.strip().lower() for h in settings.registry_hosts.split(",") if h.strip()}
         host = (url.hostname or "").lower()
         if hosts and host not in hosts:
-            raise SpecError(f"stream {spec.stream_id}: host {host!r} is not in registry_hosts")
+            raise SpecError(f"stream {spec.stream_id}: host {_show(host)} is not in "
+                            "registry_hosts")
         if not settings.registry_allow_private and _private(host):
-            raise SpecError(f"stream {spec.stream_id}: {host!r} is a private, loopback or "
+            raise SpecError(f"stream {spec.stream_id}: {_show(host)} is a private, loopback or "
                             "link-local address (enable registry_allow_private to use it)")
     try:
         return parse_source(spec.source)
     except InputError as exc:
-        raise SpecError(f"stream {spec.stream_id}: {exc}") from None
+        raise SpecError(f"stream {spec.stream_id}: {bounded(str(exc), 150)}") from None
+    except (OSError, RuntimeError, ValueError) as exc:
+        # What parse_source lets escape on text from the wire: a path too long to stat
+        # (OSError), "~user" with no such user (RuntimeError), "webcam:" and thousands of
+        # digits (ValueError).  Still the spec's fault: refused, never the publisher's end.
+        raise SpecError(f"stream {spec.stream_id}: source {_show(spec.source)} cannot be "
+                        f"used ({bounded(str(exc), 80)})") from None
+
+
+def _show(value) -> str:
+    """A value from the wire in an error message: its repr, at most 60 characters."""
+    return bounded(repr(value), 60)
+
+
+def _name(stream_id: str) -> str:
+    """A stream id (the record's key, not yet checked) in an error message."""
+    return stream_id if is_stream_id(stream_id) else _show(stream_id)
 
 
 def _private(host: str) -> bool:

@@ -7,7 +7,8 @@ A dead letter is the original message (key, value, headers) plus:
 * ``fs-source-size`` — the original value's size in bytes;
 * ``fs-truncated`` — ``1`` when something was cut to fit the topic's message limit: the
   value (to what room is left), header values over :data:`MAX_COPIED_HEADER` bytes, headers
-  past the first :data:`MAX_COPIED_HEADERS`, or a key over :data:`MAX_KEY` bytes.
+  past the first :data:`MAX_COPIED_HEADERS` or (the last first) past what fits in the limit
+  beside the ``fs-*`` ones, or a key over :data:`MAX_KEY` bytes.
 
 So a message of any size or shape can be dead-lettered: nothing about it can make the
 dead-letter send fail, only the broker being away can (:class:`BrokerUnavailable`).
@@ -57,22 +58,33 @@ def dead_letter(record: Any, reason: str, *, limit: int) -> DeadLetter:
         if len(raw) > MAX_COPIED_HEADER:
             raw, cut = raw[:MAX_COPIED_HEADER], True
         headers.append((name, raw))
-    headers += [("fs-error", one_line(reason).encode()),
-                ("fs-source-topic", str(record.topic).encode()),
-                ("fs-source-partition", str(record.partition).encode()),
-                ("fs-source-offset", str(record.offset).encode()),
-                ("fs-source-size", str(len(value)).encode())]
-    room = limit - len(key or b"") - sum(len(n) + len(v) + 8 for n, v in headers) - 32
-    if len(value) > room:
+    added = [("fs-error", one_line(reason).encode()),
+             ("fs-source-topic", str(record.topic).encode()),
+             ("fs-source-partition", str(record.partition).encode()),
+             ("fs-source-offset", str(record.offset).encode()),
+             ("fs-source-size", str(len(value)).encode())]
+    room = limit - len(key or b"") - sum(_size(n, v) for n, v in headers + added) - 32
+    while room < 0 and headers:         # the original headers do not fit: the last go first
+        room += _size(*headers.pop())
+        cut = True
+    headers += added
+    if len(value) > max(0, room):
         value, cut = value[:max(0, room)], True
     if cut:
         headers.append(("fs-truncated", b"1"))
     return DeadLetter(key, value, headers)
 
 
+def _size(name: str, raw: bytes) -> int:
+    """Bytes a header takes in a record: name (UTF-8), value, and room for their framing."""
+    return len(name.encode()) + len(raw) + 8
+
+
 def one_line(reason: str) -> str:
-    """A reason as the one line fs-error and error events carry."""
-    return bounded(" ".join(str(reason).split()), MAX_REASON)
+    """A reason as the one line fs-error and error events carry (UTF-8: a lone surrogate,
+    as in OS text decoded with surrogateescape, is written \\udcxx)."""
+    text = str(reason).encode("utf-8", "backslashreplace").decode("utf-8")
+    return bounded(" ".join(text.split()), MAX_REASON)
 
 
 class DeadLetterSender:

@@ -17,6 +17,7 @@ import av
 import numpy as np
 
 from facestream.errors import InputError, SourceDropped
+from facestream.ingest.chunks import ChunkError
 from facestream.ingest.sources import SourceSpec
 from facestream.retry import Backoff
 
@@ -549,6 +550,11 @@ class ChunkDecoder:
         return out
 
     def _pick(self, frame, chunk) -> list[DecodedFrame]:
+        if frame.width > chunk.width or frame.height > chunk.height:
+            # A chunk's header bounds what its frames may cost: a small message must not
+            # decode to a frame of hundreds of megabytes.
+            raise ChunkError(f"chunk {chunk.seq} decodes to {frame.width}x{frame.height} "
+                             f"frames, larger than its fs-size {chunk.width}x{chunk.height}")
         pts = frame.pts
         if pts is None:
             return []

@@ -144,7 +144,8 @@ def analyze(spec: SourceSpec, settings: Settings, *, out_dir: Path, stream_id: s
     def report_error(message: str, *, fatal: bool = False) -> None:
         nonlocal errors_seen
         error_events.append(events.stream_error(
-            stream_id=stream_id, message=message, time_s=decoder.report.last_time_s,
+            stream_id=stream_id, message=message,
+            time_s=max(0.0, decoder.report.last_time_s),      # frames before the start: 0
             seq=errors_seen, profile=settings.profile, time_epoch=time.time(), fatal=fatal))
         errors_seen += 1
 

@@ -170,6 +170,8 @@ def test_poison_messages_are_dead_lettered_and_the_workers_go_on(isolated, model
     assert stream_status(settings, sid("wl")) == {}
     assert events_in_redis(settings, f"{settings.events_stream}:{sid('wl')}") == []
     assert all(len(json.dumps(e)) < 4000 for e in got if e["type"] == events.STREAM_ERROR)
+    validator = events.validator()
+    assert [e["data"]["stream_id"] for e in got if not validator.is_valid(e)] == []
 
     # The good stream behind them: exactly what analyze writes.
     _, expected = analyze_in_process(clip, models, tmp_path / "good", stream_id=sid("good"),
