@@ -279,3 +279,11 @@ def test_manifest_is_consistent():
         assert f.package in manifest.packages
         assert len(f.sha256) == 64 and int(f.sha256, 16) >= 0
     assert all("==" in p.requirement for p in manifest.packages.values())
+
+
+@pytest.mark.parametrize("text", ["~nosuchuser-facestream/clip.mp4", "x" * 5000 + ".mp4",
+                                  "webcam:" + "9" * 5000])
+def test_sources_that_name_nothing_usable_are_input_errors(text):
+    with pytest.raises(InputError, match="cannot be used") as refused:
+        parse_source(text)
+    assert len(str(refused.value)) < 250

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
 
-from facestream.errors import InputError
+from facestream.errors import InputError, bounded
 
 SourceKind = Literal["file", "image", "url", "webcam"]
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
@@ -43,7 +43,16 @@ class SourceSpec:
 
 
 def parse_source(text: str) -> SourceSpec:
-    """Resolve ``text``; raises InputError for a missing file or an unknown scheme."""
+    """Resolve ``text``; raises InputError for a missing file, an unknown scheme, or text
+    that names nothing usable (an unknown ``~user``, a name too long for the system)."""
+    try:
+        return _parse_source(text)
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise InputError(f"source {bounded(repr(text), 80)}: cannot be used "
+                         f"({bounded(str(exc) or type(exc).__name__, 80)})") from None
+
+
+def _parse_source(text: str) -> SourceSpec:
     text = text.strip()
     if not text:
         raise InputError("source is empty: give a video file, an image, a URL or webcam:N")
