@@ -60,7 +60,7 @@ PRODUCES: dict[str, frozenset[str]] = {
                             *ACTION_UNITS}),
 }
 
-# Face-LLaVA's zero-shot results (FACE_LLAVA.md), by normalised dataset name.
+# Face-LLaVA's zero-shot results (the paper, arXiv:2504.07198), by normalised dataset name.
 PAPER: dict[str, tuple[str, dict[str, float]]] = {
     "dfew": ("expression", {"UAR": 0.469, "WAR": 0.564}),
     "cremad": ("expression", {"UAR": 0.582, "WAR": 0.681}),

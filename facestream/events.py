@@ -1,4 +1,4 @@
-"""Events, as the contract in ARCHITECTURE.md defines them (CloudEvents 1.0, structured JSON).
+"""Events, as docs/EVENTS.md defines them (CloudEvents 1.0, structured JSON).
 
 Ids are deterministic — a hash of (stream id, track id, window start pts, event type, model
 profile) — so reprocessing the same media gives the same ids and consumers can drop

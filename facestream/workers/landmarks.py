@@ -43,7 +43,7 @@ DLIB5_TEMPLATE = np.array([
     [0.4901123135679, 0.6277975316475],
 ], dtype=np.float64)
 
-# Face-LLaVA's 9 face regions over the 68 points (FACE_LLAVA.md).
+# Face-LLaVA's 9 face regions over the 68 points (as the released model groups them).
 IBUG68_REGIONS = {
     "jaw": range(0, 17), "right_brow": range(17, 22), "left_brow": range(22, 27),
     "nose_bridge": range(27, 31), "nostrils": range(31, 36), "right_eye": range(36, 42),

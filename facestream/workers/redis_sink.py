@@ -1,4 +1,4 @@
-"""Events to Redis Streams, stream status to hashes (the Redis contract in ARCHITECTURE.md).
+"""Events to Redis Streams, stream status to hashes (the Redis keys in README and docs/EVENTS.md).
 
 Each event is one entry ``{id, type, event}`` (``event`` is the CloudEvents JSON) added with
 ``XADD ... MAXLEN ~ N`` to ``facestream:events`` and to ``facestream:events:{stream id}``,
