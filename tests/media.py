@@ -1,7 +1,10 @@
-"""Synthetic test clips made with PyAV from real face photos moving along known paths."""
+"""Synthetic test clips made with PyAV from real face photos moving along known paths, and
+an HTTP camera that serves them as a live source would."""
 
 from __future__ import annotations
 
+import http.server
+import threading
 from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Iterable
@@ -77,3 +80,45 @@ def moving_faces(patches: list[np.ndarray], paths: list[Callable[[float], tuple[
         frames.append(canvas)
         centres.append(at)
     return frames, centres
+
+
+class HttpCamera:
+    """An HTTP 'camera' serving an MPEG-TS stream with no length (as live sources do).
+
+    ``plan`` says what each successive connection gets: a fraction of the stream, then the
+    connection closes; or None for 503 (camera down, answered at once).  ``requests``
+    counts connections; each is counted before it is answered."""
+
+    def __init__(self, payload: bytes, plan: list[float | None]) -> None:
+        self.payload, self.plan, self.requests = payload, list(plan), 0
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.0"
+
+            def do_GET(self):
+                with outer.lock:
+                    step = outer.plan[min(outer.requests, len(outer.plan) - 1)]
+                    outer.requests += 1
+                if step is None:
+                    self.send_error(503, "camera offline")
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "video/mp2t")
+                self.end_headers()
+                try:
+                    self.wfile.write(outer.payload[: int(len(outer.payload) * step)])
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/live.ts"
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()

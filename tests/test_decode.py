@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import http.server
 import re
-import threading
 
 import numpy as np
 import pytest
@@ -15,7 +13,7 @@ from facestream.ingest.sources import parse_source
 from facestream.retry import Backoff
 from facestream.workers.decode import Decoder
 from tests.conftest import read_events, run_cli
-from tests.media import face_patch, load_rgb, write_clip
+from tests.media import HttpCamera, face_patch, load_rgb, write_clip
 
 
 def test_variable_frame_rate_clip_is_sampled_by_timestamp(tmp_path):
@@ -38,48 +36,6 @@ def test_frames_are_rgb_in_source_pixels(sample):
         assert frame.image.shape == (decoder.info.height, decoder.info.width, 3)
         assert (decoder.info.width, decoder.info.height) == (640, 360)
         assert decoder.info.codec == "h264" and decoder.info.duration_s > 2
-
-
-class _CameraServer:
-    """An HTTP 'camera' serving an MPEG-TS stream with no length (as live sources do).
-
-    ``plan`` says what each successive connection gets: a fraction of the stream, then the
-    connection closes; or None for 503 (camera down, answered at once).  ``requests``
-    counts connections; each is counted before it is answered."""
-
-    def __init__(self, payload: bytes, plan: list[float | None]) -> None:
-        self.payload, self.plan, self.requests = payload, list(plan), 0
-        self.lock = threading.Lock()
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.0"
-
-            def do_GET(self):
-                with outer.lock:
-                    step = outer.plan[min(outer.requests, len(outer.plan) - 1)]
-                    outer.requests += 1
-                if step is None:
-                    self.send_error(503, "camera offline")
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", "video/mp2t")
-                self.end_headers()
-                try:
-                    self.wfile.write(outer.payload[: int(len(outer.payload) * step)])
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/live.ts"
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +63,7 @@ OPEN_TIMEOUT_S = 60
 
 
 def _run_camera(plan, payload, tmp_path):
-    server = _CameraServer(payload, plan)
+    server = HttpCamera(payload, plan)
     try:
         proc = run_cli("analyze", server.url, "--out", str(tmp_path), "--no-describe",
                        env={"FACESTREAM_RECONNECT_ATTEMPTS": "2",
@@ -139,7 +95,7 @@ def test_live_source_reconnects_follow_the_backoff_and_are_bounded(live_payload)
     slept: list[float] = []
     errors: list[str] = []
     picked: list[float] = []
-    server = _CameraServer(live_payload, [0.6, None])
+    server = HttpCamera(live_payload, [0.6, None])
     try:
         decoder = Decoder(parse_source(server.url), stream_id="cam", fps=5, backoff=backoff,
                           timeout_s=OPEN_TIMEOUT_S, on_error=errors.append,

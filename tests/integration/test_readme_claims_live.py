@@ -4,7 +4,6 @@ Redis keys (the ``isolated`` fixture)."""
 
 from __future__ import annotations
 
-import http.server
 import io
 import json
 import os
@@ -22,6 +21,7 @@ from facestream import events
 from facestream.ingest.chunks import Chunk, EndOfStream, parse_message
 from tests.conftest import run_cli
 from tests.integration.helpers import BOOTSTRAP
+from tests.media import HttpCamera
 
 pytestmark = pytest.mark.integration
 
@@ -81,46 +81,6 @@ def _mpegts(path) -> bytes:
     return out.getvalue()
 
 
-class _Camera:
-    """An HTTP camera: each connection gets the next ``plan`` step, a share of the stream
-    before the connection closes (as a live source that drops), or None: 503 (down),
-    answered at once.  ``requests`` counts connections."""
-
-    def __init__(self, payload: bytes, plan: list[float | None]) -> None:
-        self.requests = 0
-        self.lock = threading.Lock()
-        camera = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.0"
-
-            def do_GET(self):
-                with camera.lock:
-                    step = plan[min(camera.requests, len(plan) - 1)]
-                    camera.requests += 1
-                if step is None:
-                    self.send_error(503, "camera offline")
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", "video/mp2t")
-                self.end_headers()
-                try:
-                    self.wfile.write(payload[:int(len(payload) * step)])
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/live.ts"
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 def test_ingest_reconnects_a_live_source_that_drops(isolated, sample):
     """README: "Live sources reconnect with bounded backoff."  The camera sends half its
     stream and drops, comes back with the whole stream and drops again, then stays down:
@@ -128,7 +88,7 @@ def test_ingest_reconnects_a_live_source_that_drops(isolated, sample):
     run on, reconnects exactly FACESTREAM_RECONNECT_ATTEMPTS times once it stays down, and
     then gives up with one line (exit 2)."""
     _, env = isolated
-    camera = _Camera(_mpegts(sample("face_noface.mov")), [0.5, 1.0, None])
+    camera = HttpCamera(_mpegts(sample("face_noface.mov")), [0.5, 1.0, None])
     try:
         # The camera answers every connection at once, so the open/read timeout only bounds
         # a hang; it is generous because a loaded machine can stretch a healthy read.
