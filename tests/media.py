@@ -82,6 +82,19 @@ def moving_faces(patches: list[np.ndarray], paths: list[Callable[[float], tuple[
     return frames, centres
 
 
+def remux_video(source: Path, target, *, container_format: str) -> None:
+    """``source``'s video packets, not re-encoded, into ``target`` (a path or a binary file
+    object) as ``container_format`` (mpegts, h264, ...)."""
+    target = str(target) if isinstance(target, Path) else target
+    with av.open(str(source)) as src, av.open(target, "w", format=container_format) as dst:
+        video = src.streams.video[0]
+        stream = dst.add_stream_from_template(video)
+        for packet in src.demux(video):
+            if packet.dts is not None:
+                packet.stream = stream
+                dst.mux(packet)
+
+
 class HttpCamera:
     """An HTTP 'camera' serving an MPEG-TS stream with no length (as live sources do).
 

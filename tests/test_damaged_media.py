@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import struct
 
-import av
 import numpy as np
 import pytest
 
@@ -20,6 +19,7 @@ from facestream.ingest.sources import parse_source
 from facestream.retry import Backoff
 from facestream.workers.decode import Decoder
 from tests.conftest import check_events_file, read_events, run_cli
+from tests.media import remux_video
 
 CLIP = "WolfgangLanger_Pexels.mp4"
 
@@ -173,14 +173,7 @@ def test_zero_mdhd_timescale_is_unusable_input(sample, tmp_path):
 def test_frames_without_timestamps_are_unusable_input(sample, tmp_path):
     """A raw H.264 stream (no container timing): every frame comes without a pts."""
     raw = tmp_path / "raw.h264"
-    with av.open(str(sample("single_face.mp4"))) as src, \
-            av.open(str(raw), "w", format="h264") as dst:
-        video = src.streams.video[0]
-        out = dst.add_stream_from_template(video)
-        for packet in src.demux(video):
-            if packet.dts is not None:
-                packet.stream = out
-                dst.mux(packet)
+    remux_video(sample("single_face.mp4"), raw, container_format="h264")
     decoder = Decoder(parse_source(str(raw)), stream_id="d", fps=2, backoff=Backoff(0, 0, 0))
     with decoder, pytest.raises(InputError, match=r"unusable timestamps \(none of its first "
                                                   r"72 decoded frames has a timestamp\)"):

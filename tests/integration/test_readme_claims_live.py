@@ -14,14 +14,13 @@ import threading
 import time
 import uuid
 
-import av
 import pytest
 
 from facestream import events
 from facestream.ingest.chunks import Chunk, EndOfStream, parse_message
 from tests.conftest import run_cli
 from tests.integration.helpers import BOOTSTRAP
-from tests.media import HttpCamera
+from tests.media import HttpCamera, remux_video
 
 pytestmark = pytest.mark.integration
 
@@ -71,13 +70,7 @@ def _media_start(chunk: Chunk) -> float:
 def _mpegts(path) -> bytes:
     """The clip's video remuxed (not re-encoded) into MPEG-TS, as an HTTP camera sends it."""
     out = io.BytesIO()
-    with av.open(str(path)) as src, av.open(out, "w", format="mpegts") as dst:
-        video = src.streams.video[0]
-        stream = dst.add_stream_from_template(video)
-        for packet in src.demux(video):
-            if packet.dts is not None:
-                packet.stream = stream
-                dst.mux(packet)
+    remux_video(path, out, container_format="mpegts")
     return out.getvalue()
 
 
