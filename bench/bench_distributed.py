@@ -186,7 +186,7 @@ def run_worker(settings: Settings, models, streams: int,
 
 def forget(settings: Settings, stream_ids: list[str]) -> None:
     """Delete the measurement's Redis keys: events, checkpoints, stream status."""
-    from facestream.workers.redis_sink import make_redis
+    from facestream.sinks.redis_stream import make_redis
 
     client = make_redis(settings)
     keys = [settings.events_stream, *(f"{settings.events_stream}:{s}" for s in stream_ids),
@@ -248,7 +248,7 @@ def measure_offline(endpoints: Endpoints, models, pool: Executor, spec: SourceSp
 def latencies(settings: Settings,
               sent: dict[str, list[tuple[int, float]]]) -> list[tuple[float, float]]:
     """(send time of the chunk, latency) for each analysis event in Redis."""
-    from facestream.workers.redis_sink import make_redis
+    from facestream.sinks.redis_stream import make_redis
 
     chunks = {stream: sorted(times) for stream, times in sent.items()}
     out = []
@@ -367,7 +367,7 @@ def main() -> None:
         parser.error("--repeat and --offline-streams must be at least 1")
     tune_allocator()          # as the facestream CLI does at start-up
 
-    from facestream.workers.embedded import Models
+    from facestream.workers.compose import Models
     from facestream.workers.worker import worker_threads
 
     base = Settings.load({"describe": False, "fps": FPS})

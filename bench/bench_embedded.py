@@ -58,10 +58,12 @@ from facestream.config import Settings  # noqa: E402
 from facestream.ingest.sources import SourceSpec, parse_source  # noqa: E402
 from facestream.retry import Backoff  # noqa: E402
 from facestream.runtime import tune_allocator  # noqa: E402
-from facestream.workers.decode import DecodedFrame, Decoder  # noqa: E402
-from facestream.workers.embedded import Models, analyze  # noqa: E402
-from facestream.workers.faces import CROP_SCALE, FaceAnalyzer  # noqa: E402
-from facestream.workers.tracker import Tracker  # noqa: E402
+from facestream.types import DecodedFrame  # noqa: E402
+from facestream.vision.decode import Decoder  # noqa: E402
+from facestream.vision.faces import CROP_SCALE, FaceAnalyzer  # noqa: E402
+from facestream.vision.tracker import Tracker  # noqa: E402
+from facestream.workers.compose import Models  # noqa: E402
+from facestream.workers.embedded import analyze  # noqa: E402
 
 CLIP = "WolfgangLanger_Pexels.mp4"
 ALL_FRAMES_FPS = 120.0          # above the clip's 23.976 fps: every frame is picked

@@ -29,7 +29,7 @@ prompts:
     ``inputs_embeds`` batched at the same size (batch 1 = one at a time).  Windows/s,
     tokens/s, ratio, peak ``torch.cuda.max_memory_allocated``, and whether the greedy tokens
     agree.  Needs torch and transformers only (no tokenizer, no model files, no network);
-    from facestream it imports only ``facestream.llm.engine``.
+    from facestream it imports only ``facestream.llm.engine`` and ``facestream.llm.requests``.
 ``--model-shape tiny``: the same code path with a toy shape, for a CPU check.
 
 Every row is printed as a table line and as a ``JSON {...}`` line.
@@ -54,7 +54,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from facestream.llm.engine import Engine, GenerationRequest  # noqa: E402
+from facestream.llm.engine import Engine  # noqa: E402
+from facestream.llm.requests import GenerationRequest  # noqa: E402
 
 QUESTIONS = (
     "What expression is on this face?",

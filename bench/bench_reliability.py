@@ -202,7 +202,7 @@ def main() -> None:
     args = parser.parse_args()
     tune_allocator()
 
-    from facestream.workers.embedded import Models
+    from facestream.workers.compose import Models
 
     base = Settings.load({"describe": False, "fps": args.fps})
     clip = str(assets.sample(base.cache_dir, CLIP))

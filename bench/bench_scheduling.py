@@ -6,7 +6,7 @@ Clips (10 fps analysis, 1 s windows, the default settings):
 * ``WolfgangLanger_Pexels.mp4`` — the sample clip (640x360, 19.6 s, one face);
 * ``crossing`` — synthetic, 20 s: two real faces from the sample group photo
   ``multi_face.jpg`` walk past each other and back (the construction of the tracking test's
-  crossing clip, ``tests/media.py``, made as long as the sample clip);
+  crossing clip, built with ``facestream.scenes``, made as long as the sample clip);
 * ``switching`` — synthetic, 20 s: two faces side by side, swaying a little, each cut between
   posed photos of the sample set (surprise / happiness / surprise and anger / disgust), so
   the expression really changes, at 6 s and 13 s for one face and 10 s for the other.
@@ -41,26 +41,22 @@ os.environ.setdefault("GLOG_minloglevel", "2")     # MediaPipe's C++ info logs
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import json  # noqa: E402
-import sys  # noqa: E402
 import tempfile  # noqa: E402
 from collections import Counter  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))      # tests/media.py builds the synthetic clips
-
 from facestream.config import Settings  # noqa: E402
-from facestream.encoder.compact import CompactEncoder, EncoderOutput  # noqa: E402
+from facestream.encoder.compact import CompactEncoder  # noqa: E402
 from facestream.ingest.sources import parse_source  # noqa: E402
 from facestream.retry import Backoff  # noqa: E402
-from facestream.workers.decode import Decoder  # noqa: E402
-from facestream.workers.faces import FaceAnalyzer  # noqa: E402
-from facestream.workers.pipeline import Answer, StreamState, WindowAnalyzer  # noqa: E402
+from facestream.scenes import face_patch, load_rgb, moving_faces, write_clip  # noqa: E402
+from facestream.types import Answer, EncoderOutput, FaceWindow  # noqa: E402
+from facestream.vision.decode import Decoder  # noqa: E402
+from facestream.vision.faces import FaceAnalyzer  # noqa: E402
+from facestream.workers.pipeline import StreamState, WindowAnalyzer  # noqa: E402
 from facestream.workers.scheduler import ChangeScheduler, Thresholds  # noqa: E402
-from facestream.workers.windows import FaceWindow  # noqa: E402
-from tests.media import face_patch, load_rgb, moving_faces, write_clip  # noqa: E402
 
 SECONDS, FPS = 20.0, 25       # the synthetic clips are as long as the sample clip
 CONFIGS = {

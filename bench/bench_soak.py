@@ -59,7 +59,7 @@ from facestream.config import Settings
 from facestream.errors import FacestreamError
 from facestream.ingest.publisher import ingest
 from facestream.ingest.sources import SourceSpec, parse_source
-from facestream.workers.redis_sink import make_redis
+from facestream.sinks.redis_stream import make_redis
 
 from bench_distributed import CLIP, FPS, PARTITIONS, forget, measurement_settings
 from services import Endpoints, fresh_topic, services

@@ -23,7 +23,7 @@ import zipfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from facestream.errors import AssetError
 
@@ -99,7 +99,24 @@ def sample(cache_dir: Path, filename: str) -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class Conversion:
+    """A file derived from a pulled one at pull time: ``convert(source path, target path)``
+    writes ``target`` (a file, or a directory holding ``marker``) and returns its path.
+
+    The converters belong to the stages that read their output (they need torch or gguf);
+    the caller passes them in, so this module imports nothing above the ground floor.
+    """
+
+    source: str                 # a manifest name, e.g. "models/emotion_model.hdf5"
+    target: str                 # path relative to the cache dir
+    message: str                # what the log says while it runs
+    convert: Callable[[Path, Path], Path]
+    marker: str | None = None   # for a directory target: the file whose presence means done
+
+
 def pull(cache_dir: Path, *, samples: bool = False, force: bool = False,
+         conversions: Sequence[Conversion] = (),
          log: Callable[[str], None] = print) -> list[Path]:
     """Fetch, verify and convert every model file (and sample media when ``samples``).
 
@@ -122,7 +139,7 @@ def pull(cache_dir: Path, *, samples: bool = False, force: bool = False,
                 for f in files:
                     written.append(_extract(zf, f, cache_dir))
                     log(f"  {f.name}  ({pkg.requirement})")
-    written += _convert(cache_dir, changed={f.name for f in todo}, log=log)
+    written += _convert(cache_dir, conversions, changed={f.name for f in todo}, log=log)
     return written
 
 
@@ -178,20 +195,14 @@ def _extract(zf: zipfile.ZipFile, f: AssetFile, cache_dir: Path) -> Path:
     return target
 
 
-def _convert(cache_dir: Path, *, changed: set[str], log: Callable[[str], None]) -> list[Path]:
+def _convert(cache_dir: Path, conversions: Sequence[Conversion], *, changed: set[str],
+             log: Callable[[str], None]) -> list[Path]:
     """Derived files, rebuilt when missing or when their source was just (re)written."""
-    # Imported here: conversions need torch/transformers, plain lookups must not.
-    from facestream.encoder.expression import export_expression_onnx
-    from facestream.llm.smollm import convert_gguf
-
     out = []
-    onnx_path = cache_dir / EXPRESSION_ONNX
-    if "models/emotion_model.hdf5" in changed or not onnx_path.is_file():
-        log("converting the expression net to ONNX")
-        out.append(export_expression_onnx(require(cache_dir, "models/emotion_model.hdf5"), onnx_path))
-    llm_dir = cache_dir / SMOLLM_DIR
-    if ("models/SmolLM2-135M-Instruct.Q4_1.gguf" in changed
-            or not (llm_dir / "model.safetensors").is_file()):
-        log("converting SmolLM2-135M-Instruct from GGUF to safetensors (once, ~20 s)")
-        out.append(convert_gguf(require(cache_dir, "models/SmolLM2-135M-Instruct.Q4_1.gguf"), llm_dir))
+    for conversion in conversions:
+        target = cache_dir / conversion.target
+        done = target / conversion.marker if conversion.marker else target
+        if conversion.source in changed or not done.is_file():
+            log(conversion.message)
+            out.append(conversion.convert(require(cache_dir, conversion.source), target))
     return out

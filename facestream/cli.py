@@ -18,6 +18,7 @@ from pathlib import Path
 from facestream import __version__
 from facestream.errors import ConfigError, FacestreamError
 from facestream.runtime import tune_allocator
+from facestream.vocabulary import PROFILES
 
 
 def _quiet_libraries() -> None:
@@ -106,7 +107,8 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("stream_id")
     add.add_argument("source", help="rtsp://, http(s):// ... URL of the camera")
     add.add_argument("--fps", type=float, default=10.0, help="analysis rate (default 10)")
-    add.add_argument("--profile", default="compact", help="analysis profile (default compact)")
+    add.add_argument("--profile", default="compact", choices=PROFILES,
+                     help="analysis profile (default compact)")
     remove = rsub.add_parser("remove", help="unregister a stream (its publisher stops)")
     remove.add_argument("stream_id")
     rsub.add_parser("list", help="the registered streams")
@@ -150,7 +152,7 @@ def _parser() -> argparse.ArgumentParser:
                            description="One line per artefact: path, size, build time, and "
                                        "the largest difference from torch on a random batch.")
     ex.add_argument("--backend", required=True, choices=("onnx", "tensorrt"))
-    ex.add_argument("--profile", default="compact", choices=("compact", "facellava"),
+    ex.add_argument("--profile", default="compact", choices=PROFILES,
                     help="which nets (default compact)")
     ex.add_argument("--checkpoint", type=Path,
                     help="facellava: the released Face-LLaVA checkpoint directory")
@@ -229,7 +231,10 @@ def _models(args: argparse.Namespace) -> int:
 
     settings = Settings.load()
     if args.models_command == "pull":
+        from facestream.workers.compose import conversions
+
         written = assets.pull(settings.cache_dir, samples=args.samples, force=args.force,
+                              conversions=conversions(),
                               log=lambda msg: print(msg, file=sys.stderr))
         state = f"{len(written)} files written" if written else "already up to date"
         print(f"models in {settings.cache_dir}: {state}")
@@ -341,7 +346,7 @@ def _eval(args: argparse.Namespace) -> int:
 def _profile_options(p: argparse.ArgumentParser, *, tasks: bool = True) -> None:
     """The analysis profile's options (settings profile, facellava_*, device, dtype)."""
     g = p.add_argument_group("analysis profile")
-    g.add_argument("--profile", choices=("compact", "facellava"),
+    g.add_argument("--profile", choices=PROFILES,
                    help="compact (default: bundled CPU models) or facellava (Face-LLaVA)")
     g.add_argument("--checkpoint", dest="facellava_checkpoint", metavar="DIR",
                    help="facellava: local directory of the released checkpoint")
@@ -416,7 +421,7 @@ def _worker(args: argparse.Namespace) -> int:
 
 def _events(args: argparse.Namespace) -> int:
     from facestream.config import Settings
-    from facestream.workers.tail import tail
+    from facestream.sinks.tail import tail
 
     settings = Settings.load()
     return tail(settings, stream_id=args.stream, group=args.group, as_json=args.json,
@@ -465,9 +470,8 @@ def _encoder(args: argparse.Namespace) -> int:
 
     from facestream.config import Settings
     from facestream.encoder.backends import TorchBackend, compare_backends, import_tensorrt
-    from facestream.encoder.export import (ENGINES_DIR, VISION_INPUTS, VISION_OUTPUT,
-                                           BatchProfile, EngineCache, export_vision_path,
-                                           open_artefact, vision_inputs)
+    from facestream.encoder.export import (ENGINES_DIR, VISION_INPUTS, VISION_OUTPUT, EngineCache,
+                                           export_vision_path, open_artefact, vision_inputs)
 
     settings = Settings.load()
     if args.backend == "tensorrt":
@@ -475,7 +479,7 @@ def _encoder(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="facestream: warning: %(message)s")
     fp16 = settings.encoder_precision == "fp16"
-    profile = BatchProfile.parse(settings.encoder_batch_sizes)
+    profile = settings.encoder_batch_profile
     # checks: (artefact, the backend it is compared with, a random batch)
     if args.profile == "compact":
         from facestream.encoder import compact

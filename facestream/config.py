@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from facestream.errors import ConfigError
+from facestream.vocabulary import PROFILES, TASKS
 
 ENV_PREFIX = "FACESTREAM_"
 # FACESTREAM_* variables that are not settings: read by facestream's own tooling (the CLI's
@@ -31,6 +32,40 @@ def _default_cache_dir() -> Path:
 def _doc(text: str, *, ge: float | None = None, le: float | None = None,
          choices: tuple[str, ...] | None = None) -> dict[str, Any]:
     return {"doc": text, "ge": ge, "le": le, "choices": choices}
+
+
+@dataclass(frozen=True)
+class BatchProfile:
+    """TensorRT optimisation profile over the batch axis: smallest, tuned-for, largest."""
+
+    min: int
+    opt: int
+    max: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min <= self.opt <= self.max <= 4096:
+            raise ConfigError(f"batch profile {self.min},{self.opt},{self.max}: expected "
+                              "1 <= min <= opt <= max <= 4096")
+
+    @classmethod
+    def parse(cls, text: str) -> "BatchProfile":
+        """"1,8,32" -> (1, 8, 32); "1,32" -> (1, 32, 32); "8" -> (8, 8, 8)."""
+        try:
+            sizes = [int(part) for part in str(text).split(",")]
+        except ValueError:
+            sizes = []
+        if not 1 <= len(sizes) <= 3:
+            raise ConfigError(f"setting encoder_batch_sizes={text!r}: expected one to three "
+                              "comma-separated batch sizes such as '1,8,32'")
+        low, high = sizes[0], sizes[-1]
+        return cls(low, sizes[1] if len(sizes) == 3 else high, high)
+
+    @property
+    def tag(self) -> str:
+        return f"b{self.min}-{self.opt}-{self.max}"
+
+
+DEFAULT_PROFILE = BatchProfile(1, 8, 32)    # the settings' default encoder_batch_sizes
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -179,7 +214,7 @@ class Settings:
     # (non-commercial licence: never bundled) and the two LanguageBind towers.
     profile: str = field(default="compact", metadata=_doc(
         "Analysis profile: compact (CPU, bundled weights) or facellava (Face-LLaVA from a "
-        "local checkpoint).", choices=("compact", "facellava")))
+        "local checkpoint).", choices=PROFILES))
     facellava_checkpoint: str = field(default="", metadata=_doc(
         "Local directory of the released Face-LLaVA checkpoint (config.json, weights, "
         "tokenizer); required by the facellava profile."))
@@ -229,6 +264,10 @@ class Settings:
         ge=1, le=1024))
 
     @property
+    def encoder_batch_profile(self) -> BatchProfile:
+        return BatchProfile.parse(self.encoder_batch_sizes)
+
+    @property
     def facellava_task_list(self) -> tuple[str, ...]:
         return tuple(t.strip() for t in self.facellava_tasks.split(",") if t.strip())
 
@@ -263,14 +302,10 @@ class Settings:
         if self.kafka_security_protocol.startswith("SASL") and not self.kafka_sasl_mechanism:
             raise ConfigError(f"setting kafka_security_protocol={self.kafka_security_protocol} "
                               "needs kafka_sasl_mechanism (and user name, password)")
-        from facestream.encoder.export import BatchProfile
-
-        BatchProfile.parse(self.encoder_batch_sizes)
+        self.encoder_batch_profile       # refuses a malformed value
         if self.profile == "facellava" and not self.facellava_checkpoint:
             raise ConfigError("setting profile=facellava needs facellava_checkpoint: the local "
                               "directory of the released Face-LLaVA checkpoint")
-        from facestream.llm.prompts import TASKS
-
         unknown = [t for t in self.facellava_task_list if t not in TASKS]
         if unknown or not self.facellava_task_list:
             raise ConfigError(f"setting facellava_tasks={self.facellava_tasks!r}: expected a "

@@ -42,14 +42,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from facestream import events
 from facestream.config import Settings
 from facestream.encoder.action_units import GEOMETRIC_AUS
 from facestream.errors import ConfigError, InputError
 from facestream.llm.parsers import (ACTION_UNITS, CELEBA_ATTRIBUTES, EXPRESSIONS,
                                     normalize_expression)
+from facestream.vocabulary import PROFILES, TASKS
 
-TASKS = ("expression", "action_units", "age", "attributes", "deepfake")
-PROFILES = ("compact", "facellava")
 AU_ACTIVE_THRESHOLD = 2.0
 NO_PREDICTION = "none"            # the confusion matrix's column for misses
 
@@ -386,7 +386,8 @@ def run_eval(dataset_dir: Path, *, task: str, labels: Path | None = None,
     """Analyse every labelled file and score the predictions.  Blocking; loads the models
     once (or uses ``models``); each file's events go to a temporary folder."""
     from facestream.ingest.sources import parse_source
-    from facestream.workers.embedded import Models, analyze
+    from facestream.workers.compose import Models
+    from facestream.workers.embedded import analyze
 
     files, ignored = read_labels(dataset_dir, task, labels=labels, limit=limit)
     targets = _targets(task, files)
@@ -404,7 +405,7 @@ def run_eval(dataset_dir: Path, *, task: str, labels: Path | None = None,
             analysis = []
             for line in summary.events_path.read_text().splitlines():
                 event = json.loads(line)
-                if event["type"] == "facestream.face.analysis":
+                if event["type"] == events.FACE_ANALYSIS:
                     analysis.append(event["data"])
             produced_by = {d["model"]["profile"] for d in analysis}
             if produced_by - {profile}:

@@ -11,10 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
 from importlib import resources
-from typing import Any
+from typing import Any, Mapping
+
+from facestream.types import EncoderOutput, FaceWindow
 
 SPEC_VERSION = "1.0"
 SCHEMA_VERSION = "1"
@@ -78,6 +82,66 @@ def track_event(kind: str, *, stream_id: str, track_id: str, time_s: float,
                     event_id_=event_id(stream_id, track_id, pts, kind, profile),
                     data={"stream_id": stream_id, "track_id": track_id,
                           "time_s": media_time(time_s), "pts": pts})
+
+
+@dataclass(frozen=True)
+class Described:
+    """The language stage's latest answer for a track, as a window's event carries it."""
+
+    description: str | None
+    answered_s: float                  # start of the window the answer was made for
+    reused: bool                       # an earlier window's answer, not this window's
+    fields: Mapping[str, Any] = field(default_factory=dict)   # event data it sets
+
+
+def face_analysis(window: FaceWindow, out: EncoderOutput, *, head_pose: dict[str, Any],
+                  profile: str, components: Mapping[str, str], trigger: str | None,
+                  time_epoch: float, answer: Described | None) -> dict[str, Any]:
+    """``facestream.face.analysis`` for one window: the encoder's results, then the answer's
+    fields over them (``answer`` None: no language stage, or none has answered yet)."""
+    data = {
+        "stream_id": window.stream_id,
+        "track_id": window.track_id,
+        "window": {"start_s": round(window.start_s, 3), "end_s": round(window.end_s, 3),
+                   "start_pts": window.start_pts, "end_pts": window.end_pts,
+                   "frames": len(window.samples)},
+        "bbox": [round(float(v), 1) for v in window.median_box()],
+        "expression": {"label": out.expression_label, "scores": out.expression},
+        "action_units": {**out.action_units, "method": "geometric"},
+        "head_pose": head_pose,
+        "attributes": {
+            "gender": {"label": out.gender, "score": out.gender_score},
+            "age": {"years": out.age_years, "low": out.age_low, "high": out.age_high},
+        },
+        "deepfake": None,
+        "description": answer.description if answer else None,
+        "description_reused": bool(answer and answer.reused),
+        "description_age_s": round(window.start_s - answer.answered_s, 3) if answer else None,
+        "description_trigger": trigger,
+        "description_from_s": answer.answered_s if answer else None,
+        "model": {"profile": profile, "components": components},
+        "latency_ms": round(max(0.0, time.time() - window.samples[-1].arrival) * 1000, 1),
+    }
+    if answer and answer.fields:
+        _apply(data, answer.fields)
+    start = window.start_pts if window.start_pts is not None else f"{window.start_s:.3f}"
+    return envelope(FACE_ANALYSIS, stream_id=window.stream_id, subject=window.track_id,
+                    event_id_=event_id(window.stream_id, window.track_id, start, FACE_ANALYSIS,
+                                       profile),
+                    time_epoch=time_epoch, data=data)
+
+
+def _apply(data: dict[str, Any], fields: Mapping[str, Any]) -> None:
+    """Put an answer's fields into event data: ``expression.label`` replaces the cheap head's
+    label (its scores stay: they are the cheap signal), ``attributes`` entries replace theirs
+    one by one, any other field is replaced whole."""
+    for key, value in fields.items():
+        if key == "expression":
+            data["expression"] = {**data["expression"], "label": value["label"]}
+        elif key == "attributes":
+            data["attributes"] = {**data["attributes"], **value}
+        else:
+            data[key] = value
 
 
 def stream_error(*, stream_id: str, message: str, time_s: float, seq: int, profile: str,

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from facestream import events
-from tests.conftest import check_events_file, read_events, run_cli
-from tests.media import write_clip
+from tests.helpers import check_events_file, read_events, run_cli
+from facestream.scenes import write_clip
 
 
 def test_sample_clip_gives_valid_events_and_an_annotated_video(sample, tmp_path):
@@ -51,7 +51,7 @@ def test_sample_clip_gives_valid_events_and_an_annotated_video(sample, tmp_path)
                      frames=int(proc.stdout.split(" frames)")[0].rsplit("(", 1)[1]))
 
 
-# The label colours facestream draws with (facestream/workers/annotate.py), as RGB.
+# The label colours facestream draws with (facestream/sinks/annotate.py), as RGB.
 _LABEL_COLOURS = np.array([(255, 99, 71), (60, 179, 113), (65, 105, 225), (255, 215, 0),
                            (238, 130, 238), (0, 206, 209), (255, 140, 0), (154, 205, 50)])
 
@@ -157,7 +157,7 @@ def _write(name, content):
 
 
 def _truncated_head(tmp_path):
-    from tests.conftest import Settings
+    from facestream.config import Settings
     data = (Settings.load().cache_dir / "samples" / "WolfgangLanger_Pexels.mp4").read_bytes()
     path = tmp_path / "head.mp4"
     path.write_bytes(data[:3000])

@@ -10,7 +10,7 @@ import pytest
 
 from facestream import evaluation as ev
 from facestream.errors import ConfigError, InputError
-from tests.conftest import analyze_in_process, run_cli
+from tests.helpers import analyze_in_process, run_cli
 
 # ---------------------------------------------------------------------------- metrics
 
@@ -233,7 +233,7 @@ def test_expression_eval_through_the_cli_matches_analyze(photos, models, tmp_pat
         analysed[name] = labels[0] if labels else None
         assert len(labels) <= 1                    # one photo, one face, one window
     correct = sum(analysed[n] == normalize_expression(l) for n, l in PHOTO_LABELS.items())
-    assert analysed["0-f1-su-ph.jpg"] == "surprise"   # ASSETS.md: these two are right
+    assert analysed["0-f1-su-ph.jpg"] == "surprise"   # the expression net gets these two right
     assert analysed["0-f15-hao-ph.jpg"] == "happy"
     assert analysed["blank.jpg"] is None
 

@@ -19,7 +19,7 @@ import pytest
 from facestream import assets, events
 from facestream.config import Settings
 from facestream.errors import ConfigError
-from tests.conftest import REPO, check_events_file, read_events, run_cli
+from tests.helpers import REPO, check_events_file, read_events, run_cli
 
 README = REPO / "README.md"
 

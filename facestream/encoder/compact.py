@@ -11,19 +11,18 @@ spaced frames (they do not change within a window).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from facestream import assets
+from facestream.config import DEFAULT_PROFILE, BatchProfile
 from facestream.encoder import action_units
 from facestream.encoder.backends import Backend, OnnxBackend, TorchBackend
-from facestream.encoder.export import (DEFAULT_PROFILE, ENGINES_DIR, Artefact, BatchProfile,
-                                       EngineCache, open_artefact)
+from facestream.encoder.export import ENGINES_DIR, Artefact, EngineCache, open_artefact
 from facestream.encoder.expression import (CONTRACT_LABELS, INPUT_NAME, OUTPUT_NAME,
                                            example_input, load_expression_net, preprocess)
-from facestream.workers.windows import FaceWindow
+from facestream.types import EncoderOutput, FaceWindow
 
 ATTRIBUTE_FRAMES = 3
 AGE_BINS = np.array([0.25] + list(range(1, 81)), np.float32)    # manifest.json's age_weights
@@ -42,23 +41,6 @@ ATTRIBUTE_ONNX = {"age": "models/age-v1.onnx", "gender": "models/gender-v1.onnx"
 # Each net's input: name and shape after the batch axis.
 NET_INPUTS = {"expression": (INPUT_NAME, (1, 64, 64)), "age": ("images", (3, 64, 64)),
               "gender": ("images", (3, 32, 32))}
-
-
-@dataclass(frozen=True)
-class EncoderOutput:
-    """Structured results for one window."""
-
-    expression: dict[str, float]       # the 7 contract labels -> probability
-    age_years: float
-    age_low: float
-    age_high: float
-    gender: str
-    gender_score: float
-    action_units: dict[str, float | None]
-
-    @property
-    def expression_label(self) -> str:
-        return max(self.expression, key=self.expression.get)
 
 
 def _dlib_input(chips: np.ndarray) -> np.ndarray:

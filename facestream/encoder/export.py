@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
 
 from facestream.assets import sha256_of
+from facestream.config import DEFAULT_PROFILE, BatchProfile
 from facestream.errors import AssetError, ConfigError
 
 if TYPE_CHECKING:
@@ -47,40 +48,6 @@ DEFAULT_OPSET = 17
 EXTERNAL_DATA_BYTES = 1 << 30
 WORKSPACE_BYTES = 4 << 30        # TensorRT builder scratch memory
 ENGINES_DIR = "engines"          # under the settings' cache_dir
-
-
-@dataclass(frozen=True)
-class BatchProfile:
-    """TensorRT optimisation profile over the batch axis: smallest, tuned-for, largest."""
-
-    min: int
-    opt: int
-    max: int
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.min <= self.opt <= self.max <= 4096:
-            raise ConfigError(f"batch profile {self.min},{self.opt},{self.max}: expected "
-                              "1 <= min <= opt <= max <= 4096")
-
-    @classmethod
-    def parse(cls, text: str) -> "BatchProfile":
-        """"1,8,32" -> (1, 8, 32); "1,32" -> (1, 32, 32); "8" -> (8, 8, 8)."""
-        try:
-            sizes = [int(part) for part in str(text).split(",")]
-        except ValueError:
-            sizes = []
-        if not 1 <= len(sizes) <= 3:
-            raise ConfigError(f"setting encoder_batch_sizes={text!r}: expected one to three "
-                              "comma-separated batch sizes such as '1,8,32'")
-        low, high = sizes[0], sizes[-1]
-        return cls(low, sizes[1] if len(sizes) == 3 else high, high)
-
-    @property
-    def tag(self) -> str:
-        return f"b{self.min}-{self.opt}-{self.max}"
-
-
-DEFAULT_PROFILE = BatchProfile(1, 8, 32)    # the settings' default encoder_batch_sizes
 
 
 @dataclass(frozen=True)

@@ -1,1 +1,3 @@
-"""Sources: what a stream is (file, image, URL, webcam) and how it is opened."""
+"""Getting video in: what a source is and how it is opened and reconnected (``sources``),
+GOP chunks on the wire (``chunks``), the chunk publisher (``publisher``) and the stream
+registry (``registry``)."""

@@ -19,9 +19,9 @@ from typing import Callable, Iterator
 import av
 
 from facestream.config import Settings
-from facestream.errors import FacestreamError, InputError, SourceDropped
+from facestream.errors import FacestreamError, InputError
 from facestream.ingest.chunks import Chunk, EndOfStream, gop_chunks
-from facestream.ingest.sources import SourceSpec
+from facestream.ingest.sources import Reconnector, SourceSpec
 from facestream.retry import Backoff
 
 # Kafka adds record and batch framing around a message: keep well under the broker limit.
@@ -134,13 +134,11 @@ def _source_chunks(spec: SourceSpec, settings: Settings, stream_id: str, report:
     """Chunks of the source; for a live source, across reconnects, with chunk numbers and
     media time running on (each connection's timestamps restart, so its chunks get an
     origin that places them after what came before)."""
-    from facestream.workers.decode import open_container
-
-    backoff = Backoff(settings.reconnect_attempts, settings.reconnect_backoff_s,
-                      settings.reconnect_backoff_max_s)
-    delays = backoff.delays()
-    container = open_container(spec, timeout_s=settings.open_timeout_s)
-    wall_start = time.monotonic()
+    link = Reconnector(spec, timeout_s=settings.open_timeout_s,
+                       backoff=Backoff(settings.reconnect_attempts, settings.reconnect_backoff_s,
+                                       settings.reconnect_backoff_max_s),
+                       on_error=report.errors.append)
+    container = link.open()
     base_seq, following, offset_s, reached_s = 0, 0, 0.0, 0.0
     try:
         while True:
@@ -152,7 +150,7 @@ def _source_chunks(spec: SourceSpec, settings: Settings, stream_id: str, report:
                     following = chunk.seq + 1
                     reached_s = max(reached_s, _end_s(chunk))
                     yield chunk
-                    delays = backoff.delays()       # a good chunk resets the backoff
+                    link.recovered()       # a good chunk resets the backoff
                 if not spec.live:
                     return
                 problem = "stream ended"
@@ -165,12 +163,13 @@ def _source_chunks(spec: SourceSpec, settings: Settings, stream_id: str, report:
             report.errors.append(message)
             if on_error:
                 on_error(message)
-            container = _reopen(spec, settings, delays, report, message)
+            try:
+                container = link.reopen(message)
+            finally:
+                report.reconnects = link.reconnects
             base_seq = following
-            # Media time goes on from where it stopped, at least as far as the wall clock
-            # went meanwhile (a source read faster than real time is ahead of the clock):
-            # workers refuse a chunk that starts before its predecessor.
-            offset_s = max(time.monotonic() - wall_start, reached_s)
+            # (workers refuse a chunk that starts before its predecessor)
+            offset_s = link.resume_s(reached_s)
     finally:
         container.close()
 
@@ -179,17 +178,3 @@ def _end_s(chunk: Chunk) -> float:
     """Media seconds at which the chunk's last frame ends."""
     ends = [p.pts + p.duration for p in chunk.packets() if p.pts is not None]
     return float((max(ends) - chunk.origin_pts) * chunk.time_base) if ends else chunk.start_s
-
-
-def _reopen(spec: SourceSpec, settings: Settings, delays: Iterator[float],
-            report: IngestReport, message: str):
-    from facestream.workers.decode import open_container
-
-    for delay in delays:
-        time.sleep(delay)
-        report.reconnects += 1
-        try:
-            return open_container(spec, timeout_s=settings.open_timeout_s)
-        except InputError as exc:
-            report.errors.append(str(exc))
-    raise SourceDropped(f"{message}; gave up after {settings.reconnect_attempts} reconnects")

@@ -22,8 +22,7 @@ from urllib.parse import urlparse
 from facestream.config import Settings
 from facestream.errors import FacestreamError, InputError, bounded
 from facestream.ingest.sources import SourceSpec, is_stream_id, parse_source
-
-PROFILES = ("compact", "facellava")
+from facestream.vocabulary import PROFILES
 
 
 class SpecError(FacestreamError):

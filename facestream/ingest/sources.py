@@ -1,20 +1,25 @@
-"""Parse what the user typed into a :class:`SourceSpec`.
+"""Sources: what the user typed as a :class:`SourceSpec`, and how a source is opened.
 
 A source is a video file, an image file (analysed as a one-frame clip), an ``rtsp://`` /
-``rtmp://`` / ``http(s)://`` URL, or a webcam (``webcam:0``).  Only the spec is made here;
-:mod:`facestream.workers.decode` opens it.
+``rtmp://`` / ``http(s)://`` URL, or a webcam (``webcam:0``).  :func:`open_container` opens
+one for demuxing; :class:`Reconnector` is the one reconnect loop of a live source, shared by
+the decoder (embedded mode) and the chunk publisher (``ingest``).
 """
 
 from __future__ import annotations
 
 import re
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Iterator, Literal
 from urllib.parse import urlparse
 
-from facestream.errors import InputError, bounded
+import av
+
+from facestream.errors import InputError, SourceDropped, bounded
+from facestream.retry import Backoff
 
 SourceKind = Literal["file", "image", "url", "webcam"]
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
@@ -92,3 +97,80 @@ def stream_id_from(name: str) -> str:
 
 def is_stream_id(text: str) -> bool:
     return STREAM_ID.fullmatch(text) is not None
+
+
+def open_container(spec: SourceSpec, *, timeout_s: float) -> av.container.InputContainer:
+    """Open a source for demuxing; InputError with the reason when it cannot be used."""
+    options = {}
+    if spec.kind == "url":
+        if spec.target.startswith(("rtsp://", "rtsps://")):
+            options["rtsp_transport"] = "tcp"
+    try:
+        container = av.open(spec.target, mode="r", format=spec.format, options=options,
+                            timeout=timeout_s if spec.live else None)
+    except FileNotFoundError:
+        raise InputError(f"source {spec.text}: no such file or device") from None
+    except av.error.FFmpegError as exc:
+        raise InputError(f"source {spec.text}: cannot open ({error_reason(exc)})") from None
+    except OSError as exc:
+        raise InputError(f"source {spec.text}: cannot open ({exc.strerror or exc})") from None
+    if not container.streams.video:
+        container.close()
+        raise InputError(f"source {spec.text}: no video stream (is it a video or image file?)")
+    return container
+
+def error_reason(exc: Exception) -> str:
+    """The first clause of an FFmpeg or OS error, for one-line messages."""
+    text = getattr(exc, "strerror", None) or str(exc)
+    return text.split(";")[0].strip().rstrip(".") or type(exc).__name__
+
+
+class Reconnector:
+    """A source's connection, reopened with backoff when a live source drops.
+
+    ``open()`` connects the first time (InputError when the source cannot be used).  After a
+    drop, ``reopen(message)`` sleeps through the backoff's delays, trying again after each,
+    and raises SourceDropped naming ``message`` once they are spent; each failed try goes to
+    ``on_error``.  ``recovered()`` (a good frame or chunk came through) restarts the backoff.
+    ``resume_s(reached_s)`` is where media time goes on after a reconnect: from where it
+    stopped, at least as far as the wall clock went meanwhile (a source read faster than real
+    time is ahead of the clock), so time never runs backwards across a reconnect.
+    """
+
+    def __init__(self, spec: SourceSpec, *, timeout_s: float, backoff: Backoff,
+                 on_error: Callable[[str], None] | None = None,
+                 sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.spec = spec
+        self.reconnects = 0
+        self._timeout_s = timeout_s
+        self._backoff = backoff
+        self._on_error = on_error or (lambda message: None)
+        self._sleep = sleep
+        self._clock = clock
+        self._delays: Iterator[float] = backoff.delays()
+        self._started = clock()
+
+    def open(self) -> av.container.InputContainer:
+        self.restart_clock()
+        return open_container(self.spec, timeout_s=self._timeout_s)
+
+    def restart_clock(self) -> None:
+        """Count wall time for :meth:`resume_s` from now (when reading starts)."""
+        self._started = self._clock()
+
+    def recovered(self) -> None:
+        self._delays = self._backoff.delays()
+
+    def reopen(self, message: str) -> av.container.InputContainer:
+        for delay in self._delays:
+            self._sleep(delay)
+            self.reconnects += 1
+            try:
+                return open_container(self.spec, timeout_s=self._timeout_s)
+            except InputError as exc:
+                self._on_error(str(exc))
+        raise SourceDropped(f"{message}; gave up after {self._backoff.attempts} reconnects")
+
+    def resume_s(self, reached_s: float) -> float:
+        return max(self._clock() - self._started, reached_s)

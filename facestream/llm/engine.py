@@ -1,4 +1,4 @@
-"""Continuous-batching generation for prompts that carry visual tokens.
+"""Continuous-batching generation for prompts that carry visual tokens: the engine's loop.
 
 Requests wait in a bounded FIFO queue; each :meth:`Engine.step` admits queued requests into
 free cache slots (prefilling their prompts, with visual embeddings spliced in at the image
@@ -8,12 +8,11 @@ others carry on.  The KV cache (:mod:`facestream.llm.kv_cache`) is allocated onc
 ``max_batch x max_seq_len``, and reused; a shared prompt prefix (the system prompt) is
 computed once at construction and copied into a slot instead of being prefilled again.
 
-When the queue is full, submitting sheds the oldest queued request that is not urgent: its
-future resolves at once with ``finish_reason="shed"`` and ``stats["shed"]`` counts it.
-
-The model's hot path (prefill, decode_step) lives in :mod:`facestream.llm.kv_cache`; token
-choice (:func:`sample`) and incremental detokenisation with stop strings (:class:`TextTail`)
-are at the end of this module.
+Which requests are refused, queued, shed (``stats["shed"]`` counts them) and admitted is
+decided in :mod:`facestream.llm.admission`; the request and result types are in
+:mod:`facestream.llm.requests`.  The model's hot path (prefill, decode_step) lives in
+:mod:`facestream.llm.kv_cache`; token choice (:func:`sample`) and incremental detokenisation
+with stop strings (:class:`TextTail`) are at the end of this module.
 """
 
 from __future__ import annotations
@@ -22,91 +21,21 @@ import math
 import random
 import threading
 import time
-from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import torch
 
-from facestream.errors import ConfigError, InputError
+from facestream.errors import ConfigError
+from facestream.llm.admission import (Queued, RequestQueue, check_admissible, shares_prefix,
+                                      shed_result)
 from facestream.llm.kv_cache import LlamaParts, SlotKVCache, decode_step, embed_prompt, prefill
-
-
-class RequestError(InputError, ValueError):
-    """A generation request that cannot be run as given (checked once, at submit)."""
-
-
-class QueueFull(InputError):
-    """The queue is full of urgent requests, so nothing could be shed to make room."""
-
-
-@dataclass(frozen=True, eq=False)
-class GenerationRequest:
-    """One prompt to complete.  ``prompt_ids`` may hold the engine's image placeholder id,
-    already expanded to one placeholder per visual token; ``visual`` holds those tokens'
-    embeddings ``[n_placeholders, hidden]``, spliced in order.  ``ignore_eos`` keeps
-    generating past end-of-sequence tokens (benchmarks use it for equal work);
-    ``include_stop`` keeps the stop string that ended the text in it (vLLM's
-    ``include_stop_str_in_output``: a sentence keeps its full stop)."""
-
-    request_id: str
-    prompt_ids: tuple[int, ...]
-    visual: torch.Tensor | None = None      # [n_placeholders, hidden]
-    max_new_tokens: int = 64
-    stop: tuple[str, ...] = ()
-    temperature: float = 0.0                # 0 = greedy
-    seed: int | None = None
-    urgent: bool = False
-    ignore_eos: bool = False
-    include_stop: bool = False
-
-    def __post_init__(self) -> None:
-        if not self.prompt_ids:
-            raise RequestError(f"request {self.request_id}: prompt_ids is empty; "
-                               "pass at least one token id")
-        if self.max_new_tokens < 1:
-            raise RequestError(f"request {self.request_id}: max_new_tokens="
-                               f"{self.max_new_tokens}; must be >= 1")
-        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
-            raise RequestError(f"request {self.request_id}: temperature={self.temperature}; "
-                               "must be a finite number >= 0 (0 = greedy)")
-        if any(not s for s in self.stop):
-            raise RequestError(f"request {self.request_id}: empty stop string; "
-                               "stop strings must be non-empty")
-        if self.seed is not None and not -2 ** 63 <= self.seed < 2 ** 64:
-            raise RequestError(f"request {self.request_id}: seed={self.seed}; expected an "
-                               "integer in [-2**63, 2**64)")
-        if self.visual is not None and self.visual.dim() != 2:
-            raise RequestError(f"request {self.request_id}: visual has shape "
-                               f"{tuple(self.visual.shape)}; expected [n_tokens, hidden]")
-
-
-@dataclass(frozen=True)
-class GenerationResult:
-    """What came of one request.  ``token_ids`` are the generated ids (an end-of-sequence
-    token included, as ``generate`` returns it); ``text`` decodes them without special
-    tokens and ends before the first stop string.  Times are seconds of
-    ``time.perf_counter`` from ``submit``; a shed request has ``ttft_s = nan``."""
-
-    request_id: str
-    text: str
-    token_ids: tuple[int, ...]
-    finish_reason: str                      # "stop" | "length" | "eos" | "shed"
-    prompt_tokens: int
-    ttft_s: float
-    latency_s: float
-
-
-@dataclass
-class _Queued:
-    request: GenerationRequest
-    future: Future
-    submitted: float
+from facestream.llm.requests import GenerationRequest, GenerationResult, RequestError
 
 
 @dataclass
 class _Running:
-    queued: _Queued
+    queued: Queued
     length: int                             # positions of the slot filled in the cache
     tail: TextTail | None
     generator: torch.Generator | None
@@ -115,7 +44,8 @@ class _Running:
 
 
 class Engine:
-    """Continuous-batching generator over a transformers LLaMA-architecture model.
+    """Continuous-batching generator over a transformers LLaMA-architecture model (a
+    :class:`~facestream.llm.requests.GenerationBackend`).
 
     ``submit`` is thread-safe and never blocks; ``step`` must be driven by one thread at a
     time (the caller's, or the loop thread ``start`` runs).  ``device``/``dtype`` default
@@ -136,7 +66,7 @@ class Engine:
         model.eval()
         self._parts = LlamaParts.from_model(model, max_seq_len=max_seq_len)
         self._tokenizer = tokenizer
-        self._max_batch, self._max_seq_len, self._queue_size = max_batch, max_seq_len, queue_size
+        self._max_batch, self._max_seq_len = max_batch, max_seq_len
         self._image_token_id = image_token_id
         self._eos = _eos_ids(model, tokenizer)
         self._cache = SlotKVCache.allocate(self._parts, slots=max_batch,
@@ -145,7 +75,7 @@ class Engine:
         self._prefix_ids = tuple(prefix_ids)
         self._prefix = self._compute_prefix() if prefix_ids else None
         self._slots: list[_Running | None] = [None] * max_batch
-        self._queue: deque[_Queued] = deque()
+        self._queue = RequestQueue(queue_size)
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._step_lock = threading.Lock()
@@ -159,29 +89,21 @@ class Engine:
     def submit(self, request: GenerationRequest) -> Future:
         """Queue ``request``; returns a future of its :class:`GenerationResult`.  Thread-safe,
         non-blocking.  Raises RequestError for a request that can never run, QueueFull when
-        the queue is full of urgent requests."""
-        self._validate(request)
+        the queue is full of urgent requests (the rule: :mod:`facestream.llm.admission`)."""
+        check_admissible(request, max_seq_len=self._max_seq_len, vocab=self._parts.vocab,
+                         hidden=self._parts.hidden, image_token_id=self._image_token_id,
+                         has_tokenizer=self._tokenizer is not None)
         future: Future = Future()
-        shed: _Queued | None = None
         with self._lock:
             if self._closing:
                 raise RequestError(f"request {request.request_id}: engine is closed; "
                                    "create a new Engine")
-            if len(self._queue) >= self._queue_size:
-                shed = next((q for q in self._queue if not q.request.urgent), None)
-                if shed is None:
-                    raise QueueFull(f"request {request.request_id}: LLM queue holds "
-                                    f"{self._queue_size} urgent requests; nothing can be "
-                                    "shed; retry later or raise llm_queue_size")
-                self._queue.remove(shed)
+            shed = self._queue.push(Queued(request, future, time.perf_counter()))
+            if shed is not None:
                 self._counts["shed"] += 1
-            self._queue.append(_Queued(request, future, time.perf_counter()))
             self._wake.notify_all()
         if shed is not None:
-            now = time.perf_counter()
-            shed.future.set_result(GenerationResult(
-                shed.request.request_id, "", (), "shed", len(shed.request.prompt_ids),
-                math.nan, now - shed.submitted))
+            shed.future.set_result(shed_result(shed, time.perf_counter()))
         return future
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
@@ -190,7 +112,7 @@ class Engine:
         its own requests (other submitters may still cause shedding)."""
         futures = []
         for request in requests:
-            while self.stats["queued"] >= self._queue_size:
+            while self.stats["queued"] >= self._queue.size:
                 if self._thread is None:
                     self.step()
                 else:
@@ -245,9 +167,8 @@ class Engine:
             self._thread.join()
             self._thread = None
         with self._step_lock, self._lock:
-            pending = [q.future for q in self._queue]
+            pending = [q.future for q in self._queue.drain()]
             pending += [s.queued.future for s in self._slots if s is not None]
-            self._queue.clear()
             self._slots = [None] * self._max_batch
         for future in pending:
             future.cancel()
@@ -274,23 +195,6 @@ class Engine:
 
     # ---- internals --------------------------------------------------------------------
 
-    def _validate(self, request: GenerationRequest) -> None:
-        rid, ids = request.request_id, request.prompt_ids
-        check_splice(request, image_token_id=self._image_token_id, hidden=self._parts.hidden,
-                     what="the model's hidden size")
-        need = len(ids) + request.max_new_tokens
-        if need > self._max_seq_len:
-            raise RequestError(f"request {rid}: prompt ({len(ids)} tokens) + max_new_tokens "
-                               f"({request.max_new_tokens}) = {need} exceeds max_seq_len "
-                               f"{self._max_seq_len}; shorten it or raise llm_max_seq_len")
-        bad = [t for t in ids if t != self._image_token_id and not 0 <= t < self._parts.vocab]
-        if bad:
-            raise RequestError(f"request {rid}: token id {bad[0]} is outside the vocabulary "
-                               f"(0..{self._parts.vocab - 1})")
-        if request.stop and self._tokenizer is None:
-            raise RequestError(f"request {rid}: stop strings need a tokenizer; this engine "
-                               "has none")
-
     def _compute_prefix(self) -> SlotKVCache:
         ids = self._prefix_ids
         if self._image_token_id in ids or len(ids) >= self._max_seq_len:
@@ -310,19 +214,17 @@ class Engine:
         tokens together (one host sync)."""
         free = [b for b, s in enumerate(self._slots) if s is None]
         with self._lock:
-            taken = [self._queue.popleft() for _ in range(min(len(free), len(self._queue)))]
-        if not taken:
+            admitted = self._queue.admit(free)
+        if not admitted:
             return []
         last_logits, prefilled, prefix_hits = [], 0, 0
-        for slot, queued in zip(free, taken):
+        for slot, queued in admitted:
             request = queued.request
             ids = request.prompt_ids
             start = 0
-            n_prefix = len(self._prefix_ids)
-            if self._prefix is not None and len(ids) > n_prefix \
-                    and ids[:n_prefix] == self._prefix_ids:
-                self._cache.copy_in(self._prefix, slot=slot, length=n_prefix)
-                start, prefix_hits = n_prefix, prefix_hits + 1
+            if shares_prefix(ids, self._prefix_ids):
+                start, prefix_hits = len(self._prefix_ids), prefix_hits + 1
+                self._cache.copy_in(self._prefix, slot=slot, length=start)
             embeds = embed_prompt(self._parts, ids[start:], request.visual,   # [T, hidden]
                                   image_token_id=self._image_token_id, device=self.device)
             last_logits.append(prefill(self._parts, self._cache, embeds, slot=slot,
@@ -336,7 +238,7 @@ class Engine:
             tail = (TextTail(self._tokenizer, request.stop, include_stop=request.include_stop)
                     if self._tokenizer else None)
             self._slots[slot] = _Running(queued, len(ids), tail, generator)
-        slots = free[:len(taken)]
+        slots = [slot for slot, _ in admitted]
         with self._lock:
             self._counts["prefill_tokens"] += prefilled
             self._counts["prefix_hits"] += prefix_hits
@@ -427,23 +329,6 @@ def sample(logits: torch.Tensor, temperatures: list[float],
             probs = torch.softmax(logits[row].float() / temperature, dim=-1)   # [V]
             tokens[row] = torch.multinomial(probs, 1, generator=generator)[0]
     return tokens
-
-
-def check_splice(request: GenerationRequest, *, image_token_id: int | None,
-                 hidden: int | None, what: str) -> None:
-    """Raise RequestError unless the request's placeholders and visual tokens agree: one
-    visual row per placeholder, rows ``hidden`` wide (``what`` names that width's owner;
-    None: width not checked)."""
-    rid, ids = request.request_id, request.prompt_ids
-    placeholders = ids.count(image_token_id) if image_token_id is not None else 0
-    given = 0 if request.visual is None else request.visual.shape[0]
-    if placeholders != given:
-        raise RequestError(f"request {rid}: prompt has {placeholders} image placeholders "
-                           f"but {given} visual tokens were given")
-    if request.visual is not None and hidden is not None and request.visual.shape[1] != hidden:
-        raise RequestError(f"request {rid}: visual tokens have hidden size "
-                           f"{request.visual.shape[1]} but {what} is {hidden}; "
-                           f"project them to {hidden}")
 
 
 class TextTail:

@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-TASKS = ("expression", "action_units", "attributes", "age", "deepfake")
+from facestream.vocabulary import TASKS
 
 IMAGE_PLACEHOLDER = "<image>"
 SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. "

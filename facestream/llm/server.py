@@ -39,9 +39,9 @@ from typing import Any
 import torch
 
 from facestream.errors import AssetError
-from facestream.llm.engine import Engine, GenerationRequest, GenerationResult, QueueFull, \
-    RequestError
+from facestream.llm.engine import Engine
 from facestream.llm.remote import decode_embeds
+from facestream.llm.requests import GenerationRequest, GenerationResult, QueueFull, RequestError
 
 log = logging.getLogger(__name__)
 

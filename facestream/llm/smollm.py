@@ -14,6 +14,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from facestream.llm.backends import make_engine
+from facestream.llm.requests import GenerationRequest, GenerationResult
+from facestream.types import Answer
+
 MODEL_VERSION = "SmolLM2-135M-Instruct-Q4_1"
 
 
@@ -96,28 +100,22 @@ class SmolDescriber:
             raise AssetError(f"model {model_dir} cannot be loaded ({reason}); "
                              "run `facestream models pull --force`") from None
         self._max_new_tokens = max_new_tokens
-        if endpoint:
-            from facestream.llm.remote import RemoteEngine
-
-            self._engine = RemoteEngine(endpoint, timeout_s=timeout_s, max_in_flight=max_in_flight)
-        else:
-            from facestream.llm.engine import Engine
-
-            self._engine = Engine(model, self._tokenizer, max_batch=max_batch,
-                                  max_seq_len=max_seq_len, prefix_ids=self._prefix_ids())
+        self._engine = make_engine(endpoint=endpoint, model=model, tokenizer=self._tokenizer,
+                                   max_batch=max_batch, max_seq_len=max_seq_len,
+                                   prefix_ids=self._prefix_ids(),
+                                   timeout_s=timeout_s, max_in_flight=max_in_flight)
         self._seq = 0
 
     def prompt(self, facts: str) -> str:
         messages = [{"role": "system", "content": self.SYSTEM},
-                    {"role": "user", "content": f"Facts: {facts}\nDescribe the face in one sentence."}]
+                    {"role": "user",
+                     "content": f"Facts: {facts}\nDescribe the face in one sentence."}]
         return self._tokenizer.apply_chat_template(messages, tokenize=False,
                                                    add_generation_prompt=True)
 
-    def answer(self, items) -> list:
-        """One :class:`facestream.workers.pipeline.Answer` per (window, encoder output); None
-        where the engine shed the request under load."""
-        from facestream.workers.pipeline import Answer
-
+    def answer(self, items) -> list[Answer | None]:
+        """One :class:`facestream.types.Answer` per (window, encoder output); None where the
+        engine shed the request under load."""
         results = self._generate([facts(out) for _, out in items])
         return [None if r.finish_reason == "shed" else Answer(_trim(r.text)) for r in results]
 
@@ -126,9 +124,7 @@ class SmolDescriber:
         generation produced no text."""
         return [_trim(r.text) for r in self._generate(facts)]
 
-    def _generate(self, facts: list[str]) -> list:
-        from facestream.llm.engine import GenerationRequest
-
+    def _generate(self, facts: list[str]) -> list[GenerationResult]:
         requests = []
         for line in facts:
             self._seq += 1

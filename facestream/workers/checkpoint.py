@@ -18,7 +18,9 @@ import pickle
 from dataclasses import dataclass
 from typing import Any
 
-VERSION = 2          # 2: the stream's chunk order (facestream.workers.ordering) in its state
+# 2: the stream's chunk order (facestream.workers.ordering) in its state;
+# 3: the pickled classes moved (facestream.types, facestream.vision) and their modules with them.
+VERSION = 3
 _ALLOWED_PREFIXES = ("facestream.", "numpy", "collections", "fractions", "builtins", "copyreg",
                      "_codecs")
 

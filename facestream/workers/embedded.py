@@ -20,52 +20,11 @@ from facestream.config import Settings
 from facestream.errors import SourceDropped
 from facestream.ingest.sources import SourceSpec
 from facestream.retry import Backoff
-from facestream.workers.decode import DecodedFrame, Decoder, StreamInfo
-from facestream.workers.faces import FaceAnalyzer
-from facestream.workers.pipeline import StreamState, WindowAnalyzer
-from facestream.workers.scheduler import ChangeScheduler, Thresholds
-from facestream.workers.sinks import JsonlSink
-
-
-
-@dataclass
-class Models:
-    """Everything loaded once per process."""
-
-    faces: FaceAnalyzer
-    analyzer: WindowAnalyzer
-
-    @classmethod
-    def load(cls, settings: Settings) -> "Models":
-        """The face stage, the cheap nets and the profile's language stage (compact: the
-        SmolLM2 describer when ``describe`` is on; facellava: Face-LLaVA, always)."""
-        from facestream.encoder.compact import CompactEncoder
-        from facestream.encoder.export import BatchProfile
-
-        encoder = CompactEncoder(settings.cache_dir, backend=settings.encoder_backend,
-                                 threads=settings.threads,
-                                 fp16=settings.encoder_precision == "fp16",
-                                 profile=BatchProfile.parse(settings.encoder_batch_sizes))
-        language = None
-        if settings.profile == "facellava":
-            from facestream.workers.facellava import load_stage
-
-            language = load_stage(settings)
-        elif settings.describe:
-            from facestream import assets
-            from facestream.llm.smollm import SmolDescriber
-
-            model_dir = assets.require_dir(settings.cache_dir, assets.SMOLLM_DIR,
-                                           marker="model.safetensors")
-            language = SmolDescriber(model_dir, max_new_tokens=settings.description_max_tokens,
-                                     threads=settings.threads, max_batch=settings.llm_max_batch,
-                                     endpoint=settings.llm_endpoint,
-                                     timeout_s=settings.llm_timeout_s,
-                                     max_in_flight=settings.llm_max_in_flight)
-        faces = FaceAnalyzer.from_settings(settings)
-        scheduler = ChangeScheduler(Thresholds.from_settings(settings))
-        return cls(faces, WindowAnalyzer(encoder, language, scheduler=scheduler,
-                                         profile=settings.profile))
+from facestream.sinks.jsonl import JsonlSink
+from facestream.types import DecodedFrame
+from facestream.vision.decode import Decoder, StreamInfo
+from facestream.workers.compose import Models
+from facestream.workers.pipeline import StreamState
 
 
 @dataclass
@@ -165,7 +124,7 @@ def analyze(spec: SourceSpec, settings: Settings, *, out_dir: Path, stream_id: s
     state = StreamState(stream_id, settings, confirm_hits=1 if spec.kind == "image" else None)
     annotator = None
     if annotate:
-        from facestream.workers.annotate import Annotator
+        from facestream.sinks.annotate import Annotator
 
         annotator = Annotator(out_dir / "annotated.mp4", width=decoder.info.width,
                               height=decoder.info.height)

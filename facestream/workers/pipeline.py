@@ -18,34 +18,18 @@ answers replace the fields they cover (``facellava``).  Either way it has ``comp
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Any, Mapping, Protocol, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from facestream import events
+from facestream.events import Described
 from facestream.config import Settings
-from facestream.encoder.compact import COMPONENTS, CompactEncoder, EncoderOutput
-from facestream.workers.decode import DecodedFrame
-from facestream.workers.faces import FaceDetections
+from facestream.encoder.compact import COMPONENTS, CompactEncoder
+from facestream.types import (Answer, DecodedFrame, EncoderOutput, FaceDetections, FaceSample,
+                              FaceWindow, LanguageStage)
+from facestream.vision.tracker import Track, Tracker
 from facestream.workers.scheduler import REUSE, Answered, ChangeScheduler, CheapSignals, Decision
-from facestream.workers.tracker import Track, Tracker
-from facestream.workers.windows import FaceSample, FaceWindow, Windower
-
-
-@dataclass(frozen=True)
-class Answer:
-    """What the language stage says about one window: the text events show as their
-    description, and the event data fields it sets (empty for a description-only stage)."""
-
-    description: str
-    fields: Mapping[str, Any] = field(default_factory=dict)
-
-
-class LanguageStage(Protocol):
-    components: Mapping[str, str]      # event model.components entries it adds
-
-    def answer(self, items: Sequence[tuple[FaceWindow, EncoderOutput]]) -> list[Answer | None]:
-        """One answer per (window, cheap results), in order; None for a window the LLM did
-        not answer (its request was shed under load).  Blocking."""
+from facestream.workers.windows import Windower
 
 
 @dataclass
@@ -188,51 +172,11 @@ class WindowAnalyzer:
 
     def _event(self, state: StreamState, window: FaceWindow, out: EncoderOutput, *,
                signals: CheapSignals, memory: TrackMemory, decision: Decision) -> dict[str, Any]:
-        describing = self.language is not None and memory.answered is not None
-        answered_s = memory.answered.start_s if describing else None
-        data = {
-            "stream_id": window.stream_id,
-            "track_id": window.track_id,
-            "window": {"start_s": round(window.start_s, 3), "end_s": round(window.end_s, 3),
-                       "start_pts": window.start_pts, "end_pts": window.end_pts,
-                       "frames": len(window.samples)},
-            "bbox": [round(float(v), 1) for v in window.median_box()],
-            "expression": {"label": out.expression_label, "scores": out.expression},
-            "action_units": {**out.action_units, "method": "geometric"},
-            "head_pose": signals.head_pose.as_dict(),
-            "attributes": {
-                "gender": {"label": out.gender, "score": out.gender_score},
-                "age": {"years": out.age_years, "low": out.age_low, "high": out.age_high},
-            },
-            "deepfake": None,
-            "description": memory.description if describing else None,
-            "description_reused": describing and not decision.fresh,
-            "description_age_s": round(window.start_s - answered_s, 3) if describing else None,
-            "description_trigger": decision.reason,
-            "description_from_s": answered_s,
-            "model": {"profile": self.profile, "components": self.components},
-            "latency_ms": round(max(0.0, time.time() - window.samples[-1].arrival) * 1000, 1),
-        }
-        if describing and memory.fields:
-            _apply(data, memory.fields)
+        described = self.language is not None and memory.answered is not None
         first = window.samples[0]
-        return events.envelope(
-            events.FACE_ANALYSIS, stream_id=window.stream_id, subject=window.track_id,
-            event_id_=events.event_id(window.stream_id, window.track_id,
-                                      window.start_pts if window.start_pts is not None
-                                      else f"{window.start_s:.3f}", events.FACE_ANALYSIS,
-                                      self.profile),
-            time_epoch=state.event_time(first.time_s, first.arrival), data=data)
-
-
-def _apply(data: dict[str, Any], fields: Mapping[str, Any]) -> None:
-    """Put an answer's fields into event data: ``expression.label`` replaces the cheap head's
-    label (its scores stay: they are the cheap signal), ``attributes`` entries replace theirs
-    one by one, any other field is replaced whole."""
-    for key, value in fields.items():
-        if key == "expression":
-            data["expression"] = {**data["expression"], "label": value["label"]}
-        elif key == "attributes":
-            data["attributes"] = {**data["attributes"], **value}
-        else:
-            data[key] = value
+        return events.face_analysis(
+            window, out, head_pose=signals.head_pose.as_dict(), profile=self.profile,
+            components=self.components, trigger=decision.reason,
+            time_epoch=state.event_time(first.time_s, first.arrival),
+            answer=Described(memory.description, memory.answered.start_s, not decision.fresh,
+                             memory.fields or {}) if described else None)

@@ -25,10 +25,9 @@ import numpy as np
 
 from facestream.config import Settings
 from facestream.encoder.action_units import GEOMETRIC_AUS
-from facestream.encoder.compact import EncoderOutput
 from facestream.encoder.expression import CONTRACT_LABELS
 from facestream.encoder.head_pose import HeadPose, window_pose
-from facestream.workers.windows import FaceWindow
+from facestream.types import EncoderOutput, FaceWindow
 
 NEW_TRACK = "new_track"
 EXPRESSION = "expression"

@@ -8,62 +8,8 @@ first window once it is confirmed; a track that never confirms leaves nothing be
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import numpy as np
-
-from facestream.workers.crops import FaceChips
-from facestream.workers.tracker import Track
-
-
-@dataclass(frozen=True, eq=False)
-class FaceSample:
-    """One face in one picked frame, source pixels."""
-
-    time_s: float
-    pts: int | None
-    arrival: float           # time.time() when the frame left the decoder
-    box: np.ndarray          # [4] x1, y1, x2, y2
-    landmarks: np.ndarray    # [68, 2] iBUG
-    mesh: np.ndarray         # [468, 3]
-    chips: FaceChips         # one face
-
-
-@dataclass(frozen=True, eq=False)
-class FaceWindow:
-    """A track's samples over one window.  ``samples`` is never empty and is time-ordered."""
-
-    stream_id: str
-    track_id: str
-    samples: tuple[FaceSample, ...]
-    frame_size: tuple[int, int]        # (width, height) of the source frames
-    final: bool = False                # the track ended with this window
-
-    def __post_init__(self) -> None:
-        if not self.samples:
-            raise ValueError(f"window of track {self.track_id} has no samples")
-        times = [s.time_s for s in self.samples]
-        if times != sorted(times):
-            raise ValueError(f"window of track {self.track_id}: samples out of time order")
-
-    @property
-    def start_s(self) -> float:
-        return self.samples[0].time_s
-
-    @property
-    def end_s(self) -> float:
-        return self.samples[-1].time_s
-
-    @property
-    def start_pts(self) -> int | None:
-        return self.samples[0].pts
-
-    @property
-    def end_pts(self) -> int | None:
-        return self.samples[-1].pts
-
-    def median_box(self) -> np.ndarray:
-        return np.median(np.stack([s.box for s in self.samples]), axis=0)
+from facestream.types import FaceSample, FaceWindow
+from facestream.vision.tracker import Track
 
 
 class Windower:

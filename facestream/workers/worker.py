@@ -44,14 +44,15 @@ from facestream.config import Settings
 from facestream.errors import AssetError, FacestreamError, bounded
 from facestream.ingest.chunks import Chunk, ChunkError, EndOfStream, PartAssembler, parse_message
 from facestream.ingest.sources import is_stream_id
+from facestream.sinks.redis_stream import RedisSink, SinkUnavailable
+from facestream.types import DecodedFrame, FaceDetections
+from facestream.vision.decode import ChunkDecoder
+from facestream.vision.faces import FaceAnalyzer
 from facestream.workers import checkpoint
 from facestream.workers.dead_letters import BrokerUnavailable, DeadLetterSender, one_line
-from facestream.workers.decode import ChunkDecoder, DecodedFrame
-from facestream.workers.faces import FaceAnalyzer, FaceDetections
 from facestream.workers.metrics import WorkerMetrics, serve
 from facestream.workers.ordering import ChunkOrder
 from facestream.workers.pipeline import StreamState
-from facestream.workers.redis_sink import RedisSink, SinkUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +218,7 @@ class Worker:
 
     def __init__(self, settings: Settings, *, models=None, consumer=None, sink=None,
                  dlq_producer=None, clock: Callable[[], float] = time.time) -> None:
-        from facestream.workers.embedded import Models
+        from facestream.workers.compose import Models
 
         self.settings = settings
         self.models = models or Models.load(settings)

@@ -1,4 +1,4 @@
-"""Fuzz target ``decode``: the chunk decoder, :class:`facestream.workers.decode.ChunkDecoder`,
+"""Fuzz target ``decode``: the chunk decoder, :class:`facestream.vision.decode.ChunkDecoder`,
 on chunks that :func:`parse_message` accepted, seeded from real chunks of the sample clips.
 
 Contract: ``ChunkDecoder(stream_id, fps=5).decode(chunk)`` returns frames (RGB, in media time)
@@ -28,14 +28,16 @@ if __name__ == "__main__":
 
     with atheris.instrument_imports(include=["facestream"]):
         import av
+
         from facestream.errors import InputError
         from facestream.ingest import chunks
-        from facestream.workers.decode import ChunkDecoder
+        from facestream.vision.decode import ChunkDecoder
 else:
     import av
+
     from facestream.errors import InputError
     from facestream.ingest import chunks
-    from facestream.workers.decode import ChunkDecoder
+    from facestream.vision.decode import ChunkDecoder
 
 CODECS_TRIED = ("hevc", "h264", "mpeg4", "mjpeg", "vp9", "av1", "png", "h263", "mpeg2video",
                 "mpeg1video", "vp8", "theora")

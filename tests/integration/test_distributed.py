@@ -18,7 +18,7 @@ import pytest
 from facestream import events
 from facestream.config import Settings
 from facestream.ingest.chunks import Chunk, EndOfStream, Packet, gop_chunks, pack
-from tests.conftest import analyze_in_process, run_cli
+from tests.helpers import analyze_in_process, run_cli
 from tests.integration.helpers import (BOOTSTRAP, dlq_reasons, events_in_redis, free_port, http,
                                        metric, services_cli, stream_status, wait)
 

@@ -18,7 +18,7 @@ import pytest
 
 from facestream import events
 from facestream.ingest.chunks import EndOfStream, gop_chunks
-from tests.conftest import analyze_in_process
+from tests.helpers import analyze_in_process
 from tests.integration.helpers import BOOTSTRAP, events_in_redis, stream_status, wait
 
 pytestmark = pytest.mark.integration

@@ -18,7 +18,7 @@ import pytest
 
 from facestream import events
 from facestream.ingest.chunks import Chunk, EndOfStream, parse_message
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 from tests.integration.helpers import BOOTSTRAP
 from tests.media import HttpCamera, remux_video
 

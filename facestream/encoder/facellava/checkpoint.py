@@ -119,12 +119,12 @@ def load_facellava(checkpoint_dir: str | Path, *, image_tower: str | Path | None
     config = _read_config(path)
     tower_dirs = {kind: _tower_dir(path, config, kind, explicit)
                   for kind, explicit in (("image", image_tower), ("video", video_tower))}
-    weight_files = _weight_files(path)
+    files = weight_files(path)
 
     def wanted(key: str) -> bool:
         return key.startswith(FUSION_PREFIXES) or (load_llm and key.startswith(LLM_PREFIXES))
 
-    tensors, all_keys = _read_tensors(weight_files, wanted)
+    tensors, all_keys = read_tensors(files, wanted)
     llm_keys, fusion_keys = _route(path, all_keys)
     try:
         fusion = build_fusion({k: tensors[k] for k in fusion_keys}, config, dtype=dtype,
@@ -162,7 +162,7 @@ def _read_config(path: Path) -> dict[str, Any]:
     return config
 
 
-def _weight_files(path: Path) -> list[Path]:
+def weight_files(path: Path) -> list[Path]:
     """The weight files to read, shards in index order; AssetError if none or one is absent."""
     first = next((path / n for n in WEIGHT_FILES if (path / n).is_file()), None)
     if first is None:
@@ -183,8 +183,8 @@ def _weight_files(path: Path) -> list[Path]:
     return [path / s for s in shards]
 
 
-def _read_tensors(files: list[Path], wanted: Callable[[str], bool]
-                  ) -> tuple[dict[str, Tensor], list[str]]:
+def read_tensors(files: list[Path], wanted: Callable[[str], bool]
+                 ) -> tuple[dict[str, Tensor], list[str]]:
     """(the wanted tensors, every key in the files).  Safetensors are read key by key, so
     unwanted tensors (the LLM, with ``load_llm=False``) are never materialised."""
     tensors: dict[str, Tensor] = {}

@@ -1,0 +1,372 @@
+"""The continuous-batching engine against HF ``generate`` run one request at a time, on the
+real SmolLM2-135M-Instruct weights (fp32, CPU): mixed prompt lengths, requests joining a
+running batch, a shared-prefix cache, visual-token splices, stop strings, seeded sampling,
+shedding.  A small random LLaMA with confident logits runs the same comparison on CPU and,
+marked gpu, on CUDA in fp32, fp16 and bf16 (no model files needed there)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import threading
+
+import pytest
+import torch
+
+from facestream.llm.engine import Engine
+from facestream.llm.requests import GenerationRequest, GenerationResult, QueueFull, RequestError
+from tests.helpers import REPO
+
+NEW = 12                    # new tokens per request: enough to cover EOS and stop strings
+IMAGE = -200                # out-of-vocabulary placeholder, as LLaVA uses
+N_VISUAL = 20
+QUESTIONS = (
+    "Describe the facial expression of a smiling woman.",
+    "Answer yes or no only: is a frown a sign of anger?",
+    "Which facial action units are active when someone raises the inner brows, drops the "
+    "jaw and stretches the lips horizontally in fear? Explain each briefly.",
+    "Reply with one word: the opposite of happy.",
+    "What does a face look like when a person is surprised, and how does it differ from a "
+    "face showing fear, in terms of the eyes, the brows and the mouth?",
+)
+
+
+@pytest.fixture(scope="module")
+def prompts(smol) -> list[tuple[int, ...]]:
+    _, tokenizer = smol
+    return [tuple(tokenizer.apply_chat_template([{"role": "user", "content": q}],
+                                                add_generation_prompt=True)["input_ids"])
+            for q in QUESTIONS]
+
+
+def hf_generate(model, *, ids: tuple[int, ...] | None = None,
+                embeds: torch.Tensor | None = None, new: int = NEW) -> tuple[int, ...]:
+    """HF greedy generate for one request (token ids, or spliced embeddings [T, hidden]);
+    the generated ids, EOS included if reached."""
+    device = model.device
+    with torch.inference_mode():
+        if embeds is not None:      # with inputs_embeds only, generate returns just new ids
+            mask = torch.ones(1, embeds.shape[0], dtype=torch.long, device=device)
+            out = model.generate(inputs_embeds=embeds[None], attention_mask=mask,
+                                 do_sample=False, max_new_tokens=new)
+            return tuple(out[0].tolist())
+        tensor = torch.tensor([ids], device=device)
+        out = model.generate(tensor, attention_mask=torch.ones_like(tensor), do_sample=False,
+                             max_new_tokens=new)
+        return tuple(out[0, len(ids):].tolist())
+
+
+@pytest.fixture(scope="module")
+def reference(smol, prompts) -> list[tuple[int, ...]]:
+    model, _ = smol
+    return [hf_generate(model, ids=p) for p in prompts]
+
+
+def greedy(i: int, ids: tuple[int, ...], **kw) -> GenerationRequest:
+    return GenerationRequest(f"r{i}", ids, max_new_tokens=NEW, **kw)
+
+
+def check_against(results: list[GenerationResult], expected: list[tuple[int, ...]],
+                  tokenizer, eos: int) -> None:
+    for result, tokens in zip(results, expected):
+        assert result.token_ids == tokens, result.request_id
+        assert result.text == tokenizer.decode(tokens, skip_special_tokens=True)
+        assert result.finish_reason == ("eos" if tokens[-1] == eos else "length")
+        assert 0 < result.ttft_s <= result.latency_s
+
+
+@pytest.mark.slow
+def test_batched_greedy_equals_hf_generate(smol, prompts, reference):
+    model, tokenizer = smol
+    assert len({len(p) for p in prompts}) == len(prompts)          # mixed lengths
+    assert any(t[-1] == tokenizer.eos_token_id for t in reference)  # one ends early
+    engine = Engine(model, tokenizer, max_batch=3, max_seq_len=160)  # fewer slots than requests
+    results = engine.generate([greedy(i, p) for i, p in enumerate(prompts)])
+    check_against(results, reference, tokenizer, tokenizer.eos_token_id)
+    stats = engine.stats
+    assert stats["running"] == stats["queued"] == 0
+    assert stats["tokens"] == sum(len(t) for t in reference)
+    assert stats["prefill_tokens"] == sum(len(p) for p in prompts)
+
+
+@pytest.mark.slow
+def test_requests_join_a_running_batch(smol, prompts, reference):
+    model, tokenizer = smol
+    engine = Engine(model, tokenizer, max_batch=4, max_seq_len=160)
+    early = [engine.submit(greedy(i, prompts[i])) for i in (0, 2)]
+    for _ in range(3):
+        assert engine.step() == []
+    late = {i: engine.submit(greedy(i, prompts[i])) for i in (1, 3, 4)}
+    engine.step()
+    assert engine.stats["running"] == 4 and engine.stats["queued"] == 1
+    assert not any(f.done() for f in early)
+    while not all(f.done() for f in [*early, *late.values()]):
+        engine.step()
+    order = [0, 2, 1, 3, 4]
+    results = [f.result() for f in early] + [late[i].result() for i in (1, 3, 4)]
+    check_against(results, [reference[i] for i in order], tokenizer, tokenizer.eos_token_id)
+
+
+@pytest.mark.slow
+def test_prefix_cache_keeps_output_and_saves_prefill(smol, prompts, reference):
+    model, tokenizer = smol
+    shared = 0
+    while all(p[shared] == prompts[0][shared] for p in prompts):
+        shared += 1
+    assert shared > 10                                      # the template's system prompt
+    runs = {}
+    for prefix in ((), prompts[0][:shared]):
+        engine = Engine(model, tokenizer, max_batch=5, max_seq_len=160, prefix_ids=prefix)
+        results = engine.generate([greedy(i, p) for i, p in enumerate(prompts)])
+        check_against(results, reference, tokenizer, tokenizer.eos_token_id)
+        runs[len(prefix)] = engine.stats
+    assert runs[shared]["prefix_hits"] == len(prompts) and runs[0]["prefix_hits"] == 0
+    assert runs[0]["prefill_tokens"] - runs[shared]["prefill_tokens"] == len(prompts) * shared
+
+
+@pytest.fixture(scope="module")
+def visual_case(smol):
+    """Two prompts with N_VISUAL image placeholders each; their visual tokens are seeded
+    "encoder features" [N_VISUAL, 64] through a seeded Linear(64 -> hidden), scaled to the
+    model's mean embedding norm; and HF generate on the spliced inputs_embeds."""
+    model, tokenizer = smol
+    embed = model.get_input_embeddings()
+    hidden = embed.weight.shape[1]
+    torch.manual_seed(0)
+    projector = torch.nn.Linear(64, hidden)
+    target_norm = embed.weight.norm(dim=-1).mean()
+    cases = []
+    for question in ("What expression does this face show?",
+                     "Describe the eyes and the mouth of this person in detail."):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": f"@IMG@\n{question}"}],
+                                             add_generation_prompt=True, tokenize=False)
+        before, after = text.split("@IMG@")
+        ids = (*tokenizer(before, add_special_tokens=False)["input_ids"], *[IMAGE] * N_VISUAL,
+               *tokenizer(after, add_special_tokens=False)["input_ids"])
+        with torch.no_grad():
+            visual = projector(torch.randn(N_VISUAL, 64))                   # [20, hidden]
+            visual = visual * (target_norm / visual.norm(dim=-1, keepdim=True))
+            idx = torch.tensor(ids)
+            embeds = embed(idx.masked_fill(idx == IMAGE, 0))                # [T, hidden]
+            embeds[idx == IMAGE] = visual
+        cases.append((ids, visual, hf_generate(model, embeds=embeds)))
+    return cases
+
+
+@pytest.mark.slow
+def test_visual_splice_equals_hf_inputs_embeds(smol, prompts, reference, visual_case):
+    model, tokenizer = smol
+    engine = Engine(model, tokenizer, max_batch=3, max_seq_len=160, image_token_id=IMAGE)
+    requests = [greedy(10 + i, ids, visual=visual) for i, (ids, visual, _) in
+                enumerate(visual_case)]
+    results = engine.generate([requests[0], greedy(0, prompts[0]), requests[1]])
+    expected = [visual_case[0][2], reference[0], visual_case[1][2]]
+    check_against(results, expected, tokenizer, tokenizer.eos_token_id)
+    assert visual_case[0][2] != visual_case[1][2]
+
+
+@pytest.fixture(scope="module")
+def small_engine(smol):
+    model, tokenizer = smol
+    return Engine(model, tokenizer, max_batch=2, max_seq_len=64, image_token_id=IMAGE)
+
+
+@pytest.mark.parametrize("ids, visual_shape, max_new, match", [
+    ((5, IMAGE, IMAGE, 6), (3, 576), 4, "prompt has 2 image placeholders but 3 visual tokens"),
+    ((5, 6), (1, 576), 4, "prompt has 0 image placeholders but 1 visual tokens"),
+    ((5, IMAGE, 6), None, 4, "prompt has 1 image placeholders but 0 visual tokens"),
+    ((5, IMAGE, 6), (1, 64), 4, "hidden size 64 but the model's hidden size is 576"),
+    ((5,) * 60, None, 8, r"prompt \(60 tokens\) \+ max_new_tokens \(8\) = 68 exceeds "
+                         "max_seq_len 64"),
+    ((5, 49152), None, 4, "token id 49152 is outside the vocabulary"),
+])
+def test_bad_requests_are_refused_at_submit(small_engine, ids, visual_shape, max_new, match):
+    visual = None if visual_shape is None else torch.zeros(visual_shape)
+    with pytest.raises(RequestError, match=match) as info:
+        small_engine.submit(GenerationRequest("bad", ids, visual=visual,
+                                              max_new_tokens=max_new))
+    assert isinstance(info.value, ValueError)
+    assert small_engine.stats["queued"] == 0
+
+
+@pytest.mark.parametrize("fields, match", [
+    ({"prompt_ids": ()}, "prompt_ids is empty"),
+    ({"max_new_tokens": 0}, "max_new_tokens=0"),
+    ({"temperature": -1.0}, "temperature=-1.0"),
+    ({"stop": ("",)}, "empty stop string"),
+    ({"visual": torch.zeros(576)}, r"visual has shape \(576,\)"),
+    ({"seed": 2 ** 64}, r"seed=18446744073709551616"),
+])
+def test_bad_request_values(fields, match):
+    with pytest.raises(RequestError, match=match):
+        GenerationRequest("bad", **{"prompt_ids": (1, 2), **fields})
+
+
+@pytest.mark.slow
+def test_stop_string_cuts_text_and_ends_generation(smol, prompts, reference):
+    model, tokenizer = smol
+    full = tokenizer.decode(reference[2], skip_special_tokens=True)
+    stop = full.split()[4]                                  # a word in the middle
+    engine = Engine(model, tokenizer, max_batch=2, max_seq_len=160)
+    stopped, other = engine.generate([greedy(0, prompts[2], stop=("@@never@@", stop)),
+                                      greedy(1, prompts[0])])
+    assert stopped.finish_reason == "stop"
+    assert stopped.text == full[:full.index(stop)]
+    assert reference[2][:len(stopped.token_ids)] == stopped.token_ids
+    assert len(stopped.token_ids) < len(reference[2])
+    assert other.token_ids == reference[0]
+
+
+@pytest.mark.slow
+def test_seeded_sampling_does_not_depend_on_batch_mates(smol, prompts):
+    model, tokenizer = smol
+    engine = Engine(model, tokenizer, max_batch=4, max_seq_len=160)
+
+    def sampled(seed: int, i: int = 1) -> GenerationRequest:
+        return GenerationRequest(f"s{seed}-{i}", prompts[i], max_new_tokens=NEW,
+                                 temperature=1.0, seed=seed, ignore_eos=True)
+
+    alone = engine.generate([sampled(7)])[0]
+    crowded = engine.generate([greedy(0, prompts[0]), sampled(8, 2), sampled(7),
+                               sampled(9, 4)])[2]
+    other_seed = engine.generate([sampled(8)])[0]
+    assert crowded.token_ids == alone.token_ids and crowded.text == alone.text
+    assert other_seed.token_ids != alone.token_ids
+    assert len(alone.token_ids) == NEW
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    """A one-layer random LLaMA: for tests about scheduling, not numerics."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         num_key_value_heads=1, intermediate_size=64, vocab_size=64,
+                         max_position_embeddings=64)
+    return LlamaForCausalLM(config).eval()
+
+
+def test_full_queue_sheds_oldest_non_urgent(tiny_model):
+    engine = Engine(tiny_model, None, max_batch=1, max_seq_len=16, queue_size=3)
+    ids = (5, 6, 7)
+
+    def submit(name: str):
+        return engine.submit(GenerationRequest(name, ids, urgent=name.startswith("u"),
+                                               max_new_tokens=2, ignore_eos=True))
+
+    futures = {name: submit(name) for name in ("n1", "u1", "n2")}
+    futures["n3"] = submit("n3")
+    assert futures["n1"].done() and not futures["n2"].done()
+    futures["u2"] = submit("u2")
+    futures["u3"] = submit("u3")
+    shed = [futures[n].result() for n in ("n1", "n2", "n3")]
+    assert [(r.request_id, r.finish_reason) for r in shed] == [
+        ("n1", "shed"), ("n2", "shed"), ("n3", "shed")]
+    assert engine.stats["shed"] == 3 and engine.stats["queued"] == 3
+    with pytest.raises(QueueFull, match="holds 3 urgent requests"):
+        submit("u4")
+    with pytest.raises(QueueFull):
+        submit("n4")
+    while engine.stats["queued"] or engine.stats["running"]:
+        engine.step()
+    assert [len(futures[n].result().token_ids) for n in ("u1", "u2", "u3")] == [2, 2, 2]
+    assert engine.stats["shed"] == 3
+
+
+def test_stop_strings_need_a_tokenizer(tiny_model):
+    engine = Engine(tiny_model, None, max_batch=1, max_seq_len=16)
+    with pytest.raises(RequestError, match="stop strings need a tokenizer"):
+        engine.submit(GenerationRequest("x", (5, 6), stop=("a",), max_new_tokens=4))
+
+
+@pytest.mark.slow
+def test_background_loop_serves_threads(smol, prompts, reference):
+    model, tokenizer = smol
+    engine = Engine(model, tokenizer, max_batch=2, max_seq_len=160)
+    engine.start()
+    results: dict[int, GenerationResult] = {}
+
+    def client(i: int) -> None:
+        results[i] = engine.submit(greedy(i, prompts[i])).result(timeout=120)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in (0, 1, 3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    engine.close()
+    check_against([results[i] for i in (0, 1, 3)], [reference[i] for i in (0, 1, 3)],
+                  tokenizer, tokenizer.eos_token_id)
+    with pytest.raises(RequestError, match="engine is closed"):
+        engine.submit(greedy(0, prompts[0]))
+
+
+def test_bench_shape_path_runs_on_cpu(monkeypatch):
+    """bench_llm.py's 7B-shape path (random weights, visual placeholders, HF batched
+    baseline) with the tiny shape, so it is known to run before it reaches a GPU."""
+    spec = importlib.util.spec_from_file_location("bench_llm", REPO / "bench" / "bench_llm.py")
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_llm", bench)       # its dataclasses look it up
+    spec.loader.exec_module(bench)
+    rows = bench.shape_bench(shape_name="tiny", device=torch.device("cpu"),
+                             dtype=torch.float32, batches=(1, 3))
+    assert [(r["batch"], r["run"]) for r in rows] == [(1, "engine"), (1, "hf"),
+                                                      (3, "engine"), (3, "hf")]
+    assert all(r["tokens_per_s"] > 0 and r["greedy_agree"] == 1.0 for r in rows)
+
+
+def random_llama(*, device: str, dtype: torch.dtype, std: float = 0.08):
+    """A small random LLaMA with GQA whose logits have clear winners (weights wider than the
+    usual 0.02 init), so greedy tokens are decided by the model, not by rounding."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=256, num_hidden_layers=4, num_attention_heads=8,
+                         num_key_value_heads=2, intermediate_size=512, vocab_size=1000,
+                         max_position_embeddings=256, bos_token_id=1, eos_token_id=2,
+                         pad_token_id=0)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" not in name:
+                param.normal_(0.0, std)
+    return model.to(device=device, dtype=dtype).eval()
+
+
+@pytest.mark.parametrize("device, dtype", [
+    ("cpu", torch.float32),
+    pytest.param("cuda", torch.float32, marks=pytest.mark.gpu),
+    pytest.param("cuda", torch.float16, marks=pytest.mark.gpu),
+    pytest.param("cuda", torch.bfloat16, marks=pytest.mark.gpu),
+])
+def test_random_llama_greedy_equals_hf_generate(device, dtype):
+    """Tiny-config tier: the engine on each device/dtype vs HF generate one request at a
+    time, with a visual splice, mixed lengths and a late arrival."""
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    model = random_llama(device=device, dtype=dtype)
+    generator = torch.Generator().manual_seed(1)
+    prompts = [tuple(torch.randint(3, 1000, (n,), generator=generator).tolist())
+               for n in (5, 23, 61, 9, 40)]
+    prompts[1] = prompts[1][:4] + (IMAGE,) * 8 + prompts[1][4:]
+    visual = (torch.randn(8, 256, generator=generator) * 0.08).to(device=device, dtype=dtype)
+    embed = model.get_input_embeddings()
+    expected = []
+    for ids in prompts:
+        idx = torch.tensor(ids, device=device)
+        with torch.inference_mode():
+            embeds = embed(idx.masked_fill(idx == IMAGE, 0))
+            if IMAGE in ids:
+                embeds[idx == IMAGE] = visual
+        expected.append(hf_generate(model, embeds=embeds, new=10))
+    engine = Engine(model, None, max_batch=3, max_seq_len=96, image_token_id=IMAGE)
+    requests = [GenerationRequest(f"t{i}", ids, visual=visual if IMAGE in ids else None,
+                                  max_new_tokens=10) for i, ids in enumerate(prompts)]
+    first = [engine.submit(r) for r in requests[:2]]
+    engine.step()
+    rest = [engine.submit(r) for r in requests[2:]]
+    while not all(f.done() for f in first + rest):
+        engine.step()
+    got = [f.result().token_ids for f in first + rest]
+    assert got == expected

@@ -1,0 +1,248 @@
+"""The facellava profile end to end, on a tiny random Face-LLaVA of the exact architecture
+written in the released checkpoint layout (the 7B checkpoint cannot be fetched here), over
+real video: worker stages -> vision path with landmarks -> engine -> parsers -> events."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from facestream import events
+from facestream.config import Settings
+from facestream.encoder.facellava import load_facellava
+from facestream.ingest.sources import parse_source
+from facestream.llm.facellava import answer_fields, load_stage
+from facestream.retry import Backoff
+from facestream.types import FaceSample, FaceWindow
+from facestream.vision.decode import Decoder
+from facestream.vision.faces import FaceAnalyzer
+from tests.helpers import check_events_file, read_events, run_cli
+from tests.tiny_facellava import write_tiny_checkpoint
+
+NEW_TOKENS = 6
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("facellava") / "tiny-facellava",
+                                 cross_attn_type="masked")
+
+
+@pytest.fixture(scope="module")
+def window(sample):
+    """One real second of WolfgangLanger: 10 frames of one face, with Face-LLaVA crops."""
+    analyzer = FaceAnalyzer(square_crops=True)
+    decoder = Decoder(parse_source(str(sample("WolfgangLanger_Pexels.mp4"))), stream_id="w",
+                      fps=10.0, backoff=Backoff(0, 0.0, 0.0))
+    samples = []
+    try:
+        for frame in decoder.frames():
+            faces = analyzer(frame.image)
+            assert len(faces) == 1
+            samples.append(FaceSample(frame.time_s, frame.pts, frame.arrival, faces.boxes[0],
+                                      faces.landmarks[0], faces.mesh[0], faces.chips.take(0)))
+            if len(samples) == 10:
+                break
+    finally:
+        decoder.close()
+        analyzer.close()
+    return FaceWindow("w", "t1", tuple(samples), (640, 360))
+
+
+# The reference side of the chain test, written out here from the public Face-LLaVA code
+# (facestream.llm.prompts and facestream.encoder.facellava.preprocess quote the same facts),
+# so that it shares no code with the stage it checks.
+PLACEHOLDER = -200                     # LLaVA's IMAGE_TOKEN_INDEX
+SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. The "
+          "assistant gives helpful, detailed, and polite answers to the human's questions.")
+QUESTIONS = {"expression": "What emotion is shown in the video?",           # video form
+             "age": "How old do you think the person in the picture is, and what makes you "
+                    "think so?"}                                            # image form
+CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+# np.linspace(0, 9, 8) = 9 i / 7 = 0, 1.29, 2.57, 3.86, 5.14, 6.43, 7.71, 9, truncated: the
+# 8 frames the reference samples from a 10-frame window; an image task takes frame 10 // 2.
+VIDEO_PICKS = [0, 1, 2, 3, 5, 6, 7, 9]
+IMAGE_PICKS = [5]
+# 224 / 14 = 16 x 16 patches: the image tower gives the 256 patch tokens, the video tower
+# the class token too (257 per frame).
+TOKENS_PER_FRAME = {"image": 256, "video": 257}
+
+
+def reference_pixels(crops: np.ndarray, kind: str) -> torch.Tensor:
+    """LanguageBind's processors on 256² crops: [0, 1], short side to 224 (video: bilinear,
+    image: bicubic; no antialias), nothing left to centre-crop, CLIP mean/std."""
+    x = torch.from_numpy(crops.copy()).permute(0, 3, 1, 2).float() / 255.0
+    x = torch.nn.functional.interpolate(x, size=(224, 224), align_corners=False,
+                                        mode="bilinear" if kind == "video" else "bicubic")
+    return (x - CLIP_MEAN) / CLIP_STD                                    # [F, 3, 224, 224]
+
+
+def reference_visual(model, crops: np.ndarray, marks: np.ndarray, kind: str) -> torch.Tensor:
+    """Tower -> fusion with the frames' landmarks; frame t's tokens are rows t * P ..
+    (t + 1) * P.  The tower and fusion modules have their own reference tests
+    (test_facellava_towers, test_facellava_fusion); the order and shapes here are written
+    from the public code, not taken from facestream's VisionPath."""
+    pixels = reference_pixels(crops, kind)
+    if kind == "video":
+        features = model.video_tower(pixels.permute(1, 0, 2, 3)[None])   # [1, F, 257, C]
+    else:
+        features = model.image_tower(pixels)[:, None]                    # [1, 1, 256, C]
+    assert features.shape[2] == TOKENS_PER_FRAME[kind]
+    tokens = model.fusion(features, torch.from_numpy(marks)[None])       # [1, F, P, D]
+    return torch.cat(list(tokens[0]))                                    # [F * P, D]
+
+
+def reference_ids(tokenizer, task: str, frames: int) -> list[int]:
+    """Vicuna v1 one-turn prompt, placeholders joined by spaces, then the reference's
+    tokenizer_image_token: chunks between placeholders tokenized alone, only the first
+    chunk's BOS kept; each placeholder expanded to one id per visual token."""
+    text = (f"{SYSTEM} USER: " + " ".join(["<image>"] * frames) + "\n" + QUESTIONS[task]
+            + " ASSISTANT:")
+    chunks = [tokenizer(chunk).input_ids for chunk in text.split("<image>")]
+    drop = 1 if chunks[0][:1] == [tokenizer.bos_token_id] else 0
+    ids = list(chunks[0])
+    per_image = TOKENS_PER_FRAME["video" if frames > 1 else "image"]
+    for chunk in chunks[1:]:
+        ids += [PLACEHOLDER] * per_image + chunk[drop:]
+    return ids
+
+
+def test_answers_are_what_hf_generate_gives_for_the_same_visual_tokens(checkpoint, window,
+                                                                       monkeypatch):
+    """The stage's whole chain — 8 frames picked, crops preprocessed, landmarks passed,
+    2,056 visual tokens spliced at the placeholders, the engine's greedy decode — equals a
+    direct computation written in this file (frame picks, pixels, prompt ids, splicing) over
+    the checkpoint's tower and fusion modules and HF ``generate`` on ``inputs_embeds``.
+    What the stage hands the engine is checked too, not only the (short) decoded text."""
+    from facestream.llm.engine import Engine
+
+    submitted = []
+    real_generate = Engine.generate
+
+    def recording_generate(self, requests):
+        submitted.extend(requests)
+        return real_generate(self, requests)
+
+    monkeypatch.setattr(Engine, "generate", recording_generate)
+    settings = Settings.load({"profile": "facellava", "facellava_checkpoint": str(checkpoint),
+                              "facellava_tasks": "expression,age",
+                              "facellava_max_new_tokens": NEW_TOKENS})
+    stage = load_stage(settings)
+    [answer] = stage.answer([(window, None)])
+    assert [r.request_id.rsplit("/", 1)[1] for r in submitted] == ["expression", "age"]
+
+    assert len(window.samples) == 10
+    model = load_facellava(checkpoint, dtype=torch.float32)
+    for request, task, kind, frames in ((submitted[0], "expression", "video", VIDEO_PICKS),
+                                        (submitted[1], "age", "image", IMAGE_PICKS)):
+        crops = np.concatenate([window.samples[i].chips.square for i in frames])
+        marks = np.concatenate([window.samples[i].chips.square_landmarks for i in frames])
+        with torch.inference_mode():
+            visual = reference_visual(model, crops, marks, kind)        # [F * P, D]
+            ids = reference_ids(model.tokenizer, task, len(frames))
+            assert ids.count(PLACEHOLDER) == visual.shape[0] == len(frames) * TOKENS_PER_FRAME[kind]
+            assert list(request.prompt_ids) == ids, task
+            torch.testing.assert_close(request.visual, visual, rtol=1e-5, atol=1e-5)
+            ids_t = torch.tensor(ids)
+            embeds = model.llm.get_input_embeddings()(ids_t.clamp(min=0))
+            embeds[ids_t == PLACEHOLDER] = visual                       # in order, frame by frame
+            out = model.llm.generate(inputs_embeds=embeds[None], max_new_tokens=NEW_TOKENS,
+                                     do_sample=False, attention_mask=torch.ones(1, len(ids)))
+        expected = model.tokenizer.decode(out[0], skip_special_tokens=True).split("</s>")[0]
+        assert answer.fields["answers"][task] == expected.strip(), task
+    assert answer.description == answer.fields["answers"]["expression"]
+
+
+def test_remote_llm_tier_gives_the_same_answers(checkpoint, window):
+    """With ``llm_endpoint`` set, the vision worker loads no LLM: it splices the visual tokens
+    into prompt embeddings and sends them to an OpenAI-compatible server (here facestream's
+    own, serving the checkpoint's LLM); the answers equal the in-process engine's."""
+    from facestream.llm.server import LLMServer
+
+    base = {"profile": "facellava", "facellava_checkpoint": str(checkpoint),
+            "facellava_tasks": "expression,deepfake", "facellava_max_new_tokens": NEW_TOKENS}
+    local = load_stage(Settings.load(base)).answer([(window, None)])
+    model = load_facellava(checkpoint, dtype=torch.float32)
+    with LLMServer(model.llm, model.tokenizer, max_batch=4, max_seq_len=2560, port=0) as server:
+        remote_stage = load_stage(Settings.load({**base, "llm_endpoint": server.url}))
+        remote = remote_stage.answer([(window, None)])
+        assert server.stats["tokens"] > 0
+    assert remote[0].fields["answers"] == local[0].fields["answers"]
+
+
+@pytest.mark.slow
+def test_onnx_runtime_vision_backend_gives_the_same_answers(checkpoint, window, tmp_path):
+    """``facellava_vision_backend=onnxruntime`` exports the vision path once into the engine
+    cache and runs it there; the answers are the torch path's."""
+    base = {"profile": "facellava", "facellava_checkpoint": str(checkpoint),
+            "facellava_tasks": "expression,age", "facellava_max_new_tokens": NEW_TOKENS,
+            "cache_dir": str(tmp_path)}
+    torch_answer = load_stage(Settings.load(base)).answer([(window, None)])[0]
+    onnx_stage = load_stage(Settings.load({**base, "facellava_vision_backend": "onnxruntime"}))
+    assert len(list((tmp_path / "engines").glob("facellava-vision-*.onnx"))) == 2   # both towers
+    onnx_answer = onnx_stage.answer([(window, None)])[0]
+    assert onnx_answer.fields["answers"] == torch_answer.fields["answers"]
+
+
+@pytest.mark.parametrize("texts, expected", [
+    ({"expression": "The person's expression clearly indicates fear. Her eyes are wide open."},
+     {"expression": {"label": "fear"}}),
+    ({"expression": "Nothing to say.", "age": "She appears to be about 35 years old."},
+     {"expression": {"label": None}, "attributes": {"age": {"years": 35.0, "low": 35.0, "high": 35.0}}}),
+    ({"deepfake": "The video is authentic; there are no signs of manipulation."},
+     {"deepfake": {"score": 0.0, "fake": False}}),
+    # parse_age's documented table: "late twenties" -> (28, 27, 29), "between 30 and 40" ->
+    # (35, 30, 40): bounds that differ from the years and from each other.
+    ({"age": "She is in her late twenties."},
+     {"attributes": {"age": {"years": 28.0, "low": 27.0, "high": 29.0}}}),
+    ({"age": "He is likely between 30 and 40, judging by the wrinkles."},
+     {"attributes": {"age": {"years": 35.0, "low": 30.0, "high": 40.0}}}),
+])
+def test_answers_become_event_fields(texts, expected):
+    """Each asked task's fields, the age with its bounds; tasks not asked add nothing."""
+    assert answer_fields(texts) == expected
+
+
+@pytest.mark.slow
+def test_analyze_with_the_facellava_profile_writes_valid_events(checkpoint, tmp_path):
+    out = tmp_path / "out"
+    result = run_cli("analyze", "sample:WolfgangLanger_Pexels.mp4", "--out", str(out),
+                     "--fps", "5", "--profile", "facellava", "--checkpoint", str(checkpoint),
+                     "--tasks", "expression,action_units,attributes,age,deepfake",
+                     env={"FACESTREAM_FACELLAVA_MAX_NEW_TOKENS": str(NEW_TOKENS)})
+    assert result.returncode == 0, result.stderr
+    evs = read_events(out / "events.jsonl")
+    analysis = [e for e in evs if e["type"] == events.FACE_ANALYSIS]
+    assert len(analysis) >= 15
+    check_events_file(out / "events.jsonl")
+    fresh = [e["data"] for e in analysis if not e["data"]["description_reused"]]
+    assert fresh and fresh[0]["description_trigger"] == "new_track"
+    for data in (e["data"] for e in analysis):
+        assert data["model"]["profile"] == "facellava"
+        assert set(data["answers"]) == {"expression", "action_units", "attributes", "age",
+                                        "deepfake"}
+        assert data["description"] == data["answers"]["expression"]
+        assert data["action_units"]["method"] == "model"
+        assert len(data["expression"]["scores"]) == 7       # the cheap head's, kept
+    reused = [e["data"] for e in analysis if e["data"]["description_reused"]]
+    for data in reused:
+        source = next(f for f in reversed(fresh)
+                      if f["window"]["start_s"] == data["description_from_s"])
+        assert data["answers"] == source["answers"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--profile", "facellava"], "needs facellava_checkpoint"),
+    (["--profile", "facellava", "--checkpoint", "/nonexistent/facellava"], "/nonexistent/facellava"),
+    (["--profile", "facellava", "--checkpoint", "CKPT", "--tasks", "expression,mood"],
+     "facellava_tasks"),
+])
+def test_bad_facellava_settings_are_one_line_errors(args, message, checkpoint, tmp_path):
+    args = [str(checkpoint) if a == "CKPT" else a for a in args]
+    result = run_cli("analyze", "sample:single_face.jpg", "--out", str(tmp_path), *args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,51 @@
+"""Model files: missing files name the command, hashes catch changed files."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from facestream import assets
+from facestream.errors import AssetError
+
+
+def test_missing_asset_names_the_command(tmp_path):
+    with pytest.raises(AssetError, match="run `facestream models pull`"):
+        assets.require(tmp_path, "models/age-v1.onnx")
+    with pytest.raises(AssetError, match="models pull --samples"):
+        assets.sample(tmp_path, "clip.mp4")
+
+
+def test_hash_check_catches_a_file_changed_in_place(tmp_path):
+    f = tmp_path / "m.bin"
+    f.write_bytes(b"weights" * 1000)
+    good = assets.sha256_of(f)
+    assert assets._verified(f, good)                 # hashed, stamp written
+    stamp = f.with_name("m.bin.sha256").read_text()
+    assert stamp.startswith(good) and assets._verified(f, good)      # the stamp is trusted
+    with open(f, "r+b") as fh:                       # one byte, same size, same inode
+        fh.seek(3000)
+        fh.write(b"W")
+    assert f.with_name("m.bin.sha256").read_text() == stamp          # the stamp is stale
+    assert not assets._verified(f, good)
+
+
+def test_a_stamp_does_not_vouch_for_another_file(tmp_path):
+    f = tmp_path / "m.bin"
+    f.write_bytes(b"weights")
+    good = assets.sha256_of(f)
+    assert assets._verified(f, good)
+    replacement = tmp_path / "other.bin"
+    replacement.write_bytes(b"WEIGHTS")              # same size
+    os.utime(replacement, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns))   # same mtime
+    replacement.replace(f)                           # another inode
+    assert not assets._verified(f, good)
+
+
+def test_manifest_is_consistent():
+    manifest = assets.Manifest.bundled()
+    for f in manifest.files.values():
+        assert f.package in manifest.packages
+        assert len(f.sha256) == 64 and int(f.sha256, 16) >= 0
+    assert all("==" in p.requirement for p in manifest.packages.values())

@@ -1,0 +1,114 @@
+"""The worker's face stage on several threads delivers exactly what one thread delivers.
+
+No Kafka or Redis: the worker gets an in-memory consumer (one poll holding every message),
+sink and dead-letter producer, so what it writes, checkpoints and commits can be compared
+call by call.  The reference for the events themselves is embedded ``analyze`` on the files.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import av
+import pytest
+
+from facestream import events
+from facestream.config import Settings
+from facestream.ingest.chunks import EndOfStream, gop_chunks
+from facestream.workers.worker import Worker, worker_threads
+from tests.helpers import analyze_in_process
+from tests.helpers import MemoryProducer, MemorySink, OnePollConsumer, Record
+
+FPS = 5.0
+TOPIC = "unit.video"
+
+
+def _chunks(path, stream_id: str) -> list:
+    with av.open(str(path)) as container:
+        return list(gop_chunks(container, stream_id=stream_id))
+
+
+@pytest.fixture(scope="module")
+def batch(sample):
+    """One poll: stream "both" (face_noface.mov, 6 chunks) alternates between partitions 0
+    and 2, so every round holds two of its messages; partition 1 has a message that is no
+    chunk, stream "single" (single_face.mp4) and a chunk of stream "broken" that does not
+    decode.  Offsets are unique per stream, as a stream's skip check needs."""
+    from kafka import TopicPartition
+
+    both = _chunks(sample("face_noface.mov"), "both")
+    single = _chunks(sample("single_face.mp4"), "single")
+    broken = replace(single[0], stream_id="broken", payload=single[0].payload[:-5000])
+    messages = {
+        0: [("both", c.payload, c.headers()) for c in both[0::2]],
+        1: [("noise", b"not video", []), ("broken", broken.payload, broken.headers()),
+            *(("single", c.payload, c.headers()) for c in single),
+            ("single", b"", EndOfStream("single", len(single) - 1).headers())],
+        2: [*(("both", c.payload, c.headers()) for c in both[1::2]),
+            ("both", b"", EndOfStream("both", len(both) - 1).headers())],
+    }
+    out = {}
+    for partition, items in messages.items():
+        out[TopicPartition(TOPIC, partition)] = [
+            Record(TOPIC, partition, 2 * i + (partition == 2), key.encode(), value, headers)
+            for i, (key, value, headers) in enumerate(items)]
+    return out
+
+
+def _run(batch: dict, models, threads: int):
+    settings = Settings.load({"describe": False, "fps": FPS, "metrics_port": 0,
+                              "video_topic": TOPIC, "worker_threads": threads})
+    consumer, sink, dlq = OnePollConsumer(batch), MemorySink(), MemoryProducer()
+    worker = Worker(settings, models=models, consumer=consumer, sink=sink, dlq_producer=dlq)
+    report = worker.run(until=lambda w: consumer.polls >= 2)
+    return report, consumer, sink, dlq
+
+
+def _comparable(event: dict) -> tuple[str, str, str]:
+    data = {k: v for k, v in event["data"].items() if k != "latency_ms"}
+    return event["id"], event["type"], json.dumps(data, sort_keys=True)
+
+
+@pytest.fixture(scope="module")
+def one_thread(batch, models):
+    return _run(batch, models, threads=1)
+
+
+def test_one_thread_worker_writes_what_analyze_writes(one_thread, models, sample, tmp_path):
+    report, _, sink, dlq = one_thread
+    assert report.streams_ended == 2 and report.dead_letters == 2
+    assert sorted(reason.split(":")[0] for _, reason in dlq.sent) == ["chunk 0 does not decode",
+                                                                     "not a chunk"]
+    got = [e for write in sink.writes for e in write]
+    errors = sorted(e["data"]["stream_id"] for e in got if e["type"] == events.STREAM_ERROR)
+    assert errors == ["broken", "noise"]
+    expected = []
+    for stream_id, clip in (("both", "face_noface.mov"), ("single", "single_face.mp4")):
+        _, evs = analyze_in_process(sample(clip), models, tmp_path / stream_id,
+                                    stream_id=stream_id, fps=FPS)
+        expected += evs
+    analysed = [e for e in got if e["type"] != events.STREAM_ERROR]
+    assert any(e["type"] == events.FACE_ANALYSIS for e in expected)
+    assert sorted(map(_comparable, analysed)) == sorted(map(_comparable, expected))
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_threaded_worker_delivers_exactly_what_one_thread_delivers(one_thread, batch, models,
+                                                                   threads):
+    report1, consumer1, sink1, dlq1 = one_thread
+    report, consumer, sink, dlq = _run(batch, models, threads=threads)
+    assert report == report1
+    # Same events, same ids, same order, in the same Redis writes (one per round).
+    assert ([[_comparable(e) for e in write] for write in sink.writes]
+            == [[_comparable(e) for e in write] for write in sink1.writes])
+    assert sink.saves == sink1.saves          # checkpoints: keys, offsets, TTLs, per round
+    assert consumer.commits == consumer1.commits
+    assert dlq.sent == dlq1.sent
+
+
+@pytest.mark.parametrize("setting, cores, expected", [(0, 1, 1), (0, 2, 2), (0, 16, 2),
+                                                      (1, 16, 1), (4, 2, 4)])
+def test_worker_threads_default_to_two_at_most(monkeypatch, setting, cores, expected):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cores)))
+    assert worker_threads(Settings.load({"worker_threads": setting})) == expected
