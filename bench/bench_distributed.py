@@ -5,41 +5,57 @@ Kafka in, Redis out, as deployed: one ``Worker`` (``facestream worker --no-descr
 ``FACESTREAM_FPS=5``, run in a thread of this process with its models loaded once, metrics
 endpoint off, ``worker_threads`` from ``--worker-threads``) consumes the video topic; the
 publishers run in a child process, as edge publishers would not share the worker's
-interpreter (they, Kafka and Redis do share this machine's cores).  Every measurement has its own topic (6 partitions, the dev broker's
-default), consumer group and Redis keys, created before and deleted after.
+interpreter (they, Kafka and Redis do share this machine's cores).  Every measurement has
+its own topic (6 partitions, the dev broker's default), consumer group and Redis keys,
+created before and deleted after.
 
 (a) offline    ``--offline-streams`` (default 4) passes of the sample clip
                WolfgangLanger_Pexels.mp4 (640x360 H.264, 19.6 s) are published in full
                before the worker starts; throughput is the worker's analysed frames (5 per
                second of media) per wall second from its start (group join included) until
-               it has seen every stream end.  Best of ``--repeat`` (default 2); the first run
-               also warms the models up.
-(b) real time  N = 1, 2, 4, 6, 8 concurrent streams, each ``ingest()`` of the clip with
-               real-time pacing (one pass, distinct stream ids; file chunks, which a worker
-               never drops however late it is), stream i starting i/N of a chunk period
-               after the first so chunks do not all arrive at once.  The publisher records
-               the wall time it hands each chunk to the producer.  Latency of each
-               ``facestream.face.analysis`` event = the time Redis added it (its entry id,
-               Redis's millisecond clock; same host) - the send time of the chunk holding the
-               window's last frame (``data.window.end_pts``).  It includes waiting for the
-               chunk that closes a window: a window ends when a sample of the next one
-               arrives, often in the next chunk (~2.8 s later).  It starts at the send, not
-               at capture: a paced file sends each chunk at its first frame's time, while a
-               live camera's chunk leaves once its GOP is complete.
+               it has seen every stream end, and per CPU second of this process over the
+               same span (``time.process_time``: the worker's threads, its Kafka and Redis
+               clients; the publishers are done before it starts).
+(b) real time  N = 1, 2, 4, 6, 8 (``--stream-counts``) concurrent streams, each ``ingest()``
+               of the clip with real-time pacing (one pass, distinct stream ids; file
+               chunks, which a worker never drops however late it is), stream i starting
+               i/N of a chunk period after the first so chunks do not all arrive at once.
+               The publisher records the wall time it hands each chunk to the producer.
+               Latency of each ``facestream.face.analysis`` event = the time Redis added it
+               (its entry id, Redis's millisecond clock; same host) - the send time of the
+               chunk holding the window's last frame (``data.window.end_pts``).  It
+               includes waiting for the chunk that closes a window: a window ends when a
+               sample of the next one arrives, often in the next chunk (~2.8 s later).  It
+               starts at the send, not at capture: a paced file sends each chunk at its
+               first frame's time, while a live camera's chunk leaves once its GOP is
+               complete.
                The worker keeps up with N streams when p95 latency < 5 s and latency does not
                grow over the run: the least-squares slope of latency against chunk send time
                (seconds of latency per second of run) stays under 0.1 (a worker 10% short of
                the arrival rate adds ~0.1 s of backlog per second).
 
-The largest N kept up (N and every smaller N) is compared with the theoretical count, offline
-throughput / (5 frames/s per stream).  ``--worker-threads 1,2`` measures each setting of
-``worker_threads`` in the same run, interleaved (offline run by run, real time N by N, so drift
-on a shared machine hits both), and prints each one's offline throughput as a ratio to the
-first's.  The last line is ``RESULT {json}`` with every number.  About 3 minutes per setting
-on a 2-core machine (real-time runs are real time: ~25 s each).
+The largest N kept up (N and every smaller N measured), per round and its lower median over
+the rounds, is compared with the theoretical count, median offline throughput / (5 frames/s
+per stream).
 
-    .venv/bin/python bench/bench_distributed.py [--repeat N] [--offline-streams N]
-                                                [--worker-threads N,N] [--start-services]
+Both sides alike: ``--worker-threads`` (default ``1,2``) measures each setting of
+``worker_threads`` in the same run; the first (one thread: every stage on the consuming
+thread) is the baseline of the ratios.  Each setting first runs one untimed offline
+measurement (warm-up: model sessions, MediaPipe graphs, the OS file cache, the broker), then
+``--rounds`` (default 3) offline rounds and ``--realtime-rounds`` (default: ``--rounds``)
+real-time rounds, in which every setting runs once, in turn (offline run by run, real time
+N by N), so drift on a shared machine hits all of them.  Figures are medians over the rounds
+with their spread (min-max); a ratio is median / median of the baseline setting, its spread
+the min-max of the per-round ratios; "kept up" counts the rounds.  The 1-minute load average
+is printed with every measurement.  The last line is ``RESULT {json}`` with every number.
+Real-time runs take real time (19-31 s each), so the defaults (30 of them, and 8 offline
+runs) take about 15 minutes on a 2-core machine; ``--rounds 3 --realtime-rounds 2
+--stream-counts 1,4,6,8`` took 9.3 minutes on 2026-11-30.
+
+    .venv/bin/python bench/bench_distributed.py [--rounds N] [--realtime-rounds N]
+                                                [--stream-counts 1,2,4,6,8]
+                                                [--offline-streams N] [--worker-threads N,N]
+                                                [--start-services]
     ./dev bench                        # every bench/bench_*.py
 
 Kafka and Redis: with ``--start-services``, or when FACESTREAM_KAFKA_BOOTSTRAP and
@@ -60,6 +76,7 @@ import argparse  # noqa: E402
 import bisect  # noqa: E402
 import json  # noqa: E402
 import multiprocessing  # noqa: E402
+import statistics  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
@@ -144,11 +161,11 @@ def measurement_settings(endpoints: Endpoints, tag: str, *, worker_threads: int 
 
 
 def run_worker(settings: Settings, models, streams: int,
-               feed: Callable[[], T]) -> tuple[T, WorkerReport, float]:
+               feed: Callable[[], T]) -> tuple[T, WorkerReport, float, float]:
     """Start a worker in a thread, call ``feed()`` once the group has given it its partitions,
     and wait (at most DRAIN_TIMEOUT_S after ``feed`` returns) until it has seen ``streams``
-    streams end.  Returns what ``feed`` returned, the worker's report and the wall seconds
-    from the worker's start until it stopped."""
+    streams end.  Returns what ``feed`` returned, the worker's report, and the wall and CPU
+    seconds (this process) from the worker's start until it stopped."""
     from facestream.workers.worker import Worker
 
     worker = Worker(settings, models=models)
@@ -168,20 +185,20 @@ def run_worker(settings: Settings, models, streams: int,
             ready.set()
 
     thread = threading.Thread(target=target, name="worker")
-    start = time.monotonic()
+    start, cpu = time.monotonic(), time.process_time()
     thread.start()
     try:
         if not ready.wait(WORKER_READY_TIMEOUT_S):
             raise SystemExit(f"the worker got no partitions within {WORKER_READY_TIMEOUT_S:g}s")
         fed = feed()
         thread.join(DRAIN_TIMEOUT_S)
-        seconds = time.monotonic() - start
+        seconds, cpu_s = time.monotonic() - start, time.process_time() - cpu
     finally:
         worker.stop()
         thread.join()
     if failures:
         raise failures[0]
-    return fed, worker.report, seconds
+    return fed, worker.report, seconds, cpu_s
 
 
 def forget(settings: Settings, stream_ids: list[str]) -> None:
@@ -202,11 +219,16 @@ class Offline:
     streams: int
     frames: int
     seconds: float
+    cpu_s: float                    # CPU seconds of this process (worker threads, clients)
     load: float                     # 1-minute load average at the end (shared machine)
 
     @property
     def fps(self) -> float:
         return self.frames / self.seconds
+
+    @property
+    def cpu_fps(self) -> float:
+        return self.frames / self.cpu_s
 
 
 @dataclass(frozen=True)
@@ -216,6 +238,8 @@ class Realtime:
     latencies: tuple[float, ...]    # seconds, one per analysis event
     growth: float                   # seconds of latency gained per second of run
     load: float                     # 1-minute load average at the end (shared machine)
+    seconds: float                  # wall seconds from the worker's start until it stopped
+    cpu_s: float                    # CPU seconds of this process over the same span
 
     def percentile(self, q: float) -> float:
         return float(np.percentile(self.latencies, q)) if self.latencies else float("nan")
@@ -237,12 +261,12 @@ def measure_offline(endpoints: Endpoints, models, pool: Executor, spec: SourceSp
     ids = stream_ids(tag, streams)
     with fresh_topic(endpoints.kafka_bootstrap, settings.video_topic, partitions=PARTITIONS):
         pool.submit(publish_streams, spec, settings, ids, realtime=False, stagger_s=0).result()
-        _, report, seconds = run_worker(settings, models, streams, feed=lambda: None)
+        _, report, seconds, cpu_s = run_worker(settings, models, streams, feed=lambda: None)
     forget(settings, ids)
     if report.streams_ended < streams:
         raise SystemExit(f"offline run: the worker finished {report.streams_ended} of "
                          f"{streams} streams within {DRAIN_TIMEOUT_S:g}s")
-    return Offline(streams, report.frames, seconds, os.getloadavg()[0])
+    return Offline(streams, report.frames, seconds, cpu_s, os.getloadavg()[0])
 
 
 def latencies(settings: Settings,
@@ -278,13 +302,15 @@ def measure_realtime(endpoints: Endpoints, models, pool: Executor, spec: SourceS
     settings = measurement_settings(endpoints, tag, worker_threads=worker_threads)
     ids = stream_ids(tag, streams)
     with fresh_topic(endpoints.kafka_bootstrap, settings.video_topic, partitions=PARTITIONS):
-        sent, report, _ = run_worker(settings, models, streams, feed=lambda: pool.submit(
-            publish_streams, spec, settings, ids, realtime=True,
-            stagger_s=chunk_period_s).result())
+        sent, report, seconds, cpu_s = run_worker(
+            settings, models, streams, feed=lambda: pool.submit(
+                publish_streams, spec, settings, ids, realtime=True,
+                stagger_s=chunk_period_s).result())
     points = latencies(settings, sent)
     forget(settings, ids)
     return Realtime(streams, report.streams_ended >= streams,
-                    tuple(latency for _, latency in points), growth(points), os.getloadavg()[0])
+                    tuple(latency for _, latency in points), growth(points), os.getloadavg()[0],
+                    seconds, cpu_s)
 
 
 # report --------------------------------------------------------------------------------
@@ -298,7 +324,8 @@ def chunk_period_s(spec: SourceSpec) -> float:
 
 
 def largest_kept_up(runs: list[Realtime]) -> int:
-    """Largest N such that the worker kept up with N streams and with every smaller count."""
+    """Largest N such that the worker kept up with N streams and with every smaller count
+    measured (``runs``: one round)."""
     best = 0
     for run in sorted(runs, key=lambda r: r.streams):
         if not run.kept_up:
@@ -307,64 +334,135 @@ def largest_kept_up(runs: list[Realtime]) -> int:
     return best
 
 
-def print_report(offline: Offline, runs: list[Realtime], repeat: int) -> None:
-    theoretical = offline.fps / FPS
-    print(f"offline: {offline.streams} streams, {offline.frames} frames in {offline.seconds:.1f}s "
-          f"= {offline.fps:.1f} frames/s (best of {repeat}; load {offline.load:.1f}) -> "
-          f"{theoretical:.1f} real-time streams at {FPS:g} fps in theory")
-    print(f"{'streams':>7}  {'events':>6}  {'p50 s':>6}  {'p95 s':>6}  {'max s':>6}  "
-          f"{'growth s/s':>10}  {'load':>4}  kept up (p95 < {P95_LIMIT_S:g} s, growth < "
-          f"{GROWTH_LIMIT:g})")
-    for run in runs:
-        verdict = "yes" if run.kept_up else ("NO" if run.completed else "NO (did not finish)")
-        print(f"{run.streams:>7}  {len(run.latencies):>6}  {run.percentile(50):>6.2f}  "
-              f"{run.percentile(95):>6.2f}  {run.percentile(100):>6.2f}  {run.growth:>10.3f}  "
-              f"{run.load:>4.1f}  {verdict}")
-    kept = largest_kept_up(runs)
-    print(f"largest stream count kept up: {kept} of {', '.join(map(str, STREAM_COUNTS))}; "
-          f"theoretical {theoretical:.1f}; ratio {kept / theoretical:.2f}")
+def spread(values: list[float], digits: int = 1) -> str:
+    """Median (min-max) of the rounds."""
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return (f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}-"
+            f"{max(values):.{digits}f})")
 
 
-def result_json(offline: Offline, runs: list[Realtime]) -> dict:
-    theoretical = offline.fps / FPS
-    kept = largest_kept_up(runs)
+def stat_json(values: list[float], digits: int = 3) -> dict:
+    return {"median": round(statistics.median(values), digits),
+            "min": round(min(values), digits), "max": round(max(values), digits),
+            "rounds": [round(v, digits) for v in values]}
+
+
+def ratio_text(values: list[float], baseline: list[float]) -> str:
+    """Median over the baseline's median (min-max of the per-round ratios)."""
+    per_round = [v / b for v, b in zip(values, baseline)]
+    return (f"{statistics.median(values) / statistics.median(baseline):.2f} "
+            f"({min(per_round):.2f}-{max(per_round):.2f})")
+
+
+def print_report(n: int, baseline: int, offlines: dict[int, list[Offline]],
+                 rounds: dict[int, list[list[Realtime]]]) -> None:
+    """One worker_threads setting: offline rounds, real-time rounds by stream count."""
+    offline = offlines[n]
+    fps = [o.fps for o in offline]
+    cpu_fps = [o.cpu_fps for o in offline]
+    theoretical = statistics.median(fps) / FPS
+    print(f"offline: {offline[0].streams} streams, {offline[0].frames} frames; frames per wall "
+          f"s {spread(fps)}, per CPU s {spread(cpu_fps)}, CPU/wall "
+          f"{spread([o.cpu_s / o.seconds for o in offline], 2)} (load "
+          f"{spread([o.load for o in offline])}) -> {theoretical:.1f} real-time streams at "
+          f"{FPS:g} fps in theory")
+    if n != baseline:
+        print(f"  vs worker_threads={baseline}: frames per wall s "
+              f"{ratio_text(fps, [o.fps for o in offlines[baseline]])}, per CPU s "
+              f"{ratio_text(cpu_fps, [o.cpu_fps for o in offlines[baseline]])}")
+    print(f"{'streams':>7}  {'events':>6}  {'p50 s':>15}  {'p95 s':>15}  {'growth s/s':>22}  "
+          f"{'CPU/wall':>16}  {'load':>13}  kept up (p95 < {P95_LIMIT_S:g} s, growth < "
+          f"{GROWTH_LIMIT:g}), rounds")
+    by_count: dict[int, list[Realtime]] = {}
+    for round_runs in rounds[n]:
+        for run in round_runs:
+            by_count.setdefault(run.streams, []).append(run)
+    for streams, runs in sorted(by_count.items()):
+        kept = sum(run.kept_up for run in runs)
+        unfinished = sum(not run.completed for run in runs)
+        print(f"{streams:>7}  {spread([len(r.latencies) for r in runs], 0):>6}  "
+              f"{spread([r.percentile(50) for r in runs], 2):>15}  "
+              f"{spread([r.percentile(95) for r in runs], 2):>15}  "
+              f"{spread([r.growth for r in runs], 3):>22}  "
+              f"{spread([r.cpu_s / r.seconds for r in runs], 2):>16}  "
+              f"{spread([r.load for r in runs]):>13}  {kept}/{len(runs)}"
+              + (f" ({unfinished} did not finish)" if unfinished else ""))
+    kept = [largest_kept_up(round_runs) for round_runs in rounds[n]]
+    # A count of streams: the lower median, a count that was measured, never a mean of two.
+    print(f"largest stream count kept up, by round: {', '.join(map(str, kept))} (of "
+          f"{', '.join(map(str, sorted(by_count)))}); lower median "
+          f"{statistics.median_low(kept)}; theoretical {theoretical:.1f}; ratio "
+          f"{statistics.median_low(kept) / theoretical:.2f}")
+
+
+def result_json(offline: list[Offline], rounds: list[list[Realtime]]) -> dict:
+    theoretical = statistics.median(o.fps for o in offline) / FPS
+    kept = [largest_kept_up(round_runs) for round_runs in rounds]
     return {
-        "offline": {"streams": offline.streams, "frames": offline.frames,
-                    "seconds": round(offline.seconds, 3), "frames_per_s": round(offline.fps, 2),
-                    "load": round(offline.load, 2)},
-        "realtime": [{"streams": r.streams, "events": len(r.latencies), "completed": r.completed,
-                      "p50_s": round(r.percentile(50), 3), "p95_s": round(r.percentile(95), 3),
-                      "max_s": round(r.percentile(100), 3), "growth": round(r.growth, 4),
-                      "kept_up": r.kept_up, "load": round(r.load, 2)} for r in runs],
-        "largest_kept_up": kept, "theoretical_streams": round(theoretical, 2),
-        "ratio": round(kept / theoretical, 3),
+        "offline": {"streams": offline[0].streams, "frames": offline[0].frames,
+                    "frames_per_s": stat_json([o.fps for o in offline], 2),
+                    "frames_per_cpu_s": stat_json([o.cpu_fps for o in offline], 2),
+                    "seconds": [round(o.seconds, 3) for o in offline],
+                    "cpu_s": [round(o.cpu_s, 3) for o in offline],
+                    "load": [round(o.load, 2) for o in offline]},
+        "realtime_rounds": [[{"streams": r.streams, "events": len(r.latencies),
+                              "completed": r.completed, "p50_s": round(r.percentile(50), 3),
+                              "p95_s": round(r.percentile(95), 3),
+                              "max_s": round(r.percentile(100), 3),
+                              "growth": round(r.growth, 4), "kept_up": r.kept_up,
+                              "seconds": round(r.seconds, 2), "cpu_s": round(r.cpu_s, 2),
+                              "load": round(r.load, 2)} for r in round_runs]
+                            for round_runs in rounds],
+        "largest_kept_up_by_round": kept,
+        "largest_kept_up_median_low": statistics.median_low(kept),
+        "theoretical_streams": round(theoretical, 2),
+        "ratio": round(statistics.median_low(kept) / theoretical, 3),
     }
+
+
+def counts(text: str, *, minimum: int) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+    if not values or min(values) < minimum or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"expected distinct integers >= {minimum}, "
+                                         f"got {text!r}")
+    return values
 
 
 def thread_counts(text: str) -> list[int]:
     """``--worker-threads``: comma-separated worker_threads settings (0: the default)."""
-    try:
-        counts = [int(part) for part in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
-    if not counts or min(counts) < 0 or len(set(counts)) != len(counts):
-        raise argparse.ArgumentTypeError(f"expected distinct integers >= 0, got {text!r}")
-    return counts
+    return counts(text, minimum=0)
+
+
+def stream_counts(text: str) -> list[int]:
+    """``--stream-counts``: comma-separated numbers of concurrent real-time streams."""
+    return sorted(counts(text, minimum=1))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeat", type=int, default=2, help="offline runs (best kept)")
+    parser.add_argument("--rounds", "--repeat", type=int, default=3,
+                        help="offline rounds after one warm-up run of each setting; medians "
+                             "reported")
+    parser.add_argument("--realtime-rounds", type=int, default=None,
+                        help="real-time rounds (default: --rounds)")
+    parser.add_argument("--stream-counts", type=stream_counts, default=list(STREAM_COUNTS),
+                        help="concurrent real-time streams to measure (default "
+                             f"{','.join(map(str, STREAM_COUNTS))})")
     parser.add_argument("--offline-streams", type=int, default=4,
                         help="clip passes published before the offline run")
-    parser.add_argument("--worker-threads", type=thread_counts, default=[0],
-                        help="worker_threads settings to measure, e.g. 1,2 (0: the default, "
-                             "min(2, cores)); the first is the baseline of the ratios")
+    parser.add_argument("--worker-threads", type=thread_counts, default=[1, 2],
+                        help="worker_threads settings to measure (0: the default, min(2, "
+                             "cores)); the first is the baseline of the ratios (default 1,2)")
     parser.add_argument("--start-services", action="store_true",
                         help="start a private Kafka and Redis even if the environment names some")
     args = parser.parse_args()
-    if args.repeat < 1 or args.offline_streams < 1:
-        parser.error("--repeat and --offline-streams must be at least 1")
+    realtime_rounds = args.rounds if args.realtime_rounds is None else args.realtime_rounds
+    if args.rounds < 1 or realtime_rounds < 1 or args.offline_streams < 1:
+        parser.error("--rounds, --realtime-rounds and --offline-streams must be at least 1")
     tune_allocator()          # as the facestream CLI does at start-up
 
     from facestream.workers.compose import Models
@@ -374,38 +472,67 @@ def main() -> None:
     spec = parse_source(str(assets.sample(base.cache_dir, CLIP)))
     period = chunk_period_s(spec)
     spawn = multiprocessing.get_context("spawn")
+    started = time.monotonic()
+    load_before = os.getloadavg()
+    settings_list = args.worker_threads
     with services(start=args.start_services) as endpoints, \
             ProcessPoolExecutor(1, mp_context=spawn) as pool:
         models = Models.load(base)
-        offlines: dict[int, list[Offline]] = {n: [] for n in args.worker_threads}
-        for _ in range(args.repeat):
-            for n in args.worker_threads:
-                offlines[n].append(measure_offline(endpoints, models, pool, spec,
-                                                   args.offline_streams, worker_threads=n))
-        runs: dict[int, list[Realtime]] = {n: [] for n in args.worker_threads}
-        for streams in STREAM_COUNTS:
-            for n in args.worker_threads:
-                runs[n].append(measure_realtime(endpoints, models, pool, spec, streams, period,
-                                                worker_threads=n))
+
+        def offline(n: int) -> Offline:
+            return measure_offline(endpoints, models, pool, spec, args.offline_streams,
+                                   worker_threads=n)
+
+        for n in settings_list:                 # warm-up, not counted
+            offline(n)
+        offlines: dict[int, list[Offline]] = {n: [] for n in settings_list}
+        for _ in range(args.rounds):
+            for n in settings_list:
+                offlines[n].append(offline(n))
+        rounds: dict[int, list[list[Realtime]]] = {n: [] for n in settings_list}
+        for _ in range(realtime_rounds):
+            for n in settings_list:
+                rounds[n].append([])
+            for streams in args.stream_counts:
+                for n in settings_list:
+                    rounds[n][-1].append(measure_realtime(endpoints, models, pool, spec,
+                                                          streams, period, worker_threads=n))
+    load_after = os.getloadavg()
 
     print(f"clip {spec.target}, {FPS:g} fps analysis, one worker, Kafka "
-          f"{endpoints.kafka_bootstrap}, Redis {endpoints.redis_url}")
-    best = {n: max(offlines[n], key=lambda o: o.fps) for n in args.worker_threads}
-    baseline = args.worker_threads[0]
-    threads = {n: worker_threads(Settings.load({"worker_threads": n})) for n in args.worker_threads}
-    for n in args.worker_threads:
-        print(f"\nworker_threads={n} ({threads[n]} threads), offline "
-              f"throughput {best[n].fps / best[baseline].fps:.2f}x worker_threads={baseline}")
-        print_report(best[n], runs[n], args.repeat)
+          f"{endpoints.kafka_bootstrap}, Redis {endpoints.redis_url}; {os.cpu_count()} cores, "
+          f"load average (1/5/15 min) before {'/'.join(f'{x:.2f}' for x in load_before)}, "
+          f"after {'/'.join(f'{x:.2f}' for x in load_after)}; "
+          f"{time.monotonic() - started:.0f} s")
+    print(f"warm-up offline run of every setting, then {args.rounds} offline and "
+          f"{realtime_rounds} real-time interleaved rounds: median (min-max); ratio = median / "
+          f"median of worker_threads={settings_list[0]} (min-max of the per-round ratios)")
+    baseline = settings_list[0]
+    threads = {n: worker_threads(Settings.load({"worker_threads": n})) for n in settings_list}
+    for n in settings_list:
+        print(f"\nworker_threads={n} ({threads[n]} threads)")
+        print_report(n, baseline, offlines, rounds)
+    base_fps = [o.fps for o in offlines[baseline]]
+    base_cpu_fps = [o.cpu_fps for o in offlines[baseline]]
     print("RESULT " + json.dumps({
-        "clip": CLIP, "fps": FPS, "repeat": args.repeat,
+        "clip": CLIP, "fps": FPS, "rounds": args.rounds, "realtime_rounds": realtime_rounds,
+        "stream_counts": args.stream_counts,
         "kafka_bootstrap": endpoints.kafka_bootstrap, "services_started": endpoints.started,
-        "load_average": list(os.getloadavg()),
-        "by_worker_threads": [{"worker_threads": n, "threads": threads[n],
-                               "offline_ratio": round(best[n].fps / best[baseline].fps, 3),
-                               "offline_runs_frames_per_s": [round(o.fps, 2) for o in offlines[n]],
-                               **result_json(best[n], runs[n])}
-                              for n in args.worker_threads]}))
+        "cores": os.cpu_count(),
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in load_after],
+        "by_worker_threads": [
+            {"worker_threads": n, "threads": threads[n],
+             "offline_ratio_wall": round(statistics.median(o.fps for o in offlines[n])
+                                         / statistics.median(base_fps), 3),
+             "offline_ratio_wall_by_round": [round(o.fps / b, 3)
+                                             for o, b in zip(offlines[n], base_fps)],
+             "offline_ratio_cpu": round(statistics.median(o.cpu_fps for o in offlines[n])
+                                        / statistics.median(base_cpu_fps), 3),
+             "offline_ratio_cpu_by_round": [round(o.cpu_fps / b, 3)
+                                            for o, b in zip(offlines[n], base_cpu_fps)],
+             **result_json(offlines[n], rounds[n])}
+            for n in settings_list]}))
 
 
 if __name__ == "__main__":

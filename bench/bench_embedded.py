@@ -9,23 +9,42 @@ process pinned to the first CPU core it may use and every library limited to one
                converts only the frames it picks (the realistic case).
 (b) face stage FaceAnalyzer (detector, face mesh per detection, landmarks, chips) + Tracker.update
                vs bare MediaPipe (full-range FaceDetection, then FaceMesh on a 1.6x square crop
-               around each detection), on the same frames, pre-decoded at 10 fps.
+               around each detection), on the same frames, pre-decoded at 10 fps; also the
+               faces each side found (with a mesh).
 (c) analyze    the whole embedded pipeline (``facestream.workers.embedded.analyze``) at 10 fps,
-               as a multiple of real time, without and with descriptions; "incl. load" adds the
-               model load to the first run, "steady" is the best run with models preloaded.
-(d) memory     peak RSS of each analyze configuration, each run in a fresh child process of
-               this script (``--child-analyze``), and of this process (stages a and b);
-               target < 1.5 GB for each analyze configuration.
+               as a multiple of real time (the baseline: the clip's own duration), without and
+               with descriptions.  Each round starts one fresh child process of this script
+               (``--child-analyze``) per configuration, which loads the models (timed:
+               ``Models.load``, including the imports it makes, such as torch for
+               descriptions; not the interpreter's start-up nor the imports at the top of
+               this script) and analyses the clip twice: "incl. load" = media time / (model
+               load + first run), as a user of ``facestream analyze`` sees it; "preloaded" =
+               media time / second run (the first one warmed it up).  The child also
+               reports its LLM calls, its resident memory after the model load, and whether
+               torch was imported.  The with/without-descriptions ratio of the preloaded
+               figures is printed too.
+(d) memory     peak RSS (VmHWM) of each analyze child; target < 1.5 GiB (1,536 MiB) for
+               each configuration.  Also this process's peak after stages a and b.  Memory
+               figures are in MiB (2^20 bytes; the JSON keys say "mb").
 
 Both sides run with the allocator tuning the facestream CLI applies at start-up
 (``facestream.runtime.tune_allocator``: frame buffers recycled from the heap).
 
-Each measurement takes the best (highest throughput) of ``--repeat`` runs (3x as many for the
-short decode passes), facestream and baseline runs interleaved.  Targets are reported, not
-asserted.  The last line is ``RESULT {json}`` with every number.  About 1.5 minutes on a
-2-core machine.
+Timing, the same for both sides: every run is done once untimed first (warm-up: first
+allocations, lazy initialisation, the OS file cache; for (c) one untimed child per
+configuration), then ``--rounds`` rounds (default 5; 3x as many for the short decode
+passes) in which every side runs once, in turn, so drift on a shared machine hits all of
+them.  Each figure is the median over the rounds, with the spread (min-max); a ratio is
+median facestream / median baseline, its spread the min-max of the per-round ratios.  Every
+figure is given per wall second and per CPU second of the process (``time.process_time``:
+user + system time of all its threads): on a shared machine the wall figures include time
+spent waiting for the core, the CPU figures do not (they still feel a busy neighbour
+through shared caches and memory bandwidth).  Targets are checked on both and
+reported, not asserted.  The 1-minute load average is printed before and after.  The last
+line is ``RESULT {json}`` with every number.  About 6 minutes on a 2-core machine with the
+default 5 rounds.
 
-    .venv/bin/python bench/bench_embedded.py [--repeat N]
+    .venv/bin/python bench/bench_embedded.py [--rounds N]
     ./dev bench                        # every bench/bench_*.py
 
 Model files and clips come from FACESTREAM_CACHE_DIR (``facestream models pull --samples``).
@@ -42,6 +61,7 @@ os.environ.setdefault("GLOG_minloglevel", "2")     # MediaPipe's C++ info logs
 import argparse  # noqa: E402
 import json  # noqa: E402
 import resource  # noqa: E402
+import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -67,35 +87,75 @@ from facestream.workers.embedded import analyze  # noqa: E402
 
 CLIP = "WolfgangLanger_Pexels.mp4"
 ALL_FRAMES_FPS = 120.0          # above the clip's 23.976 fps: every frame is picked
-DECODE_ROUNDS = 3               # a decode pass lasts ~0.5 s: more of them per --repeat, less noise
+DECODE_ROUNDS = 3               # a decode pass lasts ~0.5 s: 3x as many rounds, less noise
 CHILD_PREFIX = "CHILD "
 RSS_LIMIT_MB = 1536.0
+MODES = ("nodescribe", "describe")
+MODE_LABELS = {"nodescribe": "no descriptions", "describe": "descriptions"}
+MODE_TARGETS = {"nodescribe": 3.0, "describe": 1.5}       # x real time
 
 
 @dataclass(frozen=True)
 class Timing:
-    """One timed pass: ``items`` processed in ``seconds`` (``faces`` found, for stage b)."""
+    """One timed pass: ``items`` processed in ``wall_s`` wall and ``cpu_s`` CPU seconds
+    (``faces`` found, for stage b)."""
 
     items: int
-    seconds: float
+    wall_s: float
+    cpu_s: float
     faces: int | None = None
 
+    def rate(self, clock: str) -> float:
+        return self.items / (self.wall_s if clock == "wall" else self.cpu_s)
+
+
+class Clock:
+    """Wall and CPU seconds (this process, all threads) since construction."""
+
+    def __init__(self) -> None:
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+
+    def elapsed(self) -> tuple[float, float]:
+        return time.perf_counter() - self._wall, time.process_time() - self._cpu
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Median and spread (min-max) of the rounds."""
+
+    values: tuple[float, ...]
+
     @property
-    def rate(self) -> float:
-        return self.items / self.seconds
+    def median(self) -> float:
+        return statistics.median(self.values)
+
+    def text(self, digits: int = 2) -> str:
+        if len(self.values) == 1:
+            return f"{self.median:.{digits}f}"
+        return (f"{self.median:.{digits}f} ({min(self.values):.{digits}f}-"
+                f"{max(self.values):.{digits}f})")
+
+    def as_json(self, digits: int = 4) -> dict:
+        return {"median": round(self.median, digits), "min": round(min(self.values), digits),
+                "max": round(max(self.values), digits),
+                "rounds": [round(v, digits) for v in self.values]}
 
 
 @dataclass(frozen=True)
 class Row:
     name: str
-    value: float
-    baseline: float | None       # None: no baseline (absolute figure)
+    value: Stat
+    baseline: Stat | None        # None: the value is itself a ratio (x real time) or absolute
+    ratio: Stat | None           # per-round ratios; the figure is median value / median baseline
     target: str                  # e.g. ">= 0.9" on the ratio, "< 1536" on the value
     met: bool | None
+    digits: int = 2              # decimals printed for the value and the baseline
 
     @property
-    def ratio(self) -> float | None:
-        return None if self.baseline is None else self.value / self.baseline
+    def ratio_median(self) -> float | None:
+        if self.baseline is None:
+            return None
+        return self.value.median / self.baseline.median
 
 
 def pin_to_one_core() -> int | None:
@@ -107,8 +167,8 @@ def pin_to_one_core() -> int | None:
     return core
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process, in MiB.
+def rss_mb(field: str = "VmHWM") -> float:
+    """Resident memory of this process, in MiB: the peak (VmHWM) or current (VmRSS).
 
     Linux's ru_maxrss survives fork and exec, so a child started by a big parent would
     report the parent's peak; VmHWM belongs to the process image alone.
@@ -116,7 +176,7 @@ def peak_rss_mb() -> float:
     try:
         with open("/proc/self/status") as fh:
             for line in fh:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
@@ -124,15 +184,27 @@ def peak_rss_mb() -> float:
     return kb / (1 << 20) if sys.platform == "darwin" else kb / 1024   # bytes on macOS
 
 
-def best_of(repeat: int, runs: dict[str, Callable[[], Timing]]) -> dict[str, Timing]:
-    """Run each of ``runs`` ``repeat`` times, interleaved; keep each one's fastest pass."""
-    best: dict[str, Timing] = {}
-    for _ in range(repeat):
+def machine_note() -> str:
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            model = next(line.split(":", 1)[1].strip() for line in fh
+                         if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{os.cpu_count()} cores ({model})"
+
+
+def interleaved(rounds: int, runs: dict[str, Callable[[], Timing]]) -> dict[str, list[Timing]]:
+    """Each of ``runs`` once untimed (warm-up), then ``rounds`` rounds in which each runs once,
+    in turn; every round's timing."""
+    for run in runs.values():
+        run()
+    timings: dict[str, list[Timing]] = {name: [] for name in runs}
+    for _ in range(rounds):
         for name, run in runs.items():
-            timing = run()
-            if name not in best or timing.rate > best[name].rate:
-                best[name] = timing
-    return best
+            timings[name].append(run())
+    return timings
 
 
 def clip_spec(settings: Settings) -> SourceSpec:
@@ -150,29 +222,29 @@ def make_decoder(spec: SourceSpec, settings: Settings, fps: float) -> Decoder:
 
 def facestream_decode(spec: SourceSpec, settings: Settings, fps: float) -> Timing:
     """Source frames decoded per second, picked frames converted to RGB."""
-    start = time.perf_counter()
+    clock = Clock()
     with make_decoder(spec, settings, fps) as decoder:
         for _ in decoder.frames():
             pass
-    seconds = time.perf_counter() - start
+    wall, cpu = clock.elapsed()
     if fps == ALL_FRAMES_FPS and decoder.report.picked != decoder.report.decoded:
         raise SystemExit(f"fps={fps} picked {decoder.report.picked} of "
                          f"{decoder.report.decoded} frames; the comparison would be unfair")
-    return Timing(decoder.report.decoded, seconds)
+    return Timing(decoder.report.decoded, wall, cpu)
 
 
 def bare_decode(path: str) -> Timing:
-    start = time.perf_counter()
+    clock = Clock()
     count = 0
     with av.open(path) as container:
         for frame in container.decode(video=0):
             frame.to_ndarray(format="rgb24")
             count += 1
-    return Timing(count, time.perf_counter() - start)
+    return Timing(count, *clock.elapsed())
 
 
-def bench_decode(spec: SourceSpec, settings: Settings, repeat: int) -> dict[str, Timing]:
-    return best_of(repeat * DECODE_ROUNDS, {
+def bench_decode(spec: SourceSpec, settings: Settings, rounds: int) -> dict[str, list[Timing]]:
+    return interleaved(rounds * DECODE_ROUNDS, {
         "facestream_all": lambda: facestream_decode(spec, settings, ALL_FRAMES_FPS),
         "facestream_10fps": lambda: facestream_decode(spec, settings, settings.fps),
         "bare": lambda: bare_decode(spec.target),
@@ -186,12 +258,12 @@ def facestream_faces(analyzer: FaceAnalyzer, settings: Settings,
     tracker = Tracker(confirm_hits=settings.track_confirm_hits,
                       max_lost_s=settings.track_max_lost_s, min_iou=settings.track_min_iou)
     faces = 0
-    start = time.perf_counter()
+    clock = Clock()
     for frame in frames:
         detections = analyzer(frame.image)
         tracker.update(detections.boxes, frame.time_s)
         faces += len(detections)
-    return Timing(len(frames), time.perf_counter() - start, faces)
+    return Timing(len(frames), *clock.elapsed(), faces)
 
 
 class BareMediaPipe:
@@ -228,22 +300,20 @@ class BareMediaPipe:
 
 def bare_faces(bare: BareMediaPipe, frames: list[DecodedFrame]) -> Timing:
     faces = 0
-    start = time.perf_counter()
+    clock = Clock()
     for frame in frames:
         faces += bare(frame.image)
-    return Timing(len(frames), time.perf_counter() - start, faces)
+    return Timing(len(frames), *clock.elapsed(), faces)
 
 
-def bench_faces(spec: SourceSpec, settings: Settings, repeat: int) -> dict[str, Timing]:
+def bench_faces(spec: SourceSpec, settings: Settings, rounds: int) -> dict[str, list[Timing]]:
     with make_decoder(spec, settings, settings.fps) as decoder:
         frames = list(decoder.frames())
     analyzer = FaceAnalyzer(min_confidence=settings.min_detection_confidence,
                             min_face_px=settings.min_face_px, max_faces=settings.max_faces)
     bare = BareMediaPipe(settings)
     try:
-        analyzer(frames[0].image)          # first calls allocate; keep them out of the timing
-        bare(frames[0].image)
-        return best_of(repeat, {
+        return interleaved(rounds, {
             "facestream": lambda: facestream_faces(analyzer, settings, frames),
             "bare": lambda: bare_faces(bare, frames),
         })
@@ -254,38 +324,48 @@ def bench_faces(spec: SourceSpec, settings: Settings, repeat: int) -> dict[str, 
 
 # (c) analyze, in a child process -------------------------------------------------------
 
-def child_analyze(describe: bool, repeat: int) -> dict[str, float]:
-    """Load the models once, analyse the clip ``repeat`` times; figures for one configuration."""
+def child_analyze(describe: bool) -> dict[str, float]:
+    """Load the models, analyse the clip twice (cold, then warm); figures for one
+    configuration in a fresh process."""
     settings = Settings.load({"threads": 1, "describe": describe})
     spec = clip_spec(settings)
-    start = time.perf_counter()
+    rss_start = rss_mb("VmRSS")
+    clock = Clock()
     models = Models.load(settings)
-    load_s = time.perf_counter() - start
+    load_wall, load_cpu = clock.elapsed()
+    rss_loaded = rss_mb("VmRSS")
     runs = []
-    for _ in range(repeat):
+    for _ in range(2):
         llm_before = models.analyzer.llm_calls
         with tempfile.TemporaryDirectory(prefix="facestream-bench-") as out_dir:
+            clock = Clock()
             summary = analyze(spec, settings, out_dir=Path(out_dir), models=models)
-        runs.append((summary, summary.llm_calls - llm_before))
-    first, llm_calls = runs[0]
-    best = max((summary for summary, _ in runs), key=lambda s: s.speed)
+            wall, cpu = clock.elapsed()
+        runs.append((summary, wall, cpu, models.analyzer.llm_calls - llm_before))
+    (first, first_wall, first_cpu, first_llm), (_, warm_wall, warm_cpu, warm_llm) = runs
+    media = first.media_s
     return {
-        "media_s": first.media_s,
-        "load_s": load_s,
-        "first_wall_s": first.wall_s,
-        "best_wall_s": best.wall_s,
-        "x_realtime_incl_load": first.media_s / (load_s + first.wall_s),
-        "x_realtime_steady": best.speed,
+        "media_s": media,
+        "load_wall_s": load_wall, "load_cpu_s": load_cpu,
+        "first_wall_s": first_wall, "first_cpu_s": first_cpu,
+        "warm_wall_s": warm_wall, "warm_cpu_s": warm_cpu,
+        "x_realtime_incl_load_wall": media / (load_wall + first_wall),
+        "x_realtime_incl_load_cpu": media / (load_cpu + first_cpu),
+        "x_realtime_preloaded_wall": media / warm_wall,
+        "x_realtime_preloaded_cpu": media / warm_cpu,
         "frames": first.frames,
         "windows": first.windows,
-        "llm_calls": llm_calls,
-        "peak_rss_mb": peak_rss_mb(),
+        "llm_calls_first": first_llm,
+        "llm_calls_warm": warm_llm,
+        "rss_start_mb": rss_start,
+        "rss_after_load_mb": rss_loaded,
+        "peak_rss_mb": rss_mb(),
+        "torch_imported": int("torch" in sys.modules),
     }
 
 
-def run_child(mode: str, repeat: int) -> dict[str, float]:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child-analyze", mode,
-           "--repeat", str(repeat)]
+def run_child(mode: str) -> dict[str, float]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child-analyze", mode]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith(CHILD_PREFIX)]
     if proc.returncode != 0 or not lines:
@@ -294,95 +374,166 @@ def run_child(mode: str, repeat: int) -> dict[str, float]:
     return json.loads(lines[-1][len(CHILD_PREFIX):])
 
 
+def bench_analyze(rounds: int) -> dict[str, list[dict[str, float]]]:
+    """One untimed child per configuration (warm-up: OS file cache, bytecode), then rounds of
+    one child per configuration, in turn."""
+    for mode in MODES:
+        run_child(mode)
+    results: dict[str, list[dict[str, float]]] = {mode: [] for mode in MODES}
+    for _ in range(rounds):
+        for mode in MODES:
+            results[mode].append(run_child(mode))
+    return results
+
+
 # report --------------------------------------------------------------------------------
 
-def at_least(ratio: float, target: float) -> tuple[str, bool]:
-    return f">= {target:g}", ratio >= target
+def compared(name: str, value: list[float], baseline: list[float],
+             target: float | None, digits: int = 1) -> Row:
+    """A facestream figure against its baseline, round by round; the target is on the ratio
+    of the medians."""
+    ratio = statistics.median(value) / statistics.median(baseline)
+    return Row(name, Stat(tuple(value)), Stat(tuple(baseline)),
+               Stat(tuple(v / b for v, b in zip(value, baseline))),
+               "-" if target is None else f">= {target:g}",
+               None if target is None else ratio >= target, digits)
 
 
-def build_rows(decode: dict[str, Timing], faces: dict[str, Timing],
-               analyses: dict[str, dict[str, float]], bench_rss_mb: float) -> list[Row]:
-    bare_decode_rate = decode["bare"].rate
-    rows = [
-        Row("decode, every frame to RGB (frames/s)", decode["facestream_all"].rate,
-            bare_decode_rate, *at_least(decode["facestream_all"].rate / bare_decode_rate, 0.9)),
-        Row("decode @10 fps vs every frame (source frames/s)", decode["facestream_10fps"].rate,
-            bare_decode_rate, *at_least(decode["facestream_10fps"].rate / bare_decode_rate, 0.9)),
-        Row("face stage @10 fps (frames/s)", faces["facestream"].rate, faces["bare"].rate,
-            *at_least(faces["facestream"].rate / faces["bare"].rate, 0.85)),
-        Row("face stage: faces found, with mesh", faces["facestream"].faces,
-            faces["bare"].faces, "-", None),
-    ]
-    for mode, label, target in (("nodescribe", "no descriptions", 3.0),
-                                ("describe", "descriptions", 1.5)):
-        result = analyses[mode]
-        for key, how in (("x_realtime_incl_load", "incl. load"), ("x_realtime_steady", "steady")):
-            rows.append(Row(f"analyze, {label}, {how} (x real time)", result[key], 1.0,
-                            *at_least(result[key], target)))
-        rows.append(Row(f"analyze, {label}: LLM calls", result["llm_calls"], None, "-", None))
-        rows.append(Row(f"peak RSS, analyze {label} alone (MB)", result["peak_rss_mb"], None,
-                        f"< {RSS_LIMIT_MB:g}", result["peak_rss_mb"] < RSS_LIMIT_MB))
-    rows.append(Row("peak RSS, this process: stages a+b (MB)", bench_rss_mb, None, "-", None))
+def alone(name: str, values: list[float], target: float | None = None, *, below: bool = False,
+          digits: int = 2) -> Row:
+    """A figure with no baseline of its own (x real time: the baseline is the clip's
+    duration); the target, if any, is on the median."""
+    stat = Stat(tuple(values))
+    if target is None:
+        return Row(name, stat, None, None, "-", None, digits)
+    if below:
+        return Row(name, stat, None, None, f"< {target:g}", stat.median < target, digits)
+    return Row(name, stat, None, None, f">= {target:g}", stat.median >= target, digits)
+
+
+CLOCKS = (("wall", "wall s"), ("cpu", "CPU s"))
+
+
+def build_rows(decode: dict[str, list[Timing]], faces: dict[str, list[Timing]],
+               analyses: dict[str, list[dict[str, float]]], bench_rss_mb: float) -> list[Row]:
+    rows = []
+    for name, key, baseline, source, target in (
+            ("(a) decode, every frame to RGB", "facestream_all", "bare", decode, 0.9),
+            ("(a) decode @10 fps vs every frame", "facestream_10fps", "bare", decode, 0.9),
+            ("(b) face stage @10 fps", "facestream", "bare", faces, 0.85)):
+        for clock, per in CLOCKS:
+            rows.append(compared(f"{name} (frames/{per})",
+                                 [t.rate(clock) for t in source[key]],
+                                 [t.rate(clock) for t in source[baseline]], target))
+    rows.append(compared("(b) faces found, with mesh", [t.faces for t in faces["facestream"]],
+                         [t.faces for t in faces["bare"]], None, digits=0))
+    for mode in MODES:
+        label, target = MODE_LABELS[mode], MODE_TARGETS[mode]
+        runs = analyses[mode]
+        for key, how in (("incl_load", "incl. load"), ("preloaded", "preloaded")):
+            for clock, per in CLOCKS:
+                rows.append(alone(f"(c) analyze, {label}, {how} (x real time, per {per})",
+                                  [r[f"x_realtime_{key}_{clock}"] for r in runs], target))
+        for clock, per in CLOCKS:
+            rows.append(alone(f"(c) analyze, {label}: model load ({per})",
+                              [r[f"load_{clock}_s"] for r in runs]))
+        rows.append(alone(f"(c) analyze, {label}: LLM calls, first run",
+                          [r["llm_calls_first"] for r in runs], digits=0))
+        rows.append(alone(f"(d) peak RSS, analyze {label} (MiB)",
+                          [r["peak_rss_mb"] for r in runs], RSS_LIMIT_MB, below=True, digits=0))
+        rows.append(alone(f"(d) RSS after model load, {label} (MiB)",
+                          [r["rss_after_load_mb"] for r in runs], digits=0))
+    for clock, per in CLOCKS:
+        key = f"x_realtime_preloaded_{clock}"
+        rows.append(compared(f"(c) analyze preloaded, descriptions vs none (x real time, "
+                             f"per {per})", [r[key] for r in analyses["describe"]],
+                             [r[key] for r in analyses["nodescribe"]], None, digits=2))
+    rows.append(alone("(d) peak RSS, this process: stages a+b (MiB)", [bench_rss_mb], digits=0))
     return rows
 
 
 def print_table(rows: list[Row]) -> None:
-    def num(value: float | None) -> str:
-        if value is None:
+    def ratio(row: Row) -> str:
+        if row.ratio is None:
             return "-"
-        return str(value) if isinstance(value, int) else f"{value:.2f}"
+        return (f"{row.ratio_median:.3f} ({min(row.ratio.values):.3f}-"
+                f"{max(row.ratio.values):.3f})")
 
-    width = max(len(row.name) for row in rows)
-    print(f"{'measurement':<{width}}  {'facestream':>10}  {'baseline':>9}  {'ratio':>6}  "
-          f"{'target':>7}  met")
-    for row in rows:
-        met = "-" if row.met is None else ("yes" if row.met else "NO")
-        print(f"{row.name:<{width}}  {num(row.value):>10}  {num(row.baseline):>9}  "
-              f"{num(row.ratio):>6}  {row.target:>7}  {met}")
+    def met(row: Row) -> str:
+        return "-" if row.met is None else ("yes" if row.met else "NO")
+
+    cells = [(row.name, row.value.text(row.digits),
+              row.baseline.text(row.digits) if row.baseline else "-",
+              ratio(row), row.target, met(row)) for row in rows]
+    header = ("measurement", "facestream", "baseline", "ratio", "target", "met")
+    widths = [max(len(c[i]) for c in [header, *cells]) for i in range(len(header))]
+    for line in [header, *cells]:
+        print("  ".join(cell.ljust(width) if i == 0 else cell.rjust(width)
+                        for i, (cell, width) in enumerate(zip(line, widths))))
 
 
-def timing_json(timing: Timing) -> dict[str, float]:
-    out = {"items": timing.items, "seconds": round(timing.seconds, 4),
-           "rate": round(timing.rate, 2)}
-    if timing.faces is not None:
-        out["faces"] = timing.faces
+def timings_json(timings: list[Timing]) -> dict:
+    out = {"items": timings[0].items,
+           "wall_s": Stat(tuple(t.wall_s for t in timings)).as_json(),
+           "cpu_s": Stat(tuple(t.cpu_s for t in timings)).as_json(),
+           "rate_wall": Stat(tuple(t.rate("wall") for t in timings)).as_json(2),
+           "rate_cpu": Stat(tuple(t.rate("cpu") for t in timings)).as_json(2)}
+    if timings[0].faces is not None:
+        out["faces"] = [t.faces for t in timings]
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeat", type=int, default=3, help="runs per measurement (best kept)")
-    parser.add_argument("--child-analyze", choices=("describe", "nodescribe"),
-                        help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", "--repeat", type=int, default=5,
+                        help="interleaved rounds per measurement, after one warm-up run of "
+                             "each side (3x as many for decode); medians reported")
+    parser.add_argument("--child-analyze", choices=MODES, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.repeat < 1:
-        parser.error("--repeat must be at least 1")
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     core = pin_to_one_core()
     # What the facestream CLI does at start-up; baselines in this process get it too.
     tune_allocator()
     if args.child_analyze:
-        result = child_analyze(args.child_analyze == "describe", args.repeat)
+        result = child_analyze(args.child_analyze == "describe")
         print(CHILD_PREFIX + json.dumps(result))
         return
 
+    load_before = os.getloadavg()
+    started = time.monotonic()
     settings = Settings.load({"threads": 1})
     spec = clip_spec(settings)
-    decode = bench_decode(spec, settings, args.repeat)
-    faces = bench_faces(spec, settings, args.repeat)
-    bench_rss_mb = peak_rss_mb()
-    analyses = {mode: run_child(mode, args.repeat) for mode in ("nodescribe", "describe")}
+    decode = bench_decode(spec, settings, args.rounds)
+    faces = bench_faces(spec, settings, args.rounds)
+    bench_rss_mb = rss_mb()
+    analyses = bench_analyze(args.rounds)
+    load_after = os.getloadavg()
 
-    print(f"clip {spec.target}, pinned to CPU core {core}, one thread per library, "
-          f"best of {args.repeat} ({args.repeat * DECODE_ROUNDS} for decode)")
+    print(f"clip {spec.target}, pinned to CPU core {core} of {machine_note()}, one thread per "
+          f"library; warm-up run of every side, then {args.rounds} interleaved rounds "
+          f"({args.rounds * DECODE_ROUNDS} for decode): median (min-max); ratio = median / "
+          f"median (min-max of the per-round ratios)")
+    print(f"load average (1/5/15 min) before {'/'.join(f'{x:.2f}' for x in load_before)}, "
+          f"after {'/'.join(f'{x:.2f}' for x in load_after)}; "
+          f"{time.monotonic() - started:.0f} s")
+    frames = analyses["nodescribe"][0]
+    print(f"analyze: {frames['media_s']:.2f} s of media, {frames['frames']} frames, "
+          f"{frames['windows']} windows; torch imported without descriptions: "
+          f"{sorted({bool(r['torch_imported']) for r in analyses['nodescribe']})}, with: "
+          f"{sorted({bool(r['torch_imported']) for r in analyses['describe']})}")
     print_table(build_rows(decode, faces, analyses, bench_rss_mb))
     result = {
-        "clip": CLIP, "core": core, "repeat": args.repeat,
-        "decode": {name: timing_json(t) for name, t in decode.items()},
-        "faces": {name: timing_json(t) for name, t in faces.items()},
-        "analyze": {mode: {k: round(v, 4) for k, v in r.items()} for mode, r in analyses.items()},
-        "peak_rss_mb": {"bench_process": round(bench_rss_mb, 1),
-                        **{f"analyze_{mode}": round(r["peak_rss_mb"], 1)
-                           for mode, r in analyses.items()}},
+        "clip": CLIP, "core": core, "machine": machine_note(), "rounds": args.rounds,
+        "decode_rounds": args.rounds * DECODE_ROUNDS,
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in load_after],
+        "decode": {name: timings_json(t) for name, t in decode.items()},
+        "faces": {name: timings_json(t) for name, t in faces.items()},
+        "analyze": {mode: {key: Stat(tuple(r[key] for r in runs)).as_json()
+                           for key in runs[0]}
+                    for mode, runs in analyses.items()},
+        "bench_process_peak_rss_mb": round(bench_rss_mb, 1),
     }
     print("RESULT " + json.dumps(result))
 

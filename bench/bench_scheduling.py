@@ -88,6 +88,7 @@ class MemoEncoder:
 
     def __init__(self, encoder: CompactEncoder) -> None:
         self._encoder = encoder
+        self.components = encoder.components
         self._done: dict[int, tuple[FaceWindow, EncoderOutput]] = {}
 
     def encode(self, windows: list[FaceWindow]) -> list[EncoderOutput]:

@@ -2,7 +2,7 @@
 
 decode → :class:`DecodedFrame` → faces → :class:`FaceDetections` (with :class:`FaceChips`)
 → tracker and windows → :class:`FaceSample`, :class:`FaceWindow` → encoder →
-:class:`EncoderOutput` → language stage (:class:`LanguageStage`) → :class:`Answer` → events.
+:class:`EncoderOutput` (a :class:`WindowEncoder`) → language stage (:class:`LanguageStage`) → :class:`Answer` → events.
 
 Every type checks its own shape where it is made, so a stage that builds one wrongly fails
 there, not three stages later.  Nothing here imports anything above :mod:`facestream.errors`;
@@ -218,6 +218,16 @@ class Answer:
         if not isinstance(self.description, str):
             raise ValueError(f"Answer.description: expected text, got "
                              f"{type(self.description).__name__}")
+
+
+class WindowEncoder(Protocol):
+    """What the analyzer asks of a profile's visual encoder: structured results for a batch
+    of windows (all their faces in one call)."""
+
+    components: Mapping[str, str]      # event model.components entries it adds
+
+    def encode(self, windows: list[FaceWindow]) -> list[EncoderOutput]:
+        """One output per window, in order.  Blocking."""
 
 
 class LanguageStage(Protocol):

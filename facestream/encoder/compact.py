@@ -106,8 +106,11 @@ class CompactEncoder:
     """Loads the three nets once; :meth:`encode` is blocking and not thread-safe.
 
     ``fp16`` and ``profile`` apply to ``backend="tensorrt"`` only (engine precision and the
-    batch sizes it is built for; larger batches are split).
+    batch sizes it is built for; larger batches are split).  A
+    :class:`facestream.types.WindowEncoder`.
     """
+
+    components = COMPONENTS
 
     def __init__(self, cache_dir: Path, *, backend: str = "onnxruntime", threads: int = 0,
                  fp16: bool = True, profile: BatchProfile = DEFAULT_PROFILE) -> None:

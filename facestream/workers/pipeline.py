@@ -24,9 +24,8 @@ from typing import Any
 from facestream import events
 from facestream.events import Described
 from facestream.config import Settings
-from facestream.encoder.compact import COMPONENTS, CompactEncoder
 from facestream.types import (Answer, DecodedFrame, EncoderOutput, FaceDetections, FaceSample,
-                              FaceWindow, LanguageStage)
+                              FaceWindow, LanguageStage, WindowEncoder)
 from facestream.vision.tracker import Track, Tracker
 from facestream.workers.scheduler import REUSE, Answered, ChangeScheduler, CheapSignals, Decision
 from facestream.workers.windows import Windower
@@ -114,13 +113,13 @@ class WindowAnalyzer:
     :class:`LanguageStage`; ``scheduler`` picks the windows it sees.  Events name
     ``profile``."""
 
-    def __init__(self, encoder: CompactEncoder, language: LanguageStage | None = None, *,
+    def __init__(self, encoder: WindowEncoder, language: LanguageStage | None = None, *,
                  scheduler: ChangeScheduler, profile: str = "compact") -> None:
         self.encoder = encoder
         self.language = language
         self.scheduler = scheduler
         self.profile = profile
-        self.components = dict(COMPONENTS)
+        self.components = dict(encoder.components)
         if language is not None:
             self.components.update(language.components)
         self.llm_calls = 0

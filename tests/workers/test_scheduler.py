@@ -265,6 +265,8 @@ def test_face_shape_ignores_position_size_and_roll(photo_mesh):
 class _Encoder:
     """Stands in for the compact encoder: each window's output by its start time."""
 
+    components = {"expression": "test-encoder"}
+
     def __init__(self, outputs: dict[float, EncoderOutput]) -> None:
         self.outputs = outputs
 
