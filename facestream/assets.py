@@ -30,7 +30,9 @@ from facestream.errors import AssetError
 PULL_HINT = "run `facestream models pull` to fetch it"
 EXPRESSION_ONNX = "models/expression.onnx"
 SMOLLM_DIR = "models/smollm2-135m-instruct"
-CONVERTED = (EXPRESSION_ONNX, SMOLLM_DIR)
+SMOLLM_GGUF = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM_F16 = "models/smollm2-135m-instruct.f16.gguf"     # what llama.cpp runs
+CONVERTED = (EXPRESSION_ONNX, SMOLLM_DIR, SMOLLM_F16)
 
 
 @dataclass(frozen=True)

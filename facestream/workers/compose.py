@@ -41,9 +41,13 @@ class Models:
         elif settings.describe:
             from facestream.llm.smollm import SmolDescriber
 
-            model_dir = assets.require_dir(settings.cache_dir, assets.SMOLLM_DIR,
+            if settings.description_runtime == "llamacpp":
+                model = assets.require(settings.cache_dir, assets.SMOLLM_F16)
+            else:
+                model = assets.require_dir(settings.cache_dir, assets.SMOLLM_DIR,
                                            marker="model.safetensors")
-            language = SmolDescriber(model_dir, max_new_tokens=settings.description_max_tokens,
+            language = SmolDescriber(model, runtime=settings.description_runtime,
+                                     max_new_tokens=settings.description_max_tokens,
                                      threads=settings.threads, max_batch=settings.llm_max_batch,
                                      endpoint=settings.llm_endpoint,
                                      timeout_s=settings.llm_timeout_s,
@@ -67,10 +71,18 @@ def conversions() -> list[assets.Conversion]:
 
         return convert_gguf(source, target)
 
+    def smollm_f16(source, target):
+        from facestream.llm.llamacpp import widen_gguf
+
+        return widen_gguf(source, target)
+
     return [
         assets.Conversion("models/emotion_model.hdf5", assets.EXPRESSION_ONNX,
                           "converting the expression net to ONNX", expression_onnx),
-        assets.Conversion("models/SmolLM2-135M-Instruct.Q4_1.gguf", assets.SMOLLM_DIR,
+        assets.Conversion(assets.SMOLLM_GGUF, assets.SMOLLM_DIR,
                           "converting SmolLM2-135M-Instruct from GGUF to safetensors "
                           "(once, ~20 s)", smollm, marker="model.safetensors"),
+        assets.Conversion(assets.SMOLLM_GGUF, assets.SMOLLM_F16,
+                          "writing SmolLM2-135M-Instruct's matrices as float16 for llama.cpp "
+                          "(once, ~10 s)", smollm_f16),
     ]

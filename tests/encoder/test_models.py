@@ -102,14 +102,16 @@ def test_descriptions_are_written_from_the_results(models_with_llm, sample, tmp_
     assert face["model"]["components"]["description"].startswith("SmolLM2-135M")
 
 
-def test_descriptions_through_the_engine_equal_hf_generate(models_with_llm, settings):
-    """The compact describer batches its requests in the engine (shared system-prompt
-    prefix, sentence-end stop strings); each text is what HF ``generate`` writes alone."""
+def test_descriptions_through_the_engine_equal_hf_generate(settings):
+    """The compact describer on the torch runtime batches its requests in the torch engine
+    (shared system-prompt prefix, sentence-end stop strings); each text is what HF
+    ``generate`` writes alone.  (The llama.cpp runtime against this: tests/llm.)"""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from facestream.llm.smollm import _trim
+    from facestream.llm.smollm import SmolDescriber, _trim
 
-    describer = models_with_llm.analyzer.language
+    describer = SmolDescriber(settings.cache_dir / assets.SMOLLM_DIR, runtime="torch",
+                              max_new_tokens=settings.description_max_tokens)
     facts = ["a woman, about 29 years old; expression: happy (88%)",
              "a man, about 41 years old; expression: surprise (61%); action units: AU1 2.3, AU2 2.8",
              "a woman, about 35 years old; expression: neutral (70%)"]

@@ -1,0 +1,152 @@
+"""SmolLM2 on llama.cpp (the compact profile's default): the shipped GGUF's weights, no torch.
+
+The reference is the torch engine on the fp32 copy that ``models pull`` converts from the
+shipped GGUF with transformers (its Q4_1 weights dequantised), itself checked against HF
+``generate`` in test_engine.py.  llama.cpp runs the float16 copy ``models pull`` writes with
+the gguf package (:func:`widen_gguf`): the same weights, computed in float16, so the two may
+part only at a near-tie; the quality bar is the first sentence equal on >= 80 % of a held
+set of prompts.  (On the 4-bit file itself llama.cpp rounds activations to 8 bits and agreed
+on 4 of these 10.)"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from facestream import assets
+from facestream.llm.llamacpp import GgufTokenizer, LlamaCppEngine
+from facestream.llm.requests import GenerationRequest
+from facestream.llm.smollm import SmolDescriber, chatml
+
+FACTS = [
+    f"{who}, about {age} years old; expression: {label} ({score}%)"
+    + ("; action units: AU12 3.1, AU25 2.4" if label == "happy" else "")
+    for who, age, label, score in [
+        ("a woman", 25, "happy", 81), ("a man", 47, "neutral", 64),
+        ("a woman", 70, "sad", 55), ("a man", 8, "surprise", 72),
+        ("a woman", 33, "angry", 48), ("a man", 61, "fear", 39),
+        ("a woman", 19, "disgust", 44), ("a man", 30, "happy", 90),
+        ("a woman", 52, "neutral", 70), ("a man", 75, "sad", 51),
+    ]
+]
+
+
+@pytest.fixture(scope="module")
+def gguf(settings):
+    return assets.require(settings.cache_dir, assets.SMOLLM_F16)
+
+
+def test_the_float16_copy_holds_the_shipped_weights(settings, gguf):
+    """Checked against the fp32 copy transformers made from the 4-bit file (another reader
+    of the same format): every matrix equal to float16 rounding."""
+    import gguf as gguf_package
+    from safetensors.numpy import load_file
+
+    reference = load_file(str(settings.cache_dir / assets.SMOLLM_DIR / "model.safetensors"))
+    tensors = {t.name: t for t in gguf_package.GGUFReader(str(gguf)).tensors}
+    pairs = {"blk.0.ffn_down.weight": "model.layers.0.mlp.down_proj.weight",
+             "blk.29.attn_output.weight": "model.layers.29.self_attn.o_proj.weight",
+             "token_embd.weight": "model.embed_tokens.weight"}
+    for ours, theirs in pairs.items():
+        assert tensors[ours].tensor_type == gguf_package.GGMLQuantizationType.F16
+        got = np.asarray(tensors[ours].data, np.float32)
+        want = reference[theirs]
+        assert got.shape == want.shape, ours
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-6, err_msg=ours)
+
+
+@pytest.fixture(scope="module")
+def llama_describer(gguf):
+    return SmolDescriber(gguf, runtime="llamacpp", max_new_tokens=40, threads=1)
+
+
+@pytest.fixture(scope="module")
+def torch_describer(settings, smol):
+    return SmolDescriber(settings.cache_dir / assets.SMOLLM_DIR, runtime="torch",
+                         max_new_tokens=40, threads=1)
+
+
+def test_the_prompt_is_the_shipped_chat_template_and_tokenizes_alike(smol, gguf):
+    _, hf = smol
+    messages = [{"role": "system", "content": SmolDescriber.SYSTEM},
+                {"role": "user", "content": f"Facts: {FACTS[0]}\nDescribe the face."}]
+    text = chatml(messages)
+    assert text == hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    ours = GgufTokenizer.from_file(gguf)
+    assert ours.encode(text) == hf(text, add_special_tokens=False).input_ids
+    ids = hf(FACTS[3], add_special_tokens=False).input_ids
+    assert ours.decode(ids) == hf.decode(ids, skip_special_tokens=True)
+
+
+def test_descriptions_match_the_fp32_reference_on_most_prompts(llama_describer,
+                                                                torch_describer):
+    ours = llama_describer.describe(FACTS)
+    reference = torch_describer.describe(FACTS)
+    assert all(text.strip() for text in ours), ours
+    same = sum(a == b for a, b in zip(ours, reference))
+    assert same >= 0.8 * len(FACTS), list(zip(ours, reference))
+
+
+def test_concurrent_requests_batch_and_give_the_texts_of_one_at_a_time(gguf):
+    engine = LlamaCppEngine(gguf, max_batch=4, max_seq_len=256, threads=1)
+    tokenizer = engine.tokenizer
+    prompts = [tuple(tokenizer.encode(chatml([{"role": "system", "content": "Be brief."},
+                                               {"role": "user", "content": f}])))
+               for f in FACTS[:6]]
+
+    def request(i, ids):
+        return GenerationRequest(f"r{i}", ids, max_new_tokens=16)
+
+    alone = [engine.generate([request(i, ids)])[0].token_ids for i, ids in enumerate(prompts)]
+    steps_before = engine.stats["steps"]
+    together = engine.generate([request(i, ids) for i, ids in enumerate(prompts)])
+    steps = engine.stats["steps"] - steps_before
+    assert steps < sum(len(t) for t in alone), "six requests of 4 slots were not batched"
+    agree = sum(r.token_ids == a for r, a in zip(together, alone))
+    assert agree >= 5, [(r.text, tokenizer.decode(a)) for r, a in zip(together, alone)]
+    engine.close()
+
+
+def test_a_request_with_visual_tokens_is_refused(gguf):
+    torch = pytest.importorskip("torch")
+    from facestream.llm.requests import RequestError
+
+    engine = LlamaCppEngine(gguf, max_batch=1, max_seq_len=64, threads=1)
+    with pytest.raises(RequestError, match="visual tokens"):
+        engine.submit(GenerationRequest("v", (1, 2), visual=torch.zeros(2, 8)))
+    engine.close()
+
+
+def test_a_missing_or_broken_gguf_names_the_fix(tmp_path):
+    from facestream.errors import AssetError
+
+    with pytest.raises(AssetError, match="models pull"):
+        LlamaCppEngine(tmp_path / "absent.gguf")
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + b"\0" * 64)
+    with pytest.raises(AssetError, match="models pull --force"):
+        LlamaCppEngine(broken)
+
+
+def test_the_compact_profile_with_descriptions_imports_no_torch(sample, tmp_path):
+    """What README promises of the default: analyse with descriptions, torch-free."""
+    code = f"""
+import sys
+from pathlib import Path
+from facestream.config import Settings
+from facestream.ingest.sources import parse_source
+from facestream.workers.embedded import analyze
+summary = analyze(parse_source({str(sample('single_face.jpg'))!r}), Settings.load({{'describe': True}}),
+                  out_dir=Path({str(tmp_path)!r}))
+import json
+texts = [json.loads(line)["data"].get("description")
+         for line in Path(summary.events_path).read_text().splitlines()]
+print('torch' in sys.modules, 'transformers' in sys.modules, any(texts))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-3:] == ["False", "False", "True"], out.stdout
