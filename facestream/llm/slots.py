@@ -15,6 +15,7 @@ LLaMA, visual tokens spliced in) and :class:`facestream.llm.llamacpp.LlamaCppEng
 
 from __future__ import annotations
 
+import abc
 import math
 import threading
 import time
@@ -48,7 +49,7 @@ class Running:
     first_token_at: float = math.nan
 
 
-class SlotEngine:
+class SlotEngine(abc.ABC):
     """Slots, queue and loop; subclasses implement :meth:`_admit` and :meth:`_decode`.
 
     ``submit`` is thread-safe and never blocks; ``step`` is driven by one thread at a time
@@ -190,14 +191,14 @@ class SlotEngine:
             finished.update(self._decode(active))
         return finished
 
+    @abc.abstractmethod
     def _admit(self) -> list[tuple[int, str]]:
         """Prefill requests taken with :meth:`_take_queued` into their slots, set
         ``self._slots[slot]`` for each, choose their first tokens (:meth:`_accept`)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _decode(self, active: list[int]) -> list[tuple[int, str]]:
         """One token for each slot in ``active`` (ascending), through :meth:`_accept`."""
-        raise NotImplementedError
 
     def _closed(self) -> None:
         """Release the model's resources after :meth:`close` (default: nothing)."""
