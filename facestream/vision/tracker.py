@@ -23,7 +23,14 @@ class TrackState(enum.Enum):
 
 
 class _Kalman:
-    """State [cx, cy, side, vx, vy, vside]; measurement [cx, cy, side]; units pixels, seconds."""
+    """State [cx, cy, side, vx, vy, vside]; measurement [cx, cy, side]; units pixels, seconds.
+
+    The textbook matrices are sparse: F = [[I, dt·I], [0, I]], H = [I, 0], Q and R diagonal.
+    The products are written out by 3×3 blocks: the same results up to rounding, without
+    building and multiplying 6×6 matrices twice a frame."""
+
+    _DIAG = (np.arange(6), np.arange(6))
+    _DIAG3 = (np.arange(3), np.arange(3))
 
     def __init__(self, z: np.ndarray) -> None:
         self.x = np.concatenate([z, np.zeros(3)])
@@ -32,24 +39,24 @@ class _Kalman:
 
     def predict(self, dt: float) -> np.ndarray:
         if dt > 0:
-            F = np.eye(6)
-            F[0, 3] = F[1, 4] = F[2, 5] = dt
             side = max(self.x[2], 1.0)
             q = (0.5 * side * dt) ** 2          # velocity uncertainty grows with face size
-            Q = np.diag([q * dt, q * dt, q * dt * 0.25, q, q, q * 0.25])
-            self.x = F @ self.x
-            self.P = F @ self.P @ F.T + Q
+            x = self.x.copy()
+            x[:3] += dt * x[3:]                 # F x
+            P = self.P.copy()
+            P[:3] += dt * P[3:]                 # F P
+            P[:, :3] += dt * P[:, 3:]           # (F P) Fᵀ
+            P[self._DIAG] += (q * dt, q * dt, q * dt * 0.25, q, q, q * 0.25)     # + Q
+            self.x, self.P = x, P
         return self.x[:3]
 
     def update(self, z: np.ndarray) -> None:
         side = max(self.x[2], 1.0)
-        R = np.diag([0.05 * side, 0.05 * side, 0.05 * side]) ** 2
-        H = np.zeros((3, 6))
-        H[0, 0] = H[1, 1] = H[2, 2] = 1
-        S = H @ self.P @ H.T + R
-        K = self.P @ H.T @ np.linalg.inv(S)
-        self.x = self.x + K @ (z - H @ self.x)
-        self.P = (np.eye(6) - K @ H) @ self.P
+        S = self.P[:3, :3].copy()               # H P Hᵀ + R
+        S[self._DIAG3] += (0.05 * side) ** 2
+        K = self.P[:, :3] @ np.linalg.inv(S)    # P Hᵀ S⁻¹
+        self.x = self.x + K @ (z - self.x[:3])
+        self.P = self.P - K @ self.P[:3]        # (I - K H) P
 
 
 def _measure(box: np.ndarray) -> np.ndarray:
