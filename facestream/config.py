@@ -108,6 +108,11 @@ class Settings:
         "Write a natural-language description with the small LLM."))
     description_max_tokens: int = field(default=32, metadata=_doc(
         "Longest description, in tokens.", ge=8, le=512))
+    description_mode: str = field(default="follow", metadata=_doc(
+        "When the compact profile's descriptions are published: follow (a window's event goes "
+        "out when the window closes; its fresh description follows as a "
+        "facestream.face.description event) or inline (the event waits for its description).",
+        choices=("follow", "inline")))
     description_runtime: str = field(default="llamacpp", metadata=_doc(
         "Where the compact profile's SmolLM2 runs: llamacpp (the shipped 4-bit GGUF, no "
         "torch) or torch (the fp32 copy models pull converts, through the torch engine).",

@@ -24,6 +24,7 @@ SPEC_VERSION = "1.0"
 SCHEMA_VERSION = "1"
 DATASCHEMA = f"facestream://schemas/event/v{SCHEMA_VERSION}"
 FACE_ANALYSIS = "facestream.face.analysis"
+FACE_DESCRIPTION = "facestream.face.description"
 TRACK_STARTED = "facestream.track.started"
 TRACK_ENDED = "facestream.track.ended"
 STREAM_ERROR = "facestream.stream.error"
@@ -96,9 +97,12 @@ class Described:
 
 def face_analysis(window: FaceWindow, out: EncoderOutput, *, head_pose: dict[str, Any],
                   profile: str, components: Mapping[str, str], trigger: str | None,
-                  time_epoch: float, answer: Described | None) -> dict[str, Any]:
+                  time_epoch: float, answer: Described | None,
+                  follows: bool = False) -> dict[str, Any]:
     """``facestream.face.analysis`` for one window: the encoder's results, then the answer's
-    fields over them (``answer`` None: no language stage, or none has answered yet)."""
+    fields over them (``answer`` None: no language stage, or none has answered yet).
+    ``follows``: this window's own description is being written and comes as a
+    :func:`face_description` event (``answer`` is then None)."""
     data = {
         "stream_id": window.stream_id,
         "track_id": window.track_id,
@@ -119,6 +123,7 @@ def face_analysis(window: FaceWindow, out: EncoderOutput, *, head_pose: dict[str
         "description_age_s": round(window.start_s - answer.answered_s, 3) if answer else None,
         "description_trigger": trigger,
         "description_from_s": answer.answered_s if answer else None,
+        "description_follows": follows,
         "model": {"profile": profile, "components": components},
         "latency_ms": round(max(0.0, time.time() - window.samples[-1].arrival) * 1000, 1),
     }
@@ -128,6 +133,31 @@ def face_analysis(window: FaceWindow, out: EncoderOutput, *, head_pose: dict[str
     return envelope(FACE_ANALYSIS, stream_id=window.stream_id, subject=window.track_id,
                     event_id_=event_id(window.stream_id, window.track_id, start, FACE_ANALYSIS,
                                        profile),
+                    time_epoch=time_epoch, data=data)
+
+
+def face_description(window: FaceWindow, *, description: str, trigger: str | None,
+                     profile: str, components: Mapping[str, str], time_epoch: float,
+                     generation_ms: float) -> dict[str, Any]:
+    """``facestream.face.description``: the sentence written for one window, published when
+    it is ready, after that window's ``facestream.face.analysis`` (same stream, track and
+    ``window``; the analysis event has ``description_follows: true``)."""
+    data = {
+        "stream_id": window.stream_id,
+        "track_id": window.track_id,
+        "window": {"start_s": round(window.start_s, 3), "end_s": round(window.end_s, 3),
+                   "start_pts": window.start_pts, "end_pts": window.end_pts,
+                   "frames": len(window.samples)},
+        "description": description,
+        "description_trigger": trigger,
+        "model": {"profile": profile, "components": dict(components)},
+        "generation_ms": round(max(0.0, generation_ms), 1),
+        "latency_ms": round(max(0.0, time.time() - window.samples[-1].arrival) * 1000, 1),
+    }
+    start = window.start_pts if window.start_pts is not None else f"{window.start_s:.3f}"
+    return envelope(FACE_DESCRIPTION, stream_id=window.stream_id, subject=window.track_id,
+                    event_id_=event_id(window.stream_id, window.track_id, start,
+                                       FACE_DESCRIPTION, profile),
                     time_epoch=time_epoch, data=data)
 
 

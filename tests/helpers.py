@@ -74,8 +74,10 @@ class MemorySink:
         self.writes: list[list[dict]] = []
         self.status: list[dict] = []            # per write: stream id -> fields
         self.saves: list[list[tuple[str, int, int | None]]] = []
+        self.calls: list[tuple[str, int]] = []  # ("write" | "checkpoints", index), in order
 
     def write(self, batch: list[dict], status: dict | None = None) -> int:
+        self.calls.append(("write", len(self.writes)))
         self.writes.append(list(batch))
         self.status.append(dict(status or {}))
         return len(batch)
@@ -84,6 +86,7 @@ class MemorySink:
         return True
 
     def checkpoints(self, saves: dict) -> None:
+        self.calls.append(("checkpoints", len(self.saves)))
         self.saves.append([(key, checkpoint.loads(blob).offset, ttl)
                            for key, (blob, ttl) in saves.items()])
 
@@ -129,7 +132,7 @@ def check_events_file(path: Path) -> None:
     assert lines, f"{path}: no events; a run that analysed anything writes some"
     validator = events.validator()
     problems = []                       # (line number, event type, schema errors)
-    seen: set[str] = set()
+    seen: set = set()                   # ids, and the windows whose descriptions follow
     for number, line in lines:
         event = json.loads(line)
         errors = [f"{'/'.join(map(str, e.absolute_path)) or '<event>'}: {e.message}"
@@ -160,6 +163,15 @@ def _cross_field_problems(event: dict, seen: set[str]) -> list[str]:
             problems.append("window ends before it starts")
         if not (x2 > x1 and y2 > y1):
             problems.append("bbox is not [x1, y1, x2, y2] with x2 > x1 and y2 > y1")
+        if data.get("description_follows"):
+            if data["description"] is not None or data["description_reused"]:
+                problems.append("description_follows with a description already here")
+            seen.add(("follows", data["stream_id"], data["track_id"], window["start_pts"]))
+    if event["type"] == "facestream.face.description":
+        window = data["window"]
+        if ("follows", data["stream_id"], data["track_id"], window["start_pts"]) not in seen:
+            problems.append("a description before (or without) its window's analysis event "
+                            "with description_follows")
     return problems
 
 

@@ -39,7 +39,13 @@ def test_sample_clip_gives_valid_events_and_an_annotated_video(sample, tmp_path)
         assert 15 <= d["attributes"]["age"]["years"] <= 50
         assert d["action_units"]["method"] == "geometric"
         assert d["action_units"]["AU6"] is None           # geometry cannot see it: null
-        assert isinstance(d["description"], str) and d["description"]
+        # a sentence here, or (a fresh window) in the description event that follows
+        assert (isinstance(d["description"], str) and d["description"]) \
+            or (d["description_follows"] and d["description"] is None)
+    described = {ev["data"]["window"]["start_s"]: ev["data"]["description"] for ev in evs
+                 if ev["type"] == events.FACE_DESCRIPTION}
+    assert {d["window"]["start_s"] for d in analysis if d["description_follows"]} == set(described)
+    assert all(isinstance(text, str) and text for text in described.values())
     assert analysis[0]["description_reused"] is False
     fresh = [d for d in analysis if not d["description_reused"]]
     assert len(fresh) < len(analysis), "unchanged windows must reuse the last description"

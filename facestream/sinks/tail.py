@@ -22,6 +22,10 @@ def format_event(event: dict[str, Any]) -> str:
         text = (f"{head} {d['track_id']} {w['start_s']:.1f}-{w['end_s']:.1f}s "
                 f"{e.get('label', '-')} {g.get('label', '-')} {age.get('years', '-')}")
         return text + (f" \u201c{d['description']}\u201d" if d.get("description") else "")
+    if kind == events.FACE_DESCRIPTION:
+        w = d["window"]
+        return (f"{head} {d['track_id']} {w['start_s']:.1f}-{w['end_s']:.1f}s "
+                f"\u201c{d['description']}\u201d")
     if kind == "facestream.stream.error":
         return f"{head} ERROR {d.get('message')}"
     return f"{head} {d.get('track_id')} {kind.rsplit('.', 1)[-1]}"

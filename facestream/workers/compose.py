@@ -54,8 +54,14 @@ class Models:
                                      max_in_flight=settings.llm_max_in_flight)
         faces = FaceAnalyzer.from_settings(settings)
         scheduler = ChangeScheduler(Thresholds.from_settings(settings))
+        # Face-LLaVA's answers set the event's fields: its windows wait for them.
+        follow = settings.profile == "compact" and settings.description_mode == "follow"
         return cls(faces, WindowAnalyzer(encoder, language, scheduler=scheduler,
-                                         profile=settings.profile))
+                                         profile=settings.profile, follow=follow))
+
+    def close(self) -> None:
+        """Stop the describer's thread (after the descriptions being written)."""
+        self.analyzer.close()
 
 
 def conversions() -> list[assets.Conversion]:

@@ -1,8 +1,9 @@
 """Embedded mode: one source, every stage in one process, events to a JSONL file.
 
-Decoding runs one frame ahead in a thread (a bounded in-memory queue stands where Kafka
-stands in the distributed mode); faces, tracks, windows, the encoder and the LLM run on the
-calling thread.  The stages are the ones the workers use.
+Decoding runs a few frames ahead in a thread (a bounded in-memory queue stands where Kafka
+stands in the distributed mode); faces, tracks, windows and the encoder run on the calling
+thread, descriptions on the describer's (their events are written as they are ready, after
+the frame that closed their window).  The stages are the ones the workers use.
 """
 
 from __future__ import annotations
@@ -117,6 +118,7 @@ def analyze(spec: SourceSpec, settings: Settings, *, out_dir: Path, stream_id: s
     except BaseException:
         sink.close()
         raise
+    owned = models is None
     models = models or Models.load(settings)
     llm_calls_before = models.analyzer.llm_calls
     summary = Summary(stream_id, sink.path, None, decoder.info)
@@ -135,7 +137,8 @@ def analyze(spec: SourceSpec, settings: Settings, *, out_dir: Path, stream_id: s
                 faces = models.faces(frame.image)
                 started_ev, windows, ended_ev = state.observe(frame, faces)
                 analysis = models.analyzer.analyze([(state, w) for w in windows])
-                sink.write(error_events + started_ev + analysis + ended_ev)
+                sink.write(error_events + started_ev + analysis + ended_ev
+                           + models.analyzer.completed())
                 error_events.clear()
                 _count_labels(labels, analysis)
                 summary.frames += 1
@@ -155,10 +158,13 @@ def analyze(spec: SourceSpec, settings: Settings, *, out_dir: Path, stream_id: s
             report_error(damage)
         windows, ended_ev = state.finish()
         analysis = models.analyzer.analyze([(state, w) for w in windows])
-        sink.write(error_events + analysis + ended_ev)
+        # The last descriptions before the tracks' ends: the file closes with them.
+        sink.write(error_events + analysis + models.analyzer.completed(wait=True) + ended_ev)
         _count_labels(labels, analysis)
         summary.windows += len(windows)
     finally:
+        if owned:
+            models.close()
         decoder.close()
         sink.close()
         if annotator is not None:

@@ -12,12 +12,23 @@ The language stage is the profile's: SmolLM2 writing a sentence from the structu
 answers replace the fields they cover (``facellava``).  Either way it has ``components`` and
 ``answer(items) -> list[Answer]``.
 
+Descriptions never hold events back (``follow``, the compact profile's default): the
+describer runs on a thread of its own, a window's event goes out when the window closes with
+``description_follows: true``, and the sentence follows as a ``facestream.face.description``
+event when it is written (:meth:`WindowAnalyzer.completed`).  A later window that reuses that
+sentence waits for it, so every event's content is the same however fast the describer is;
+only where the description events fall among the others varies.  Face-LLaVA's answers set
+the event's fields, so its windows always wait for them (``inline``).
+
 ``facestream analyze`` (embedded) and the Kafka workers both drive these two classes.
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +40,8 @@ from facestream.types import (Answer, DecodedFrame, EncoderOutput, FaceDetection
 from facestream.vision.tracker import Track, Tracker
 from facestream.workers.scheduler import REUSE, Answered, ChangeScheduler, CheapSignals, Decision
 from facestream.workers.windows import Windower
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -106,15 +119,36 @@ class StreamState:
                                   time_epoch=self.event_time(time_s, arrival if last else first_arrival))
 
 
+@dataclass
+class _Job:
+    """One window's description being written on the describer's thread.
+
+    Its sentence reaches the track's memory once it is both written (``settled``) and
+    ``installed`` (the analyzer has reached its window in the order of the windows), so a
+    window that reuses a description always gets the one the scheduler compared it with."""
+
+    state: StreamState
+    window: FaceWindow
+    memory: TrackMemory
+    answered: Answered            # the scheduler's reference for the track's next windows
+    trigger: str | None
+    previous: Answered | None = None     # put back should no description come
+    installed: bool = False
+    settled: bool = False
+    answer: Answer | None = None
+
+
 class WindowAnalyzer:
     """Runs the visual stage and the language stage over windows from any number of streams.
 
     ``language`` (None: no LLM; events carry the cheap results only) is the profile's
     :class:`LanguageStage`; ``scheduler`` picks the windows it sees.  Events name
-    ``profile``."""
+    ``profile``.  ``follow``: descriptions are written on a thread of their own and published
+    as their own events (:meth:`completed`); call :meth:`close` when done."""
 
     def __init__(self, encoder: WindowEncoder, language: LanguageStage | None = None, *,
-                 scheduler: ChangeScheduler, profile: str = "compact") -> None:
+                 scheduler: ChangeScheduler, profile: str = "compact",
+                 follow: bool = False) -> None:
         self.encoder = encoder
         self.language = language
         self.scheduler = scheduler
@@ -124,7 +158,23 @@ class WindowAnalyzer:
             self.components.update(language.components)
         self.llm_calls = 0
         self.llm_shed = 0
+        self.llm_failed = 0
         self.descriptions_reused = 0
+        self._pool = (ThreadPoolExecutor(1, thread_name_prefix="facestream-describe")
+                      if follow and language is not None else None)
+        self._jobs: deque[tuple[Future, list[_Job]]] = deque()
+        self._latest_job: dict[tuple[int, str], _Job] = {}
+        self._ready: list[dict[str, Any]] = []
+
+    @property
+    def follows(self) -> bool:
+        """Descriptions come as their own events, after their windows' events."""
+        return self._pool is not None
+
+    @property
+    def describing(self) -> int:
+        """Windows whose description is being written."""
+        return sum(len(jobs) for _, jobs in self._jobs)
 
     def analyze(self, items: list[tuple[StreamState, FaceWindow]]) -> list[dict[str, Any]]:
         """Analysis events for the windows, in the order given.  Blocking."""
@@ -134,19 +184,13 @@ class WindowAnalyzer:
         signals = [CheapSignals.from_window(w, out) for (_, w), out in zip(items, outputs)]
         decisions = [REUSE] * len(items)
         answers: dict[int, Answer] = {}
+        submitted: dict[int, _Job] = {}
         if self.language is not None:
-            # Decide in order, so that a later window of a track in the same batch is compared
-            # with an earlier one that was picked; then describe the picked ones as one batch.
-            answered: dict[tuple[int, str], Answered | None] = {}
-            for i, ((state, w), sig) in enumerate(zip(items, signals)):
-                key = (id(state), w.track_id)
-                if key not in answered:
-                    answered[key] = state.memory.get(w.track_id, TrackMemory()).answered
-                decisions[i] = self.scheduler.decide(answered[key], sig, time_s=w.start_s)
-                if decisions[i].fresh:
-                    answered[key] = Answered(sig, w.start_s)
+            decisions = self._decide(items, signals)
             due = [i for i, d in enumerate(decisions) if d.fresh]
-            if due:
+            if due and self._pool is not None:
+                submitted = self._submit(items, outputs, signals, decisions, due)
+            elif due:
                 picked = [(items[i][1], outputs[i]) for i in due]
                 answers = {i: a for i, a in zip(due, self.language.answer(picked))
                            if a is not None}
@@ -158,24 +202,143 @@ class WindowAnalyzer:
         result = []
         for i, ((state, window), out) in enumerate(zip(items, outputs)):
             memory = state.memory.setdefault(window.track_id, TrackMemory())
+            follows = i in submitted
+            if follows:
+                self._install(submitted[i])
+            else:
+                self._await_reference(state, window.track_id)
             if i in answers:
                 memory.description = answers[i].description
                 memory.fields = dict(answers[i].fields)
                 memory.answered = Answered(signals[i], window.start_s)
             memory.latest = out
             result.append(self._event(state, window, out, signals=signals[i], memory=memory,
-                                      decision=decisions[i]))
+                                      decision=decisions[i], follows=follows))
             if window.final:
                 del state.memory[window.track_id]        # the track has ended
         return result
 
+    def completed(self, *, wait: bool = False) -> list[dict[str, Any]]:
+        """The description events written since the last call, in the order their windows
+        were analysed; ``wait``: first wait until every description asked for is written.
+        Never blocks otherwise."""
+        while self._jobs and (wait or self._jobs[0][0].done()):
+            self._settle_next()
+        ready, self._ready = self._ready, []
+        return ready
+
+    def close(self) -> None:
+        """Wait for the descriptions being written (collect them with :meth:`completed`),
+        then stop the describer's thread."""
+        if self._pool is not None:
+            while self._jobs:
+                self._settle_next()
+            self._pool.shutdown(wait=True)
+
+    def _decide(self, items: list[tuple[StreamState, FaceWindow]],
+                signals: list[CheapSignals]) -> list[Decision]:
+        """The scheduler's decision per window, in order, so that a later window of a track
+        in the same batch is compared with an earlier one that was picked."""
+        decisions = []
+        answered: dict[tuple[int, str], Answered | None] = {}
+        for (state, w), sig in zip(items, signals):
+            key = (id(state), w.track_id)
+            if key not in answered:
+                answered[key] = state.memory.get(w.track_id, TrackMemory()).answered
+            decision = self.scheduler.decide(answered[key], sig, time_s=w.start_s)
+            if decision.fresh:
+                answered[key] = Answered(sig, w.start_s)
+            decisions.append(decision)
+        return decisions
+
+    def _submit(self, items, outputs, signals, decisions, due: list[int]) -> dict[int, _Job]:
+        """Hand the picked windows to the describer's thread as one batch."""
+        assert self._pool is not None and self.language is not None
+        jobs = {}
+        for i in due:
+            state, window = items[i]
+            memory = state.memory.setdefault(window.track_id, TrackMemory())
+            jobs[i] = _Job(state, window, memory, Answered(signals[i], window.start_s),
+                           decisions[i].reason)
+        picked = [(items[i][1], outputs[i]) for i in due]
+        language = self.language
+
+        def write() -> tuple[list[Answer | None], float]:
+            started = time.monotonic()
+            answers = language.answer(picked)
+            return answers, time.monotonic() - started
+
+        self._jobs.append((self._pool.submit(write), list(jobs.values())))
+        self.llm_calls += len(due)
+        return jobs
+
+    def _install(self, job: _Job) -> None:
+        """The scheduler compares the track's next windows with ``job``'s from now on."""
+        job.previous, job.memory.answered = job.memory.answered, job.answered
+        job.installed = True
+        self._latest_job[(id(job.state), job.window.track_id)] = job
+        if job.settled:
+            self._apply(job)
+
+    def _await_reference(self, state: StreamState, track_id: str) -> None:
+        """A window that shows the track's last description waits until it is written."""
+        job = self._latest_job.get((id(state), track_id))
+        while job is not None and not job.settled:
+            self._settle_next()
+
+    def _settle_next(self) -> None:
+        """Wait for the oldest batch being described; its sentences go out as description
+        events, and to the tracks' memories (:meth:`_apply`)."""
+        future, jobs = self._jobs.popleft()
+        try:
+            answers, seconds = future.result()
+        except Exception as exc:     # the describer failed: these windows go undescribed
+            log.warning("descriptions of %d windows failed: %s", len(jobs),
+                        f"{type(exc).__name__}: {exc}"[:200])
+            answers, seconds = [None] * len(jobs), 0.0
+            self.llm_failed += len(jobs)
+        else:
+            self.llm_shed += sum(a is None for a in answers)
+        for job, answer in zip(jobs, answers):
+            job.settled, job.answer = True, answer
+            if job.installed:
+                self._apply(job)
+            if answer is None:
+                continue
+            first = job.window.samples[0]
+            self._ready.append(events.face_description(
+                job.window, description=answer.description, trigger=job.trigger,
+                profile=self.profile, components=self.components,
+                time_epoch=job.state.event_time(first.time_s, first.arrival),
+                generation_ms=seconds * 1000))
+
+    def _apply(self, job: _Job) -> None:
+        """A written and installed description becomes the track's, unless a later window's
+        has replaced it meanwhile; none written (shed, failed): the track's previous
+        reference is put back, so its next window is compared with that one again."""
+        key = (id(job.state), job.window.track_id)
+        if self._latest_job.get(key) is job:
+            del self._latest_job[key]
+        if job.memory.answered is not job.answered:
+            return
+        if job.answer is None:
+            job.memory.answered = job.previous
+        else:
+            job.memory.description = job.answer.description
+            job.memory.fields = dict(job.answer.fields)
+
     def _event(self, state: StreamState, window: FaceWindow, out: EncoderOutput, *,
-               signals: CheapSignals, memory: TrackMemory, decision: Decision) -> dict[str, Any]:
-        described = self.language is not None and memory.answered is not None
+               signals: CheapSignals, memory: TrackMemory, decision: Decision,
+               follows: bool = False) -> dict[str, Any]:
+        answer = None
+        if follows:          # written for this window, not yet here
+            answer = Described(None, window.start_s, False)
+        elif self.language is not None and memory.answered is not None:
+            answer = Described(memory.description, memory.answered.start_s, not decision.fresh,
+                               memory.fields or {})
         first = window.samples[0]
         return events.face_analysis(
             window, out, head_pose=signals.head_pose.as_dict(), profile=self.profile,
             components=self.components, trigger=decision.reason,
-            time_epoch=state.event_time(first.time_s, first.arrival),
-            answer=Described(memory.description, memory.answered.start_s, not decision.fresh,
-                             memory.fields or {}) if described else None)
+            time_epoch=state.event_time(first.time_s, first.arrival), answer=answer,
+            follows=follows)

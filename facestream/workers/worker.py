@@ -221,6 +221,7 @@ class Worker:
         from facestream.workers.compose import Models
 
         self.settings = settings
+        self._owns_models = models is None
         self.models = models or Models.load(settings)
         self.consumer = consumer or _make_consumer(settings)
         self.sink = sink or RedisSink(settings)
@@ -258,6 +259,8 @@ class Worker:
                 self._observe_health()
         finally:
             self._face_stage.close()
+            if self._owns_models:
+                self.models.close()
             self._dead_letters.close()
             self.consumer.close(autocommit=False)
             if server is not None:
@@ -355,6 +358,13 @@ class Worker:
         # Per track: started, then its windows, then ended (a track ends in the round
         # that closes its last window).
         self._deliver(acc.before + analysis + acc.after, acc.status)
+        # Then the round's descriptions: its events are out while they are written, and
+        # the checkpoint that follows covers them (a description not yet delivered is never
+        # behind a committed offset).
+        if self.models.analyzer.describing:
+            with self.metrics.stage_seconds.labels("describe").time():
+                described = self.models.analyzer.completed(wait=True)
+            self._deliver(described, {})
         self._checkpoint(acc)
         self._commit()
 

@@ -11,7 +11,7 @@ from facestream.encoder import action_units
 from facestream.encoder.backends import OnnxBackend, TorchBackend
 from facestream.encoder.expression import INPUT_NAME, OUTPUT_NAME, load_expression_net, preprocess
 from facestream.errors import AssetError
-from tests.helpers import analyze_in_process
+from tests.helpers import analyze_in_process, read_events
 
 
 def _only_face(models, sample, name, tmp_path):
@@ -96,8 +96,13 @@ def test_corrupt_model_file_is_reported_with_the_fix(tmp_path):
 
 def test_descriptions_are_written_from_the_results(models_with_llm, sample, tmp_path):
     face = _only_face(models_with_llm, sample, "0-f15-hao-ph.jpg", tmp_path)
-    text = face["description"]
+    assert face["description_follows"] and face["description"] is None
+    described = [ev["data"] for ev in read_events(tmp_path / "events.jsonl")
+                 if ev["type"] == "facestream.face.description"]
+    assert [d["window"] for d in described] == [face["window"]]
+    text = described[0]["description"]
     assert isinstance(text, str) and 3 <= len(text.split()) <= 60
+    assert "happy" in text.lower() or "smil" in text.lower(), text
     assert face["description_reused"] is False
     assert face["model"]["components"]["description"].startswith("SmolLM2-135M")
 

@@ -418,28 +418,67 @@ def test_describe_off_events_carry_pose_and_no_description(sample, models, tmp_p
         assert set(d["head_pose"]) == {"yaw", "pitch", "roll"}
 
 
+@pytest.fixture(scope="module")
+def models_inline():
+    from facestream.workers.compose import Models
+
+    models = Models.load(Settings.load({"describe": True, "description_mode": "inline"}))
+    yield models
+    models.close()
+
+
 @pytest.mark.slow
-def test_embedded_pipeline_with_llm_reuses_answers(sample, models_with_llm, tmp_path):
-    summary, evs = analyze_in_process(sample("WolfgangLanger_Pexels.mp4"), models_with_llm,
-                                      tmp_path)
+def test_descriptions_follow_their_windows_and_reuse_says_the_same(
+        sample, models_with_llm, models_inline, tmp_path):
+    """Follow mode (the default): a fresh window's event goes out without waiting, marked
+    ``description_follows``; its sentence comes later as one facestream.face.description
+    event for the same window; later windows that reuse it carry the text.  Joined, the two
+    kinds of event say exactly what inline mode (each event waits for its sentence) says."""
+    clip = sample("WolfgangLanger_Pexels.mp4")
+    summary, evs = analyze_in_process(clip, models_with_llm, tmp_path / "follow")
+    _, inline_evs = analyze_in_process(clip, models_inline, tmp_path / "inline")
     check_events_file(summary.events_path)
     validator = events.validator()
-    analysis = [ev["data"] for ev in evs if ev["type"] == events.FACE_ANALYSIS]
-    for ev in evs:
+    for ev in evs + inline_evs:
         validator.validate(ev)
+    assert models_with_llm.analyzer.follows and not models_inline.analyzer.follows
+
+    def key(d):
+        return d["stream_id"], d["track_id"], d["window"]["start_pts"]
+
+    position = {(ev["type"], key(ev["data"])): n for n, ev in enumerate(evs)
+                if ev["type"] in (events.FACE_ANALYSIS, events.FACE_DESCRIPTION)}
+    written = {key(ev["data"]): ev["data"] for ev in evs if ev["type"] == events.FACE_DESCRIPTION}
+    analysis = [ev["data"] for ev in evs if ev["type"] == events.FACE_ANALYSIS]
     fresh = [d for d in analysis if not d["description_reused"]]
-    assert summary.llm_calls == len(fresh) < len(analysis)
+    assert summary.llm_calls == len(fresh) == len(written) < len(analysis)
     last: dict[str, dict] = {}
     for d in analysis:
         if d["track_id"] not in last:
             assert d["description_trigger"] == NEW_TRACK and not d["description_reused"]
         if not d["description_reused"]:
+            assert d["description_follows"] and d["description"] is None
             assert d["description_trigger"] is not None and d["description_age_s"] == 0
-            assert isinstance(d["description"], str)
-            last[d["track_id"]] = d
+            assert d["description_from_s"] == d["window"]["start_s"]
+            follow = written[key(d)]
+            assert follow["window"] == d["window"] and follow["description"]
+            assert follow["description_trigger"] == d["description_trigger"]
+            assert position[(events.FACE_DESCRIPTION, key(d))] > \
+                position[(events.FACE_ANALYSIS, key(d))]
+            last[d["track_id"]] = {**d, "description": follow["description"]}
             continue
         answer = last[d["track_id"]]
-        assert d["description"] == answer["description"] and d["description_trigger"] is None
+        assert not d["description_follows"] and d["description_trigger"] is None
+        assert d["description"] == answer["description"]
         assert d["description_from_s"] == answer["window"]["start_s"]
         assert d["description_age_s"] == pytest.approx(
             d["window"]["start_s"] - answer["window"]["start_s"], abs=1e-3)
+    # Inline: no description events, each fresh window carries its own sentence.
+    inline = [ev["data"] for ev in inline_evs if ev["type"] == events.FACE_ANALYSIS]
+    assert not [ev for ev in inline_evs if ev["type"] == events.FACE_DESCRIPTION]
+    assert len(inline) == len(analysis)
+    for d, i in zip(analysis, inline):
+        joined = {**d, "description_follows": False, "latency_ms": i["latency_ms"]}
+        if not d["description_reused"]:
+            joined["description"] = written[key(d)]["description"]
+        assert joined == i
