@@ -13,6 +13,7 @@ same "run `facestream models pull`" advice.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import shutil
@@ -115,6 +116,9 @@ class Conversion:
     message: str                # what the log says while it runs
     convert: Callable[[Path, Path], Path]
     marker: str | None = None   # for a directory target: the file whose presence means done
+    needs: tuple[str, ...] = ()     # modules it imports; not installed: skipped, with a note
+    extra: str = ""                 # the facestream extra that installs them
+    used_by: str = ""               # what reads the target, for that note
 
 
 def pull(cache_dir: Path, *, samples: bool = False, force: bool = False,
@@ -197,6 +201,14 @@ def _extract(zf: zipfile.ZipFile, f: AssetFile, cache_dir: Path) -> Path:
     return target
 
 
+def _importable(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
 def _convert(cache_dir: Path, conversions: Sequence[Conversion], *, changed: set[str],
              log: Callable[[str], None]) -> list[Path]:
     """Derived files, rebuilt when missing or when their source was just (re)written."""
@@ -205,6 +217,12 @@ def _convert(cache_dir: Path, conversions: Sequence[Conversion], *, changed: set
         target = cache_dir / conversion.target
         done = target / conversion.marker if conversion.marker else target
         if conversion.source in changed or not done.is_file():
+            missing = [m for m in conversion.needs if not _importable(m)]
+            if missing:
+                log(f"  skipped {conversion.target} (only {conversion.used_by} reads it): "
+                    f"converting it needs {', '.join(missing)}; `pip install "
+                    f"'facestream[{conversion.extra}]'`, then pull again")
+                continue
             log(conversion.message)
             out.append(conversion.convert(require(cache_dir, conversion.source), target))
     return out

@@ -220,9 +220,20 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:   # the last line of defence: one line, not a traceback
         if os.environ.get("FACESTREAM_DEBUG"):
             raise
+        missing = (exc.name or "").split(".")[0] if isinstance(exc, ModuleNotFoundError) else ""
+        if missing in _EXTRAS:
+            print(f"facestream: error: this needs {missing}, which is not installed (the "
+                  f"compact profile runs without it): pip install "
+                  f"'facestream[{_EXTRAS[missing]}]', or ./dev setup", file=sys.stderr)
+            return 2
         print(f"facestream: internal error: {type(exc).__name__}: {exc} "
               "(set FACESTREAM_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1
+
+
+# Packages of the optional extras (pyproject.toml), by top-level module.
+_EXTRAS = {"torch": "torch", "transformers": "torch", "safetensors": "torch",
+           "accelerate": "torch", "tensorrt": "tensorrt"}
 
 
 def _models(args: argparse.Namespace) -> int:

@@ -49,3 +49,28 @@ def test_manifest_is_consistent():
         assert f.package in manifest.packages
         assert len(f.sha256) == 64 and int(f.sha256, 16) >= 0
     assert all("==" in p.requirement for p in manifest.packages.values())
+
+
+def test_a_conversion_whose_modules_are_not_installed_is_skipped_with_the_fix(tmp_path):
+    """The compact profile installs without torch: ``models pull`` then skips the torch
+    runtime's conversion, saying which extra brings it, and still does the others."""
+    (tmp_path / "src.bin").write_bytes(b"x")
+    done = []
+
+    def convert(source, target):
+        target.write_bytes(source.read_bytes())
+        done.append(target.name)
+        return target
+
+    notes = []
+    written = assets._convert(tmp_path, [
+        assets.Conversion("src.bin", "needs-absent.bin", "converting A", convert,
+                          needs=("json", "facestream_no_such_module"), extra="torch",
+                          used_by="description_runtime=torch"),
+        assets.Conversion("src.bin", "plain.bin", "converting B", convert, needs=("json",)),
+    ], changed=set(), log=notes.append)
+    assert done == ["plain.bin"] and written == [tmp_path / "plain.bin"]
+    assert notes[0] == ("  skipped needs-absent.bin (only description_runtime=torch reads it): "
+                        "converting it needs facestream_no_such_module; `pip install "
+                        "'facestream[torch]'`, then pull again")
+    assert notes[1:] == ["converting B"]

@@ -88,7 +88,9 @@ def conversions() -> list[assets.Conversion]:
                           "converting the expression net to ONNX", expression_onnx),
         assets.Conversion(assets.SMOLLM_GGUF, assets.SMOLLM_DIR,
                           "converting SmolLM2-135M-Instruct from GGUF to safetensors "
-                          "(once, ~20 s)", smollm, marker="model.safetensors"),
+                          "(once, ~20 s)", smollm, marker="model.safetensors",
+                          needs=("torch", "transformers"), extra="torch",
+                          used_by="description_runtime=torch"),
         assets.Conversion(assets.SMOLLM_GGUF, assets.SMOLLM_F16,
                           "writing SmolLM2-135M-Instruct's matrices as float16 for llama.cpp "
                           "(once, ~10 s)", smollm_f16),
