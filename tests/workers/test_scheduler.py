@@ -3,6 +3,8 @@ face shape), the analyzer's events, checkpointing, and the embedded pipeline end
 
 from __future__ import annotations
 
+import threading
+
 import cv2
 import numpy as np
 import pytest
@@ -482,3 +484,108 @@ def test_descriptions_follow_their_windows_and_reuse_says_the_same(
         if not d["description_reused"]:
             joined["description"] = written[key(d)]["description"]
         assert joined == i
+
+
+# --- follow mode: descriptions on the describer's thread --------------------------------
+
+class _GatedDescriber(_Describer):
+    """Answers only once ``gate`` is set; ``fail`` makes its next call raise."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.fail = False
+
+    def answer(self, items):
+        if not self.gate.wait(timeout=60):
+            raise TimeoutError("the test never opened the gate")
+        if self.fail:
+            self.fail = False
+            raise RuntimeError("LLM server went away")
+        return super().answer(items)
+
+
+class _ReleasingEncoder(_Encoder):
+    """Opens the describer's gate when it encodes a window starting at ``release_at``."""
+
+    def __init__(self, outputs, gate, release_at: float) -> None:
+        super().__init__(outputs)
+        self._gate, self._release_at = gate, release_at
+
+    def encode(self, windows):
+        if any(w.start_s == self._release_at for w in windows):
+            self._gate.set()
+        return super().encode(windows)
+
+
+def _follow_analyzer(describer, encoder=None) -> WindowAnalyzer:
+    thresholds = Thresholds(expression=1.0, action_units=3.0, head_pose_deg=30.0, motion=0.15,
+                            max_interval_s=5.0, label_change=True)
+    return WindowAnalyzer(encoder or _Encoder({t: _output(l) for t, l in LABELS.items()}),
+                          describer, scheduler=ChangeScheduler(thresholds), follow=True)
+
+
+def test_a_fresh_window_is_published_while_its_description_is_being_written(track_windows):
+    describer = _GatedDescriber()
+    analyzer = _follow_analyzer(describer)
+    state = StreamState("s", Settings.load(environ={}))
+    try:
+        (first,) = analyzer.analyze([(state, track_windows[0])])
+        # The describer is still blocked, yet the window's event is out.
+        assert first["data"]["description_follows"] and first["data"]["description"] is None
+        assert first["data"]["description_trigger"] == NEW_TRACK
+        assert analyzer.describing == 1 and analyzer.completed() == []
+        describer.gate.set()
+        (described,) = analyzer.completed(wait=True)
+        events.validator().validate(described)
+        assert described["type"] == events.FACE_DESCRIPTION
+        assert described["data"]["window"] == first["data"]["window"]
+        assert described["data"]["description"] == "answer 0"
+        assert described["id"] != first["id"] and analyzer.describing == 0
+        (second,) = analyzer.analyze([(state, track_windows[1])])
+        assert second["data"]["description"] == "answer 0"
+        assert second["data"]["description_reused"] and not second["data"]["description_follows"]
+    finally:
+        describer.gate.set()
+        analyzer.close()
+
+
+def test_a_window_that_reuses_a_description_waits_for_it(track_windows):
+    """Window 1 reuses window 0's sentence, still being written when window 1 closes: its
+    event waits for the sentence rather than going out without it (or with none)."""
+    describer = _GatedDescriber()
+    encoder = _ReleasingEncoder({t: _output(l) for t, l in LABELS.items()}, describer.gate,
+                                release_at=1.0)
+    analyzer = _follow_analyzer(describer, encoder)
+    state = StreamState("s", Settings.load(environ={}))
+    try:
+        analyzer.analyze([(state, track_windows[0])])
+        assert not describer.gate.is_set() and analyzer.describing == 1
+        (second,) = analyzer.analyze([(state, track_windows[1])])
+        assert second["data"]["description"] == "answer 0" and second["data"]["description_reused"]
+        assert [e["data"]["description"] for e in analyzer.completed()] == ["answer 0"]
+    finally:
+        describer.gate.set()
+        analyzer.close()
+
+
+def test_a_failed_description_loses_no_event_and_the_track_is_described_again(track_windows,
+                                                                               caplog):
+    describer = _GatedDescriber()
+    describer.fail = True
+    describer.gate.set()
+    analyzer = _follow_analyzer(describer)
+    state = StreamState("s", Settings.load(environ={}))
+    try:
+        (first,) = analyzer.analyze([(state, track_windows[0])])
+        assert first["data"]["description_follows"]
+        assert analyzer.completed(wait=True) == []
+        assert analyzer.llm_failed == 1 and "LLM server went away" in caplog.text
+        # No sentence was written: the track's next window is new to the describer again.
+        (second,) = analyzer.analyze([(state, track_windows[1])])
+        assert second["data"]["description_trigger"] == NEW_TRACK
+        assert second["data"]["description_follows"]
+        (described,) = analyzer.completed(wait=True)
+        assert described["data"]["window"] == second["data"]["window"]
+    finally:
+        analyzer.close()
