@@ -118,6 +118,8 @@ def _parser() -> argparse.ArgumentParser:
     tail = esub.add_parser("tail", help="follow events with a consumer group, one line each")
     tail.add_argument("--stream", help="only this stream's events")
     tail.add_argument("--group", default="facestream-tail", help="Redis consumer group")
+    tail.add_argument("--consumer", help="consumer name in the group (default: unique to the "
+                      "process, host-pid-random; a fixed name first takes back what it held)")
     tail.add_argument("--json", action="store_true", help="print each event as JSON")
     tail.add_argument("--count", type=int, help="stop after this many events")
 
@@ -436,7 +438,7 @@ def _events(args: argparse.Namespace) -> int:
 
     settings = Settings.load()
     return tail(settings, stream_id=args.stream, group=args.group, as_json=args.json,
-                count=args.count)
+                count=args.count, consumer=args.consumer)
 
 
 def _ingest_registry(settings) -> int:

@@ -218,6 +218,20 @@ class Settings:
         "Redis key prefix of the per-stream checkpoints workers resume streams from."))
     events_maxlen: int = field(default=100_000, metadata=_doc(
         "Approximate cap on each Redis events stream (XADD MAXLEN ~).", ge=100))
+    events_retention_s: float = field(default=0.0, metadata=_doc(
+        "Also trim each Redis events stream by age: entries older than this many seconds "
+        "(by the writer's clock) go, in whole stream nodes (XTRIM MINID ~, Redis >= 6.2); "
+        "0 = keep up to events_maxlen entries whatever their age.", ge=0, le=315_360_000))
+
+    # Downstream services (facestream.client.EventSubscriber, `facestream events tail`).
+    subscriber_claim_idle_s: float = field(default=30.0, metadata=_doc(
+        "A subscriber takes over (XAUTOCLAIM) an entry another consumer of its group has held "
+        "unacknowledged this long, and retries its own failed entries after it: longer than "
+        "a batch of events takes to handle.", ge=0.1, le=86_400))
+    subscriber_max_deliveries: int = field(default=5, metadata=_doc(
+        "An entry delivered this many times without being handled goes to the group's "
+        "dead-letter stream ({events_stream}:dead:{group}) and is acknowledged.",
+        ge=1, le=1000))
 
     # Analysis profile.  facellava needs the user's local copy of the released checkpoint
     # (non-commercial licence: never bundled) and the two LanguageBind towers.

@@ -2,14 +2,18 @@
 
 Each event is one entry ``{id, type, event}`` (``event`` is the CloudEvents JSON) added with
 ``XADD ... MAXLEN ~ N`` to ``facestream:events`` and to ``facestream:events:{stream id}``,
-both in one pipelined round trip.  :meth:`RedisSink.write` returns only once Redis has
-acknowledged every entry; the worker commits Kafka offsets after that, never before.
+both in one pipelined round trip.  With ``events_retention_s`` set, the same round trip
+also trims each stream it wrote by age (``XTRIM ... MINID ~ <now - retention>``: an XADD
+takes one trimming strategy only, so the age cut is its own command, once per stream and
+write).  :meth:`RedisSink.write` returns only once Redis has acknowledged every entry; the
+worker commits Kafka offsets after that, never before.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import time
 from typing import Any, Iterable, Mapping
 
 from facestream.config import Settings
@@ -50,6 +54,7 @@ class RedisSink:
         self._probe = client or make_redis(settings, timeout_s=1.0, retries=0)
         self._key = settings.events_stream
         self._maxlen = settings.events_maxlen
+        self._retention_ms = int(settings.events_retention_s * 1000)
 
     def write(self, events: Iterable[dict[str, Any]],
               status: Mapping[str, Mapping[str, Any]] | None = None) -> int:
@@ -62,12 +67,20 @@ class RedisSink:
         if not events and not status:
             return 0
         pipe = self._redis.pipeline(transaction=False)
+        keys = {}
         for event in events:
             fields = {"id": event["id"], "type": event["type"],
                       "event": json.dumps(event, separators=(",", ":"), ensure_ascii=False)}
             stream_id = event["data"]["stream_id"]
-            pipe.xadd(self._key, fields, maxlen=self._maxlen, approximate=True)
-            pipe.xadd(f"{self._key}:{stream_id}", fields, maxlen=self._maxlen, approximate=True)
+            for key in (self._key, f"{self._key}:{stream_id}"):
+                pipe.xadd(key, fields, maxlen=self._maxlen, approximate=True)
+                keys[key] = None
+        if self._retention_ms and keys:
+            # Entry ids are the Redis server's milliseconds: this clock's skew from it
+            # shifts the cut by as much.
+            oldest = f"{max(0, int(time.time() * 1000) - self._retention_ms)}-0"
+            for key in keys:
+                pipe.xtrim(key, minid=oldest, approximate=True)
         for stream_id, fields in (status or {}).items():
             pipe.hset(f"facestream:stream:{stream_id}",
                       mapping={k: str(v) for k, v in fields.items()})

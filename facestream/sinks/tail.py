@@ -1,14 +1,13 @@
-"""``facestream events tail``: follow the events in Redis with a consumer group."""
+"""``facestream events tail``: follow the events in Redis with a consumer group (the client's
+subscriber), one human line or one JSON object per event."""
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any
 
 from facestream import events
 from facestream.config import Settings
-from facestream.errors import FacestreamError
 
 
 def format_event(event: dict[str, Any]) -> str:
@@ -32,33 +31,28 @@ def format_event(event: dict[str, Any]) -> str:
 
 
 def tail(settings: Settings, *, stream_id: str | None, group: str, as_json: bool,
-         count: int | None, block_ms: int = 1000) -> int:
-    """Print events as they arrive; acknowledge each once printed.  Blocking."""
-    import redis
+         count: int | None, consumer: str | None = None, block_ms: int = 1000) -> int:
+    """Print events as they arrive, each acknowledged once printed, through
+    :class:`facestream.client.EventSubscriber` (so a tail that dies leaves what it had not
+    printed to the group's other tails, which claim it).  Blocking; stops after ``count``
+    events, on SIGTERM or on Ctrl-C."""
+    from facestream.client import EventSubscriber
 
-    from facestream.sinks.redis_stream import make_redis
-
-    client = make_redis(settings)
-    key = f"{settings.events_stream}:{stream_id}" if stream_id else settings.events_stream
-    try:
+    def show(event) -> None:
         try:
-            client.xgroup_create(key, group, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-        printed = 0
-        while count is None or printed < count:
-            reply = client.xreadgroup(group, "tail", {key: ">"}, count=100, block=block_ms)
-            for _, entries in reply or ():
-                for entry_id, fields in entries:
-                    raw = fields.get(b"event", b"{}")
-                    print(raw.decode() if as_json else format_event(json.loads(raw)), flush=True)
-                    client.xack(key, group, entry_id)
-                    printed += 1
-                    if count is not None and printed >= count:
-                        return 0
-    except redis.RedisError as exc:
-        raise FacestreamError(f"Redis at {settings.redis_url}: {exc}") from None
-    except BrokenPipeError:
+            print(event.to_json() if as_json else format_event(dict(event.raw)), flush=True)
+        except BrokenPipeError:     # the reader went away (`| head`): not the event's fault
+            raise _ReaderGone from None
+
+    subscriber = EventSubscriber(settings, group=group, consumer=consumer, stream=stream_id,
+                                 handler=show, block_ms=block_ms)
+    try:
+        subscriber.run(count=count)
+    except _ReaderGone:
         sys.stderr.close()
     return 0
+
+
+class _ReaderGone(BaseException):
+    """Stops the subscriber at once, the event unprinted left pending (the subscriber turns
+    an ``Exception`` of its handler into a retry, and lets other exceptions through)."""

@@ -22,12 +22,14 @@ sys.path.insert(0, str(HERE))
 
 import av  # noqa: E402
 
+import fuzz_client  # noqa: E402, F401  (its seeds are events as the Redis sink writes them)
 import fuzz_dead_letters  # noqa: E402
 import fuzz_decode  # noqa: E402
 import fuzz_events  # noqa: E402
 import fuzz_message  # noqa: E402
 import fuzz_packets  # noqa: E402
 import fuzz_registry  # noqa: E402
+from facestream import events  # noqa: E402
 from facestream.config import Settings  # noqa: E402
 from facestream.ingest import chunks  # noqa: E402
 
@@ -212,6 +214,34 @@ def events_seeds() -> dict[str, bytes]:
     }
 
 
+def client_seeds() -> dict[str, bytes]:
+    now = 1_760_000_000.25
+
+    def entry(event: dict) -> bytes:                  # as sinks/redis_stream.py writes it
+        return json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
+
+    started = events.track_event(events.TRACK_STARTED, stream_id="cam", track_id="t1",
+                                 time_s=0.2, pts=3072, profile="compact", time_epoch=now)
+    error = events.stream_error(stream_id=events.UNATTRIBUTED, message="key '../cam' \u2028x",
+                                time_s=0.0, seq=0, profile="compact", time_epoch=now,
+                                fatal=False)
+    return {
+        "started": entry(started),
+        "ended": entry(events.track_event(events.TRACK_ENDED, stream_id="cam", track_id="t1",
+                                          time_s=9.9, pts=None, profile="facellava",
+                                          time_epoch=0.0)),
+        "error": entry(error),
+        "time-offset": entry({**started, "time": "2025-10-09T10:13:20.25+05:30"}),
+        "time-month-13": entry({**started, "time": "2025-13-09T10:13:20Z"}),
+        "id-upper": entry({**started, "id": started["id"].upper()}),
+        "no-data": entry({k: v for k, v in started.items() if k != "data"}),
+        "data-key-line-break": entry({**started, "data": {**started["data"], "a\u2028b": 1}}),
+        "not-json": b'{"id": ',
+        "not-utf8": b'{"id": "\xff"}',
+        "nested": b"[" * 5000,
+    }
+
+
 def dead_letter_seeds(real) -> dict[str, bytes]:
     w = fuzz_dead_letters.write_input
     small = cut(real["single_face.mp4"][0], 3_000)
@@ -232,7 +262,8 @@ def main() -> None:
     real = real_chunks()
     targets = {"message": message_seeds(real), "packets": packets_seeds(real),
                "decode": decode_seeds(real), "registry": registry_seeds(),
-               "events": events_seeds(), "dead_letters": dead_letter_seeds(real)}
+               "events": events_seeds(), "dead_letters": dead_letter_seeds(real),
+               "client": client_seeds()}
     total = 0
     for target, seeds in targets.items():
         folder = CORPUS / target
