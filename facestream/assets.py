@@ -26,7 +26,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable, Sequence
 
-from facestream.errors import AssetError
+from facestream.errors import AssetError, InputError
 
 PULL_HINT = "run `facestream models pull` to fetch it"
 EXPRESSION_ONNX = "models/expression.onnx"
@@ -94,8 +94,20 @@ def require_dir(cache_dir: Path, name: str, *, marker: str) -> Path:
     return path
 
 
+def sample_names() -> list[str]:
+    """The sample clips and photos the manifest lists (``models pull --samples`` fetches
+    them into the cache's ``samples/``), by file name."""
+    return sorted(f.name.split("/", 1)[1] for f in Manifest.bundled().files.values()
+                  if f.sample)
+
+
 def sample(cache_dir: Path, filename: str) -> Path:
-    """A sample clip or photo pulled with ``models pull --samples``."""
+    """A sample clip or photo pulled with ``models pull --samples``.  InputError for a name
+    the manifest does not list (pulling would not bring it), AssetError for a listed one
+    not pulled yet."""
+    names = sample_names()
+    if filename not in names:
+        raise InputError(f"unknown sample {filename!r}; the samples are: {', '.join(names)}")
     path = Path(cache_dir) / "samples" / filename
     if not path.is_file():
         raise AssetError(f"sample {path} is missing; run `facestream models pull --samples`")

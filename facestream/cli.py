@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import logging
 import os
 import re
 import sys
@@ -28,6 +29,11 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not os.environ.get("FACESTREAM_DEBUG"):
+        # kafka-python's connection layer logs each failed attempt (several a second while a
+        # broker is away); facestream says it once, in one line of its own (the worker's
+        # "broker not reachable", the commands' "Kafka at ... is unreachable").
+        logging.getLogger("kafka.net").setLevel(logging.CRITICAL)
 
 
 # Lines MediaPipe / TFLite / absl print from C++ straight to fd 2, whatever Python asks.
@@ -76,7 +82,9 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--out", type=Path, help="output folder (default ./facestream-out/<source name>)")
     a.add_argument("--fps", type=float, help="analysis rate, frames per media second (default 10)")
     a.add_argument("--window", type=float, dest="window_s", help="window length in seconds (default 1)")
-    a.add_argument("--annotate", action="store_true", help="also write DIR/annotated.mp4")
+    a.add_argument("--annotate", action="store_true",
+                   help="also write DIR/annotated.mp4 (annotated.jpg for an image): boxes, "
+                        "track ids, expression, gender and age")
     a.add_argument("--no-describe", dest="describe", action="store_false", default=None,
                    help="skip the LLM descriptions")
     a.add_argument("--stream-id", help="stream id in events (default: from the source name)")
@@ -311,8 +319,12 @@ def _analyze(args: argparse.Namespace) -> int:
     for warning in summary.warnings:
         print(f"facestream: warning: {warning}", file=sys.stderr)
     info = summary.info
-    print(f"{spec.text}: {info.width}x{info.height} {info.codec}, "
-          f"{summary.media_s:.1f}s analysed at {settings.fps:g} fps ({summary.frames} frames)")
+    if spec.kind == "image":
+        print(f"{spec.text}: photo {info.width}x{info.height}, {summary.frames} "
+              f"frame{'' if summary.frames == 1 else 's'} analysed")
+    else:
+        print(f"{spec.text}: {info.width}x{info.height} {info.codec}, {summary.media_s:.1f}s "
+              f"analysed at {settings.fps:g} fps ({summary.frames} frames)")
     print(f"tracks: {len(summary.tracks)}   windows: {summary.windows}   "
           f"events: {summary.events}   LLM calls: {summary.llm_calls}")
     for track_id, label in summary.tracks.items():
@@ -321,7 +333,8 @@ def _analyze(args: argparse.Namespace) -> int:
     print(f"wall time {summary.wall_s:.1f}s{speed}")
     print(f"events: {summary.events_path}")
     if summary.annotated_path:
-        print(f"annotated video: {summary.annotated_path}")
+        kind = "image" if spec.kind == "image" else "video"
+        print(f"annotated {kind}: {summary.annotated_path}")
     return 0
 
 
@@ -411,7 +424,6 @@ def _ingest(args: argparse.Namespace) -> int:
 
 def _worker(args: argparse.Namespace) -> int:
     import faulthandler
-    import logging
     import signal
 
     from facestream.config import Settings
@@ -479,8 +491,6 @@ def _streams(args: argparse.Namespace) -> int:
 
 
 def _encoder(args: argparse.Namespace) -> int:
-    import logging
-
     from facestream.config import Settings
     from facestream.encoder.backends import TorchBackend, compare_backends, import_tensorrt
     from facestream.encoder.export import (ENGINES_DIR, VISION_INPUTS, VISION_OUTPUT, EngineCache,

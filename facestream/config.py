@@ -18,10 +18,24 @@ from facestream.errors import ConfigError
 from facestream.vocabulary import PROFILES, TASKS
 
 ENV_PREFIX = "FACESTREAM_"
-# FACESTREAM_* variables that are not settings: read by facestream's own tooling (the CLI's
-# tracebacks, ./dev, deploy/dev-services).  Any other unknown FACESTREAM_* name is an error.
-TOOLING_ENV = frozenset({"DEBUG", "VENV", "FUZZ_OUT", "SERVICES_DIR", "SERVICES_RUN_DIR",
-                         "KAFKA_PORT", "KAFKA_CONTROLLER_PORT", "REDIS_PORT"})
+# FACESTREAM_* variables that are not settings (the names without the prefix).  Any other
+# FACESTREAM_* name that is not a setting is refused by Settings.load, so a name read by
+# facestream's own tooling must be listed here, or exporting it would stop every command:
+#   DEBUG                        the CLI shows tracebacks (facestream/cli.py)
+#   VENV, FUZZ_OUT               ./dev: the virtualenv, the fuzzers' output folder
+#   SERVICES_DIR, SERVICES_RUN_DIR, KAFKA_PORT, KAFKA_CONTROLLER_PORT, REDIS_PORT
+#                                deploy/dev-services: where and on which ports Kafka and
+#                                Redis run (bench/services.py sets them too)
+#   BENCH_*                      bench/bench_llm_runtimes.py: the interpreters and model
+#                                builds it compares
+# tests/test_config.py checks that every FACESTREAM_* name the repository uses is a setting
+# or is listed here.
+TOOLING_ENV = frozenset({
+    "DEBUG", "VENV", "FUZZ_OUT",
+    "SERVICES_DIR", "SERVICES_RUN_DIR", "KAFKA_PORT", "KAFKA_CONTROLLER_PORT", "REDIS_PORT",
+    "BENCH_TORCH_PYTHON", "BENCH_LLAMA_PYTHON", "BENCH_GENAI_PYTHON", "BENCH_GENAI_MODEL",
+    "BENCH_GENAI_MODEL_INT8", "BENCH_GENAI_MODEL_FP32",
+})
 
 
 def _default_cache_dir() -> Path:
@@ -162,6 +176,9 @@ class Settings:
     kafka_sasl_password: str = field(default="", metadata=_doc("SASL password."))
     kafka_ssl_cafile: str = field(default="", metadata=_doc(
         "CA bundle that signed the brokers' certificates (SSL protocols)."))
+    kafka_connect_timeout_s: float = field(default=5.0, metadata=_doc(
+        "How long streams, ingest and worker wait for the Kafka broker to answer when they "
+        "start, before giving up with one line (exit 2).", ge=0.5, le=600))
     video_topic: str = field(default="facestream.video", metadata=_doc(
         "Topic of encoded video chunks, keyed by stream id."))
     dlq_topic: str = field(default="facestream.dlq", metadata=_doc(

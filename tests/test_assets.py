@@ -7,14 +7,24 @@ import os
 import pytest
 
 from facestream import assets
-from facestream.errors import AssetError
+from facestream.errors import AssetError, InputError
 
 
 def test_missing_asset_names_the_command(tmp_path):
     with pytest.raises(AssetError, match="run `facestream models pull`"):
         assets.require(tmp_path, "models/age-v1.onnx")
     with pytest.raises(AssetError, match="models pull --samples"):
-        assets.sample(tmp_path, "clip.mp4")
+        assets.sample(tmp_path, "single_face.mp4")
+
+
+def test_an_unknown_sample_is_named_with_the_known_ones(tmp_path):
+    """A name the manifest does not list is not "missing": pulling would not bring it."""
+    with pytest.raises(InputError) as caught:
+        assets.sample(tmp_path, "nope.mp4")
+    message = str(caught.value)
+    assert message.startswith("unknown sample 'nope.mp4'") and "models pull" not in message
+    for f in assets.Manifest.bundled().files.values():
+        assert (f.name.split("/", 1)[1] in message) == f.sample, f.name
 
 
 def test_hash_check_catches_a_file_changed_in_place(tmp_path):

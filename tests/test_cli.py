@@ -1,15 +1,21 @@
-"""`facestream analyze` as a user runs it: a real clip in, events out; bad input out cleanly."""
+"""`facestream analyze` as a user runs it: a real clip in, events out; bad input out cleanly.
+The distributed commands' first contact with a broker that is not there ends the same way."""
 
 from __future__ import annotations
 
 import socket
 import threading
+import time
 
 import av
+import cv2
 import numpy as np
 import pytest
 
 from facestream import events
+from facestream.ingest.sources import parse_source
+from facestream.retry import Backoff
+from facestream.vision.decode import Decoder
 from tests.helpers import check_events_file, read_events, run_cli
 from facestream.scenes import write_clip
 
@@ -70,6 +76,7 @@ def _check_annotated(path, source, *, frames: int, fps: float = 10.0) -> None:
         stream = video.streams.video[0]
         got = [(float(f.pts * stream.time_base), f.to_ndarray(format="rgb24"))
                for f in video.decode(stream)]
+        played_s = float(stream.duration * stream.time_base)
     assert len(got) == frames
     times = np.array([t for t, _ in got])
     assert np.all(np.diff(times) > 0)
@@ -78,8 +85,16 @@ def _check_annotated(path, source, *, frames: int, fps: float = 10.0) -> None:
     with av.open(str(source)) as clip:
         stream = clip.streams.video[0]
         duration = float(stream.duration * stream.time_base)
+        frame_s = float(1 / stream.average_rate)
         originals = {round(float(f.pts * stream.time_base), 2): f.to_ndarray(format="rgb24")
                      for f in clip.decode(stream)}
+    # Frame i of the video is shown at the media time of the i-th analysed frame (the frames
+    # the decoder picks at this rate), and the video lasts as long as the source.
+    decoder = Decoder(parse_source(str(source)), stream_id="check", fps=fps,
+                      backoff=Backoff(0, 0, 0))
+    analysed = [f.time_s for f in decoder.frames()]
+    assert list(times) == pytest.approx(analysed, abs=frame_s)
+    assert played_s == pytest.approx(duration, abs=1 / fps)
     assert times[-1] == pytest.approx(duration, abs=2 / fps)
     labelled = 0
     late = [(t, image) for t, image in got if t >= 3.0]
@@ -211,3 +226,97 @@ def test_bad_setting_value_in_environment_fails(sample, tmp_path):
                    env={"FACESTREAM_FPS": "fast"})
     assert proc.returncode == 2
     assert "FACESTREAM_FPS='fast': expected float" in proc.stderr
+
+
+def test_an_annotated_photo_is_a_labelled_image(sample, tmp_path):
+    """README: ``--annotate`` draws boxes, track ids, expression, gender and age.  A photo is
+    one frame: it comes out as an image (``annotated.jpg``) whose label holds the analysis of
+    that frame, and the summary calls it a photo rather than 0 s of video at 10 fps."""
+    photo = sample("0-f15-hao-ph.jpg")
+    out = tmp_path / "out"
+    proc = run_cli("analyze", str(photo), "--out", str(out), "--annotate", "--no-describe",
+                   timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["annotated.jpg", "events.jsonl"]
+    original = cv2.imread(str(photo))
+    height, width = original.shape[:2]
+    assert proc.stdout.splitlines()[0] == f"{photo}: photo {width}x{height}, 1 frame analysed"
+    assert f"annotated image: {out / 'annotated.jpg'}" in proc.stdout
+    [face] = [ev["data"] for ev in read_events(out / "events.jsonl")
+              if ev["type"] == events.FACE_ANALYSIS]
+    drawn = cv2.cvtColor(cv2.imread(str(out / "annotated.jpg")), cv2.COLOR_BGR2RGB)
+    assert drawn.shape == original.shape
+    gender, age = face["attributes"]["gender"]["label"], face["attributes"]["age"]["years"]
+    label = f"{face['track_id']} {face['expression']['label']} {gender[0].upper()}{age:.0f}"
+    (text_w, text_h), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
+    x1, y1 = (int(round(v)) for v in face["bbox"][:2])
+    top = max(0, y1 - text_h - 6)
+    # The label's filled band runs above the whole text (its second row is clear of the
+    # letters), not only above the track id.
+    row = drawn[top + 1, x1:x1 + text_w].astype(int)
+    filled = max((np.abs(row - c).max(axis=1) <= 40).mean() for c in _LABEL_COLOURS)
+    assert filled >= 0.9, f"label {label!r} not drawn full width ({filled:.2f})"
+
+
+def test_a_failed_rerun_leaves_the_output_folder_as_it_was(sample, tmp_path):
+    """A rerun into an earlier run's folder that fails before analysing anything (the source
+    is unusable; the model files are missing) leaves that run's outputs as they were, and a
+    failed run leaves no empty folder behind."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "events.jsonl").write_text('{"from": "the earlier run"}\n')
+    (out / "annotated.mp4").write_bytes(b"the earlier run's video")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"this is not a photo\n" * 100)
+    runs = [(bad, {}), (sample("single_face.jpg"),
+                        {"FACESTREAM_CACHE_DIR": str(tmp_path / "empty-cache")})]
+    for source, env in runs:
+        proc = run_cli("analyze", str(source), "--out", str(out), "--annotate", "--no-describe",
+                       env=env, timeout=120)
+        assert proc.returncode == 2, (source, proc.stderr)
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before, source
+    fresh = tmp_path / "fresh"
+    proc = run_cli("analyze", str(bad), "--out", str(fresh / "run"), "--no-describe",
+                   timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert not fresh.exists()
+
+
+def test_an_unknown_sample_name_lists_the_samples(tmp_path):
+    proc = run_cli("analyze", "sample:nope.mp4", "--out", str(tmp_path / "out"), timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith("facestream: error: unknown sample 'nope.mp4'")
+    assert "WolfgangLanger_Pexels.mp4" in lines[0] and "multi_face.jpg" in lines[0]
+    assert "models pull" not in lines[0]
+
+
+# Nothing listens on port 1 of the loopback address: every connection is refused at once.
+_NO_BROKER = "127.0.0.1:1"
+_BROKER_COMMANDS = {
+    "streams list": lambda sample: ["streams", "list"],
+    "streams add": lambda sample: ["streams", "add", "lobby", "rtsp://camera.example/live"],
+    "ingest": lambda sample: ["ingest", str(sample("single_face.mp4")), "--stream-id", "lobby"],
+    "worker": lambda sample: ["worker", "--no-describe"],
+}
+
+
+@pytest.mark.parametrize("command", list(_BROKER_COMMANDS))
+def test_an_unreachable_broker_is_one_line_and_exit_2(command, sample):
+    """README: exit code 2 for an unreachable address, errors one line.  The commands that
+    talk to Kafka give up on a broker that does not answer within a few seconds (not
+    kafka-python's 30 s), name the setting that points at it, and keep the client library's
+    connection log off the terminal.  The bound is for a hang, not a speed target (the
+    worker loads its models first)."""
+    started = time.monotonic()
+    proc = run_cli(*_BROKER_COMMANDS[command](sample), timeout=120,
+                   env={"FACESTREAM_KAFKA_BOOTSTRAP": _NO_BROKER, "FACESTREAM_METRICS_PORT": "0"})
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith(f"facestream: error: Kafka at {_NO_BROKER} is unreachable (")
+    assert "check FACESTREAM_KAFKA_BOOTSTRAP" in lines[0]
+    assert elapsed < (30 if command == "worker" else 15), elapsed

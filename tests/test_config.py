@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
+from pathlib import Path
+
 import pytest
 
-from facestream.config import Settings
+from facestream.config import ENV_PREFIX, TOOLING_ENV, Settings
 from facestream.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_settings_defaults_env_and_overrides():
@@ -31,3 +37,27 @@ def test_bad_settings_fail_loudly(overrides, environ, message):
 def test_every_setting_is_documented():
     for name, doc, _ in Settings.describe_fields():
         assert doc and doc[0].isupper(), name
+
+
+def test_every_facestream_variable_the_repo_uses_is_a_setting_or_tooling():
+    """``Settings.load`` refuses an unknown ``FACESTREAM_*`` variable, so every such name the
+    repo's own scripts, services, benchmarks, tests and docs read or set must be a setting or
+    on the documented allow-list (``config.TOOLING_ENV``): otherwise exporting it (for
+    ``./dev``, ``deploy/dev-services`` or a benchmark) would stop every facestream command
+    started beside it.  ``FACESTREAM_FSP`` is the tests' deliberate misspelling."""
+    files = [REPO / "dev", REPO / "README.md", *REPO.glob(".ci/*"), *REPO.glob("docs/*.md"),
+             *REPO.glob("deploy/**/*"), *REPO.glob("bench/**/*.py"),
+             *REPO.glob("tests/**/*.py"), *REPO.glob("facestream/**/*.py")]
+    used: dict[str, set[str]] = {}
+    for path in files:
+        if path.is_file():
+            for name in re.findall(r"\bFACESTREAM_[A-Z0-9_]*[A-Z0-9]\b",
+                                   path.read_text(errors="replace")):
+                used.setdefault(name, set()).add(path.relative_to(REPO).as_posix())
+    settings = {ENV_PREFIX + f.name.upper() for f in dataclasses.fields(Settings)}
+    tooling = {ENV_PREFIX + name for name in TOOLING_ENV}
+    assert {"FACESTREAM_VENV", "FACESTREAM_KAFKA_PORT", "FACESTREAM_CACHE_DIR"} <= set(used)
+    unknown = {name: sorted(where) for name, where in used.items()
+               if name not in settings | tooling | {"FACESTREAM_FSP"}}
+    assert not unknown, f"neither settings nor in config.TOOLING_ENV: {unknown}"
+    Settings.load(environ={name: "1" for name in tooling})      # all of them at once

@@ -87,7 +87,7 @@ def test_default_output_folder_and_an_image_as_a_one_frame_clip(sample, tmp_path
     events_path = tmp_path / "facestream-out" / photo.stem / "events.jsonl"
     assert events_path.is_file(), sorted(p.as_posix() for p in tmp_path.rglob("*"))
     assert f"events: {Path('facestream-out') / photo.stem / 'events.jsonl'}" in proc.stdout
-    assert "(1 frames)" in proc.stdout
+    assert ": photo " in proc.stdout and ", 1 frame analysed" in proc.stdout
     check_events_file(events_path)
     [face] = _analysis(read_events(events_path))
     assert face["window"]["frames"] == 1

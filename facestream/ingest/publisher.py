@@ -20,6 +20,7 @@ import av
 
 from facestream.config import Settings
 from facestream.errors import FacestreamError, InputError
+from facestream.ingest.broker import connect
 from facestream.ingest.chunks import Chunk, EndOfStream, gop_chunks
 from facestream.ingest.sources import Reconnector, SourceSpec
 from facestream.retry import Backoff
@@ -47,10 +48,9 @@ def make_producer(settings: Settings):
     from kafka.errors import KafkaError
 
     try:
-        return KafkaProducer(**settings.kafka_client_options(), acks="all",
-                             enable_idempotence=True, linger_ms=5,
-                             max_request_size=settings.max_message_bytes + _FRAMING_BYTES,
-                             key_serializer=str.encode)
+        return connect(KafkaProducer, settings, acks="all", enable_idempotence=True,
+                       linger_ms=5, max_request_size=settings.max_message_bytes + _FRAMING_BYTES,
+                       key_serializer=str.encode)
     except KafkaError as exc:
         raise BrokerError(f"Kafka at {settings.kafka_bootstrap}: {exc}; is the broker running "
                           "(deploy/dev-services up) and FACESTREAM_KAFKA_BOOTSTRAP right?") from None

@@ -21,6 +21,7 @@ from urllib.parse import urlparse
 
 from facestream.config import Settings
 from facestream.errors import FacestreamError, InputError, bounded
+from facestream.ingest.broker import connect
 from facestream.ingest.sources import SourceSpec, is_stream_id, parse_source
 from facestream.vocabulary import PROFILES
 
@@ -144,7 +145,7 @@ class Registry:
         from kafka.admin import KafkaAdminClient, NewTopic
         from kafka.errors import TopicAlreadyExistsError
 
-        admin = KafkaAdminClient(**self.settings.kafka_client_options())
+        admin = connect(KafkaAdminClient, self.settings)
         try:
             admin.create_topics([NewTopic(self.settings.registry_topic, num_partitions=1,
                                           replication_factor=1,
@@ -159,7 +160,7 @@ class Registry:
         from kafka import KafkaProducer
 
         self.ensure_topic()
-        producer = KafkaProducer(**self.settings.kafka_client_options(), acks="all")
+        producer = connect(KafkaProducer, self.settings, acks="all")
         producer.send(self.settings.registry_topic, key=stream_id.encode(),
                       value=None if spec is None else spec.to_json())
         producer.flush(timeout=30)
@@ -172,8 +173,7 @@ class Registry:
         from kafka import KafkaConsumer, TopicPartition
 
         self.ensure_topic()
-        consumer = KafkaConsumer(**self.settings.kafka_client_options(),
-                                 enable_auto_commit=False)
+        consumer = connect(KafkaConsumer, self.settings, enable_auto_commit=False)
         partitions = [TopicPartition(self.settings.registry_topic, p) for p in
                       consumer.partitions_for_topic(self.settings.registry_topic) or {0}]
         consumer.assign(partitions)

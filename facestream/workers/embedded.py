@@ -21,6 +21,7 @@ from facestream.config import Settings
 from facestream.errors import SourceDropped
 from facestream.ingest.sources import SourceSpec
 from facestream.retry import Backoff
+from facestream.sinks.annotate import Annotator, label_text, write_image
 from facestream.sinks.jsonl import JsonlSink
 from facestream.types import DecodedFrame
 from facestream.vision.decode import Decoder, StreamInfo
@@ -88,15 +89,17 @@ def _prefetch(frames: Iterator[DecodedFrame], depth: int = 4) -> Iterator[Decode
 def analyze(spec: SourceSpec, settings: Settings, *, out_dir: Path, stream_id: str | None = None,
             annotate: bool = False, models: Models | None = None,
             progress: Callable[[float, float | None, int], None] | None = None) -> Summary:
-    """Analyse ``spec`` into ``out_dir/events.jsonl`` (and ``annotated.mp4``).
+    """Analyse ``spec`` into ``out_dir/events.jsonl`` (and with ``annotate``,
+    ``annotated.mp4``, or ``annotated.jpg`` for a photo).
 
     Raises InputError when the source cannot be used at all; damage skipped in the middle of
     a file, a damaged tail or a live source that drops after delivering frames is a warning
-    in the summary and an error event.
+    in the summary and an error event.  The output files are opened when the first frame
+    has been decoded, so a run that fails before (an unusable source, missing model files)
+    leaves ``out_dir`` as it was, an earlier run's outputs included, and creates no folder.
     """
     stream_id = stream_id or spec.name
     started = time.monotonic()
-    sink = JsonlSink(out_dir / "events.jsonl")
     error_events: list[dict[str, Any]] = []
 
     errors_seen = 0
@@ -111,40 +114,57 @@ def analyze(spec: SourceSpec, settings: Settings, *, out_dir: Path, stream_id: s
 
     backoff = Backoff(settings.reconnect_attempts, settings.reconnect_backoff_s,
                       settings.reconnect_backoff_max_s)
-    try:
-        decoder = Decoder(spec, stream_id=stream_id, fps=settings.fps, backoff=backoff,
-                          timeout_s=settings.open_timeout_s, threads=settings.threads,
-                          on_error=report_error)
-    except BaseException:
-        sink.close()
-        raise
-    owned = models is None
-    models = models or Models.load(settings)
-    llm_calls_before = models.analyzer.llm_calls
-    summary = Summary(stream_id, sink.path, None, decoder.info)
-    labels: dict[str, Counter] = {}     # track id -> expression label counts, for the summary
-    state = StreamState(stream_id, settings, confirm_hits=1 if spec.kind == "image" else None)
+    decoder = Decoder(spec, stream_id=stream_id, fps=settings.fps, backoff=backoff,
+                      timeout_s=settings.open_timeout_s, threads=settings.threads,
+                      on_error=report_error)
+    photo = spec.kind == "image"
+    annotated_path = (out_dir / ("annotated.jpg" if photo else "annotated.mp4")) if annotate \
+        else None
+    sink: JsonlSink | None = None
     annotator = None
-    if annotate:
-        from facestream.sinks.annotate import Annotator
 
-        annotator = Annotator(out_dir / "annotated.mp4", width=decoder.info.width,
-                              height=decoder.info.height)
-        summary.annotated_path = annotator.path
+    def outputs(frame: DecodedFrame | None) -> JsonlSink:
+        """The events file (and the annotated video), opened on first use: truncating an
+        earlier run's files waits until this run has a frame to show for it."""
+        nonlocal sink, annotator
+        if sink is None:
+            sink = JsonlSink(out_dir / "events.jsonl")
+            if annotated_path is not None and not photo and frame is not None:
+                height, width = frame.image.shape[:2]
+                annotator = Annotator(annotated_path, width=width, height=height)
+        return sink
+
+    try:
+        owned = models is None
+        models = models or Models.load(settings)
+    except BaseException:
+        decoder.close()
+        raise
+    llm_calls_before = models.analyzer.llm_calls
+    summary = Summary(stream_id, out_dir / "events.jsonl", annotated_path, decoder.info)
+    labels: dict[str, Counter] = {}     # track id -> expression label counts, for the summary
+    captions: dict[str, str] = {}       # track id -> its label on the annotated output
+    still: tuple[Any, list[tuple[str, Any, str]]] | None = None    # a photo and its faces
+    state = StreamState(stream_id, settings, confirm_hits=1 if photo else None)
     try:
         try:
             for frame in _prefetch(decoder.frames()):
                 faces = models.faces(frame.image)
                 started_ev, windows, ended_ev = state.observe(frame, faces)
                 analysis = models.analyzer.analyze([(state, w) for w in windows])
-                sink.write(error_events + started_ev + analysis + ended_ev
-                           + models.analyzer.completed())
+                outputs(frame).write(error_events + started_ev + analysis + ended_ev
+                                     + models.analyzer.completed())
                 error_events.clear()
                 _count_labels(labels, analysis)
+                _caption(captions, analysis)
                 summary.frames += 1
                 summary.windows += len(windows)
                 if annotator is not None:
-                    annotator.write(frame.image, frame.time_s, _overlay(state))
+                    annotator.write(frame.image, frame.time_s, _overlay(state, captions))
+                elif annotated_path is not None and photo:
+                    # A photo's one window is analysed when the tracks close, below: its
+                    # labels are drawn then.
+                    still = (frame.image, _overlay(state, captions))
                 if progress is not None:
                     progress(frame.time_s, decoder.info.duration_s, summary.frames)
         except SourceDropped as exc:
@@ -159,18 +179,27 @@ def analyze(spec: SourceSpec, settings: Settings, *, out_dir: Path, stream_id: s
         windows, ended_ev = state.finish()
         analysis = models.analyzer.analyze([(state, w) for w in windows])
         # The last descriptions before the tracks' ends: the file closes with them.
-        sink.write(error_events + analysis + models.analyzer.completed(wait=True) + ended_ev)
+        outputs(None).write(error_events + analysis + models.analyzer.completed(wait=True)
+                            + ended_ev)
         _count_labels(labels, analysis)
+        _caption(captions, analysis)
         summary.windows += len(windows)
+        if still is not None:
+            image, faces = still
+            write_image(annotated_path, image,
+                        [(tid, box, captions.get(tid, tid)) for tid, box, _ in faces])
     finally:
         if owned:
             models.close()
         decoder.close()
-        sink.close()
+        if sink is not None:
+            sink.close()
         if annotator is not None:
             annotator.close()
-    summary.events = sink.count
-    summary.media_s = decoder.report.last_time_s if spec.kind != "image" else 0.0
+    summary.events = sink.count if sink is not None else 0
+    if annotated_path is not None and not annotated_path.is_file():
+        summary.annotated_path = None       # a video whose source gave no frame
+    summary.media_s = decoder.report.last_time_s if not photo else 0.0
     summary.wall_s = time.monotonic() - started
     summary.llm_calls = models.analyzer.llm_calls - llm_calls_before
     summary.tracks = {tid: counts.most_common(1)[0][0]
@@ -184,15 +213,20 @@ def _count_labels(labels: dict[str, Counter], analysis: list[dict[str, Any]]) ->
         labels.setdefault(data["track_id"], Counter())[data["expression"]["label"]] += 1
 
 
-def _overlay(state: StreamState) -> list[tuple[str, Any, str]]:
-    out = []
-    for track in state.tracker.active:
-        if track.track_id is None or track.last_time_s != state.last_time_s:
-            continue
-        memory = state.memory.get(track.track_id)
-        text = ""
-        if memory is not None and memory.latest is not None:
-            o = memory.latest
-            text = f"{o.expression_label} {o.gender[0].upper()}{o.age_years:.0f}"
-        out.append((track.track_id, track.box, text))
-    return out
+def _caption(captions: dict[str, str], analysis: list[dict[str, Any]]) -> None:
+    """Each analysed track's label for the annotated output, from its latest analysis."""
+    for event in analysis:
+        data = event["data"]
+        attributes = data.get("attributes") or {}
+        captions[data["track_id"]] = label_text(
+            data["track_id"], (data.get("expression") or {}).get("label"),
+            (attributes.get("gender") or {}).get("label"),
+            (attributes.get("age") or {}).get("years"))
+
+
+def _overlay(state: StreamState, captions: dict[str, str]) -> list[tuple[str, Any, str]]:
+    """(track id, box, label) of each track seen in the latest frame; a track whose first
+    window is not analysed yet is labelled with its id alone."""
+    return [(track.track_id, track.box, captions.get(track.track_id, track.track_id))
+            for track in state.tracker.active
+            if track.track_id is not None and track.last_time_s == state.last_time_s]

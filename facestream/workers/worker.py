@@ -42,6 +42,7 @@ import av
 from facestream import events
 from facestream.config import Settings
 from facestream.errors import AssetError, FacestreamError, bounded
+from facestream.ingest.broker import connect
 from facestream.ingest.chunks import Chunk, ChunkError, EndOfStream, PartAssembler, parse_message
 from facestream.ingest.sources import is_stream_id
 from facestream.sinks.redis_stream import RedisSink, SinkUnavailable
@@ -760,12 +761,12 @@ def _rebalance_listener(worker: Worker):
 def _make_consumer(settings: Settings):
     from kafka import KafkaConsumer
 
-    return KafkaConsumer(**settings.kafka_client_options(),
-                         group_id=settings.consumer_group, enable_auto_commit=False,
-                         group_instance_id=settings.kafka_group_instance_id or None,
-                         session_timeout_ms=settings.kafka_session_timeout_ms,
-                         heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
-                         max_poll_interval_ms=settings.kafka_max_poll_interval_ms,
-                         auto_offset_reset="earliest",
-                         max_partition_fetch_bytes=settings.max_message_bytes * 4,
-                         fetch_max_bytes=settings.max_message_bytes * 16)
+    return connect(KafkaConsumer, settings,
+                   group_id=settings.consumer_group, enable_auto_commit=False,
+                   group_instance_id=settings.kafka_group_instance_id or None,
+                   session_timeout_ms=settings.kafka_session_timeout_ms,
+                   heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
+                   max_poll_interval_ms=settings.kafka_max_poll_interval_ms,
+                   auto_offset_reset="earliest",
+                   max_partition_fetch_bytes=settings.max_message_bytes * 4,
+                   fetch_max_bytes=settings.max_message_bytes * 16)
