@@ -240,6 +240,34 @@ class Settings:
         "(by the writer's clock) go, in whole stream nodes (XTRIM MINID ~, Redis >= 6.2); "
         "0 = keep up to events_maxlen entries whatever their age.", ge=0, le=315_360_000))
 
+    # Optional sinks beside Redis (facestream.sinks.fanout): the worker writes every round's
+    # events to Redis, then to these, and checkpoints and commits only after all of them.
+    events_topic: str = field(default="", metadata=_doc(
+        "Kafka topic the workers also produce every event to (CloudEvents Kafka binding, "
+        "binary mode: value = data as JSON, ce_* headers, key = stream id), acks=all; "
+        "empty = off."))
+    webhook_urls: str = field(default="", metadata=_doc(
+        "HTTP(S) URLs the workers also POST every round's events to, comma-separated "
+        "(CloudEvents HTTP binding, batched mode: application/cloudevents-batch+json); "
+        "empty = off."))
+    webhook_secret: str = field(default="", metadata=_doc(
+        "Key of the HMAC-SHA256 of each webhook body, sent as X-Facestream-Signature: "
+        "sha256=<hex>; empty = unsigned."))
+    webhook_timeout_s: float = field(default=5.0, metadata=_doc(
+        "Longest wait for one webhook request's answer, in seconds.", ge=0.1, le=600))
+    webhook_max_attempts: int = field(default=5, metadata=_doc(
+        "Tries per webhook request (a 2xx answer ends them); after the last failure its "
+        "events go to the Redis stream webhook_dead_stream and the worker goes on.",
+        ge=1, le=100))
+    webhook_backoff_s: float = field(default=0.5, metadata=_doc(
+        "Delay after a webhook request's first failure; doubles each try up to "
+        "webhook_backoff_max_s.", ge=0, le=60))
+    webhook_backoff_max_s: float = field(default=8.0, metadata=_doc(
+        "Longest delay between webhook tries.", ge=0, le=600))
+    webhook_dead_stream: str = field(default="facestream:webhooks:dead", metadata=_doc(
+        "Redis stream of the events a webhook receiver never accepted (url, event id, "
+        "reason, the event)."))
+
     # Downstream services (facestream.client.EventSubscriber, `facestream events tail`).
     subscriber_claim_idle_s: float = field(default=30.0, metadata=_doc(
         "A subscriber takes over (XAUTOCLAIM) an entry another consumer of its group has held "
@@ -311,6 +339,10 @@ class Settings:
     def facellava_task_list(self) -> tuple[str, ...]:
         return tuple(t.strip() for t in self.facellava_tasks.split(",") if t.strip())
 
+    @property
+    def webhook_url_list(self) -> tuple[str, ...]:
+        return tuple(u.strip() for u in self.webhook_urls.split(",") if u.strip())
+
     def kafka_client_options(self) -> dict[str, Any]:
         """Connection options shared by every kafka-python client facestream makes."""
         options: dict[str, Any] = {"bootstrap_servers": self.kafka_bootstrap.split(","),
@@ -335,6 +367,12 @@ class Settings:
                     f"setting {f.name}={value!r}: must be one of {', '.join(meta['choices'])}")
         if self.reconnect_backoff_max_s < self.reconnect_backoff_s:
             raise ConfigError("setting reconnect_backoff_max_s must be >= reconnect_backoff_s")
+        if self.webhook_backoff_max_s < self.webhook_backoff_s:
+            raise ConfigError("setting webhook_backoff_max_s must be >= webhook_backoff_s")
+        bad_urls = [u for u in self.webhook_url_list
+                    if not u.lower().startswith(("http://", "https://"))]
+        if bad_urls:
+            raise ConfigError(f"setting webhook_urls: {bad_urls[0]!r} is not an http(s):// URL")
         if self.kafka_heartbeat_interval_ms * 3 > self.kafka_session_timeout_ms:
             raise ConfigError(
                 f"setting kafka_heartbeat_interval_ms={self.kafka_heartbeat_interval_ms} must "

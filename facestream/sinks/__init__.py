@@ -1,2 +1,3 @@
-"""Where events go: a JSONL file (embedded mode), Redis Streams (the workers), an annotated
-video, and the reader behind ``facestream events tail``."""
+"""Where events go: a JSONL file (embedded mode), Redis Streams (the workers), optionally
+also a Kafka topic and webhooks (:mod:`facestream.sinks.fanout`), an annotated video, and
+the reader behind ``facestream events tail``."""

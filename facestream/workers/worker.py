@@ -45,7 +45,9 @@ from facestream.errors import AssetError, FacestreamError, bounded
 from facestream.ingest.broker import connect
 from facestream.ingest.chunks import Chunk, ChunkError, EndOfStream, PartAssembler, parse_message
 from facestream.ingest.sources import is_stream_id
-from facestream.sinks.redis_stream import RedisSink, SinkUnavailable
+from facestream.sinks.fanout import build_sink
+from facestream.sinks.kafka_topic import EventsTopicUnavailable
+from facestream.sinks.redis_stream import SinkUnavailable
 from facestream.types import DecodedFrame, FaceDetections
 from facestream.vision.decode import ChunkDecoder
 from facestream.vision.faces import FaceAnalyzer
@@ -225,7 +227,8 @@ class Worker:
         self._owns_models = models is None
         self.models = models or Models.load(settings)
         self.consumer = consumer or _make_consumer(settings)
-        self.sink = sink or RedisSink(settings)
+        # Redis, plus the events topic and webhooks when their settings are set.
+        self.sink = sink or build_sink(settings)
         self._dead_letters = DeadLetterSender(settings, dlq_producer)
         self._clock = clock
         self._streams: dict[str, _Stream] = {}
@@ -263,6 +266,9 @@ class Worker:
             if self._owns_models:
                 self.models.close()
             self._dead_letters.close()
+            close_sink = getattr(self.sink, "close", None)
+            if close_sink is not None:
+                close_sink()
             self.consumer.close(autocommit=False)
             if server is not None:
                 server.shutdown()
@@ -582,7 +588,8 @@ class Worker:
         acc.set_status(stream.state.stream_id, dropped_chunks=stream.dropped)
 
     def _deliver(self, batch: list[dict[str, Any]], status: dict[str, dict]) -> None:
-        """Write events and status to Redis; while it is down, retry with backoff (nothing
+        """Write events and status to Redis (and to the events topic and webhooks, when
+        set: :mod:`facestream.sinks.fanout`); while one is down, retry with backoff (nothing
         is committed meanwhile)."""
         if not batch and not status:
             return
@@ -600,7 +607,9 @@ class Worker:
                 self.metrics.redis_ok = True
                 return result
             except (SinkUnavailable, BrokerUnavailable) as exc:
-                if isinstance(exc, SinkUnavailable):
+                if isinstance(exc, EventsTopicUnavailable):
+                    self.metrics.broker_ok = False
+                elif isinstance(exc, SinkUnavailable):
                     self.metrics.redis_ok = False
                     self.metrics.redis_retries.inc()
                 else:
