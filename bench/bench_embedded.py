@@ -29,7 +29,8 @@ process pinned to the first CPU core it may use and every library limited to one
                figures are in MiB (2^20 bytes; the JSON keys say "mb").
 (e) latency    of the warm run's events (``latency_ms``: from the window's last frame
                leaving the decoder to the event being built), p50 and p95: every analysis
-               event, and the descriptions (follow: the description events; inline: the
+               event, the analysis events of the windows picked for a fresh description
+               (what follow mode stops holding back), and the descriptions (follow: the description events; inline: the
                analysis events that carry a fresh one), target p95 <= 1 s; follow against
                inline.  A file is read faster than real time, so frames also wait in the
                decoder's read-ahead queue: both modes alike.
@@ -106,6 +107,7 @@ MODE_LABELS = {"nodescribe": "no descriptions", "describe": "descriptions (follo
 # x real time: (including the model load, preloaded)
 MODE_TARGETS = {"nodescribe": (4.0, None), "describe": (2.0, 3.0), "inline": (None, None)}
 DESCRIPTION_P95_MS = 1000.0
+ALL_CORES = False               # --all-cores: nothing pinned
 
 
 @dataclass(frozen=True)
@@ -347,18 +349,22 @@ def latencies(events_path: Path) -> dict[str, float]:
     decoder to the event being built) of one run: every analysis event, and the
     descriptions: the description events (follow mode) or the analysis events that carry a
     fresh description (inline mode)."""
-    analysis, described = [], []
+    analysis, fresh, described = [], [], []
     for line in events_path.read_text().splitlines():
         event = json.loads(line)
         data = event["data"]
         if event["type"] == "facestream.face.analysis":
             analysis.append(data["latency_ms"])
+            if data["description_trigger"] is not None:
+                fresh.append(data["latency_ms"])
             if data["description"] is not None and not data["description_reused"]:
                 described.append(data["latency_ms"])
         elif event["type"] == "facestream.face.description":
             described.append(data["latency_ms"])
     return {"event_latency_p50_ms": percentile(analysis, 0.5),
             "event_latency_p95_ms": percentile(analysis, 0.95),
+            "fresh_event_latency_p50_ms": percentile(fresh, 0.5),
+            "fresh_event_latency_p95_ms": percentile(fresh, 0.95),
             "description_latency_p50_ms": percentile(described, 0.5),
             "description_latency_p95_ms": percentile(described, 0.95),
             "descriptions": len(described)}
@@ -411,6 +417,8 @@ def child_analyze(mode: str) -> dict[str, float]:
 
 def run_child(mode: str) -> dict[str, float]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child-analyze", mode]
+    if ALL_CORES:
+        cmd.append("--all-cores")
     proc = subprocess.run(cmd, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith(CHILD_PREFIX)]
     if proc.returncode != 0 or not lines:
@@ -492,6 +500,9 @@ def build_rows(decode: dict[str, list[Timing]], faces: dict[str, list[Timing]],
             rows.append(alone(f"(e) event latency {q}, analysis events, {label} (ms)",
                               [r[f"event_latency_{q}_ms"] for r in runs], digits=0))
         if mode != "nodescribe":
+            rows.append(alone(f"(e) event latency p50, windows picked for a description, "
+                              f"{label} (ms)",
+                              [r["fresh_event_latency_p50_ms"] for r in runs], digits=0))
             rows.append(alone(f"(e) description latency p50, {label} (ms)",
                               [r["description_latency_p50_ms"] for r in runs], digits=0))
             rows.append(alone(f"(e) description latency p95, {label} (ms)",
@@ -502,6 +513,12 @@ def build_rows(decode: dict[str, list[Timing]], faces: dict[str, list[Timing]],
         rows.append(compared(f"(c) analyze preloaded, descriptions vs none (x real time, "
                              f"per {per})", [r[key] for r in analyses["describe"]],
                              [r[key] for r in analyses["nodescribe"]], None, digits=2))
+    for q in ("p50", "p95"):
+        key = f"fresh_event_latency_{q}_ms"
+        rows.append(compared(f"(e) event latency {q} of windows picked for a description, "
+                             f"follow vs inline (ms)",
+                             [r[key] for r in analyses["describe"]],
+                             [r[key] for r in analyses["inline"]], None, digits=0))
     for q in ("p50", "p95"):
         key = f"event_latency_{q}_ms"
         rows.append(compared(f"(e) event latency {q}, follow vs inline (ms)",
@@ -547,11 +564,17 @@ def main() -> None:
     parser.add_argument("--rounds", "--repeat", type=int, default=5,
                         help="interleaved rounds per measurement, after one warm-up run of "
                              "each side (3x as many for decode); medians reported")
+    parser.add_argument("--all-cores", action="store_true",
+                        help="do not pin to one core: the describer's thread then runs beside "
+                             "the face stage, as on a worker with cores to spare (libraries "
+                             "still get one thread each)")
     parser.add_argument("--child-analyze", choices=MODES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
-    core = pin_to_one_core()
+    core = None if args.all_cores else pin_to_one_core()
+    global ALL_CORES
+    ALL_CORES = args.all_cores                              # the analyze children's too
     # What the facestream CLI does at start-up; baselines in this process get it too.
     tune_allocator()
     if args.child_analyze:
@@ -569,7 +592,8 @@ def main() -> None:
     analyses = bench_analyze(args.rounds)
     load_after = os.getloadavg()
 
-    print(f"clip {spec.target}, pinned to CPU core {core} of {machine_note()}, one thread per "
+    where = f"pinned to CPU core {core}" if core is not None else "on every core"
+    print(f"clip {spec.target}, {where} of {machine_note()}, one thread per "
           f"library; warm-up run of every side, then {args.rounds} interleaved rounds "
           f"({args.rounds * DECODE_ROUNDS} for decode): median (min-max); ratio = median / "
           f"median (min-max of the per-round ratios)")
