@@ -85,6 +85,13 @@ def track_event(kind: str, *, stream_id: str, track_id: str, time_s: float,
                           "time_s": media_time(time_s), "pts": pts})
 
 
+def window_data(window: FaceWindow) -> dict[str, Any]:
+    """The ``window`` object of a window's events."""
+    return {"start_s": round(window.start_s, 3), "end_s": round(window.end_s, 3),
+            "start_pts": window.start_pts, "end_pts": window.end_pts,
+            "frames": len(window.samples)}
+
+
 @dataclass(frozen=True)
 class Described:
     """The language stage's latest answer for a track, as a window's event carries it."""
@@ -106,9 +113,7 @@ def face_analysis(window: FaceWindow, out: EncoderOutput, *, head_pose: dict[str
     data = {
         "stream_id": window.stream_id,
         "track_id": window.track_id,
-        "window": {"start_s": round(window.start_s, 3), "end_s": round(window.end_s, 3),
-                   "start_pts": window.start_pts, "end_pts": window.end_pts,
-                   "frames": len(window.samples)},
+        "window": window_data(window),
         "bbox": [round(float(v), 1) for v in window.median_box()],
         "expression": {"label": out.expression_label, "scores": out.expression},
         "action_units": {**out.action_units, "method": "geometric"},
@@ -145,9 +150,7 @@ def face_description(window: FaceWindow, *, description: str, trigger: str | Non
     data = {
         "stream_id": window.stream_id,
         "track_id": window.track_id,
-        "window": {"start_s": round(window.start_s, 3), "end_s": round(window.end_s, 3),
-                   "start_pts": window.start_pts, "end_pts": window.end_pts,
-                   "frames": len(window.samples)},
+        "window": window_data(window),
         "description": description,
         "description_trigger": trigger,
         "model": {"profile": profile, "components": dict(components)},
