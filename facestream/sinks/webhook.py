@@ -3,9 +3,14 @@ batched content mode.
 
 Each :meth:`WebhookSink.write` is one request per URL: the body is a JSON array of the
 round's events, each the whole CloudEvents object (as in Redis), with
-``Content-Type: application/cloudevents-batch+json``.  With ``webhook_secret`` set, header
-``X-Facestream-Signature: sha256=<hex>`` is the HMAC-SHA256 of the exact body bytes under
-that key (:func:`signature`, :func:`verify`).
+``Content-Type: application/cloudevents-batch+json``.  With ``webhook_secret`` set, the
+request carries ``X-Facestream-Timestamp: <unix seconds>`` (the time of that try) and
+``X-Facestream-Signature: sha256=<hex>``, the HMAC-SHA256 under that key of the timestamp, a
+dot and the exact body bytes (:func:`signature`, :func:`verify`): a receiver that refuses
+timestamps older than a few minutes cannot be fed a captured request again later.
+
+The URLs are served in parallel, one thread each, so a slow receiver delays the round by its
+own time, not by the sum of all of theirs.
 
 A request is accepted by any 2xx answer.  A connection error, a timeout, a 5xx, 408 or 429 is
 tried again after a capped exponential backoff (``webhook_backoff_s`` doubling up to
@@ -27,6 +32,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable, Mapping
 
 from facestream.config import Settings
@@ -35,20 +41,33 @@ from facestream.sinks.redis_stream import make_redis, _unavailable
 
 CONTENT_TYPE = "application/cloudevents-batch+json"
 SIGNATURE_HEADER = "X-Facestream-Signature"
+TIMESTAMP_HEADER = "X-Facestream-Timestamp"
+REPLAY_TOLERANCE_S = 300
 _RETRYABLE_STATUS = frozenset({408, 429})
+_MAX_PARALLEL = 16
 
 # post(url, body, headers, timeout_s) -> HTTP status; raises OSError when no answer came.
 Post = Callable[[str, bytes, Mapping[str, str], float], int]
 
 
-def signature(secret: str, body: bytes) -> str:
-    """The ``X-Facestream-Signature`` value of ``body``: ``sha256=`` and the hex HMAC."""
-    return "sha256=" + hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
+def signature(secret: str, body: bytes, timestamp: int) -> str:
+    """The ``X-Facestream-Signature`` value of ``body`` sent at ``timestamp`` (unix seconds):
+    ``sha256=`` and the hex HMAC of ``b"<timestamp>." + body``."""
+    signed = str(int(timestamp)).encode("ascii") + b"." + body
+    return "sha256=" + hmac.new(secret.encode("utf-8"), signed, hashlib.sha256).hexdigest()
 
 
-def verify(secret: str, body: bytes, header: str | None) -> bool:
-    """True if ``header`` is the signature of ``body`` under ``secret`` (constant time)."""
-    return header is not None and hmac.compare_digest(signature(secret, body), header)
+def verify(secret: str, body: bytes, header: str | None, timestamp: str | None, *,
+           tolerance_s: float = REPLAY_TOLERANCE_S, now: float | None = None) -> bool:
+    """True if ``header`` is the signature of ``body`` at ``timestamp`` (the two headers as
+    received) under ``secret``, compared in constant time, and ``timestamp`` is within
+    ``tolerance_s`` of ``now`` (default: this machine's clock) either way."""
+    if header is None or timestamp is None or not timestamp.isdigit():
+        return False
+    now = time.time() if now is None else now
+    if abs(now - int(timestamp)) > tolerance_s:
+        return False
+    return hmac.compare_digest(signature(secret, body, int(timestamp)), header)
 
 
 def request_body(events: Iterable[Mapping[str, Any]]) -> bytes:
@@ -56,10 +75,12 @@ def request_body(events: Iterable[Mapping[str, Any]]) -> bytes:
     return json.dumps(list(events), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def request_headers(body: bytes, secret: str) -> dict[str, str]:
+def request_headers(body: bytes, secret: str, *, now: float) -> dict[str, str]:
     headers = {"Content-Type": CONTENT_TYPE, "User-Agent": "facestream"}
     if secret:
-        headers[SIGNATURE_HEADER] = signature(secret, body)
+        timestamp = int(now)
+        headers[TIMESTAMP_HEADER] = str(timestamp)
+        headers[SIGNATURE_HEADER] = signature(secret, body, timestamp)
     return headers
 
 
@@ -68,18 +89,24 @@ def _retryable(status: int) -> bool:
 
 
 class WebhookSink:
-    """POSTs events to each of ``settings.webhook_url_list``.  Blocking; not thread-safe.
-    ``post`` and ``sleep`` are injectable (tests); ``redis`` is the client dead letters are
+    """POSTs events to each of ``settings.webhook_url_list``, the URLs in parallel.
+    Blocking; not thread-safe.  ``post``, ``sleep`` and ``clock`` (unix seconds, for the
+    signature's timestamp) are injectable (tests); ``redis`` is the client dead letters are
     written with (made on the first dead letter when not given)."""
 
     def __init__(self, settings: Settings, *, redis=None, post: Post | None = None,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.time) -> None:
         self._settings = settings
         self._urls = settings.webhook_url_list
         self._redis = redis
         self._post = post or _urllib_post
         self._sleep = sleep
+        self._clock = clock
         self._down: set[str] = set()
+        self._pool = (ThreadPoolExecutor(min(len(self._urls), _MAX_PARALLEL),
+                                         thread_name_prefix="webhook")
+                      if len(self._urls) > 1 else None)
         self.dead_letters = 0
 
     def write(self, events: Iterable[dict[str, Any]],
@@ -91,9 +118,11 @@ class WebhookSink:
         if not events:
             return 0
         body = request_body(events)
-        headers = request_headers(body, self._settings.webhook_secret)
-        for url in self._urls:
-            reason, attempts = self._deliver(url, body, headers)
+        if self._pool is None:
+            outcomes = [self._deliver(url, body) for url in self._urls]
+        else:
+            outcomes = list(self._pool.map(lambda url: self._deliver(url, body), self._urls))
+        for url, (reason, attempts) in zip(self._urls, outcomes):
             if reason is None:
                 self._down.discard(url)
             else:
@@ -102,17 +131,21 @@ class WebhookSink:
         return len(events)
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
         if self._redis is not None:
             self._redis.close()
 
-    def _deliver(self, url: str, body: bytes, headers: Mapping[str, str]) -> tuple[str | None, int]:
-        """(None, tries) once ``url`` accepted the body; (why not, tries) otherwise."""
+    def _deliver(self, url: str, body: bytes) -> tuple[str | None, int]:
+        """(None, tries) once ``url`` accepted the body; (why not, tries) otherwise.  Each try
+        is signed anew with its own timestamp."""
         s = self._settings
         tries = 1 if url in self._down else s.webhook_max_attempts
         reason = ""
         for attempt in range(tries):
             if attempt:
                 self._sleep(min(s.webhook_backoff_max_s, s.webhook_backoff_s * 2 ** (attempt - 1)))
+            headers = request_headers(body, s.webhook_secret, now=self._clock())
             try:
                 code = self._post(url, body, headers, s.webhook_timeout_s)
             except OSError as exc:

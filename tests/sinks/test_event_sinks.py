@@ -18,8 +18,8 @@ from facestream.sinks.fanout import FanoutSink, build_sink
 from facestream.sinks.kafka_topic import (EventsTopicUnavailable, KafkaEventSink, kafka_headers,
                                           kafka_record)
 from facestream.sinks.redis_stream import RedisSink, SinkUnavailable
-from facestream.sinks.webhook import (CONTENT_TYPE, SIGNATURE_HEADER, WebhookSink, signature,
-                                      verify)
+from facestream.sinks.webhook import (CONTENT_TYPE, SIGNATURE_HEADER, TIMESTAMP_HEADER,
+                                      WebhookSink, request_body, signature, verify)
 
 
 def _event(stream_id="camA", track_id="t1", kind=events.TRACK_STARTED, time_s=1.0):
@@ -130,17 +130,78 @@ def test_a_webhook_url_must_be_http():
 
 # -- webhooks ---------------------------------------------------------------------------------
 
-def test_signature_is_the_hmac_sha256_of_the_body():
+def test_signature_is_the_hmac_sha256_of_the_timestamp_and_the_body():
     import hashlib
     import hmac
 
-    body = b'[{"id":"x"}]'
-    expected = hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
-    assert signature("s3cret", body) == f"sha256={expected}"
-    assert verify("s3cret", body, f"sha256={expected}")
-    assert not verify("s3cret", body + b" ", f"sha256={expected}")
-    assert not verify("other", body, f"sha256={expected}")
-    assert not verify("s3cret", body, None)
+    body, sent = b'[{"id":"x"}]', 1_700_000_000
+    expected = "sha256=" + hmac.new(b"s3cret", b"1700000000." + body, hashlib.sha256).hexdigest()
+    assert signature("s3cret", body, sent) == expected
+    assert verify("s3cret", body, expected, str(sent), now=sent + 10)
+    assert not verify("s3cret", body + b" ", expected, str(sent), now=sent)
+    assert not verify("other", body, expected, str(sent), now=sent)
+    assert not verify("s3cret", body, None, str(sent), now=sent)
+    assert not verify("s3cret", body, expected, None, now=sent)
+    # The timestamp is signed: moving it to make an old request look fresh breaks it.
+    assert not verify("s3cret", body, expected, str(sent + 400), now=sent + 400)
+
+
+@pytest.mark.parametrize("age_s, accepted", [(-299, True), (0, True), (299, True),
+                                             (301, False), (-301, False), (86_400, False)])
+def test_a_signed_request_is_refused_outside_the_replay_window(age_s, accepted):
+    body, sent = b"[]", 1_700_000_000
+    header = signature("s3cret", body, sent)
+    assert verify("s3cret", body, header, str(sent), now=sent + age_s) is accepted
+
+
+def test_each_try_is_signed_with_its_own_timestamp():
+    clock = iter([1000.0, 1007.5, 1030.0])
+    seen: list[dict] = []
+
+    def post(url, body, headers, timeout_s):
+        seen.append(dict(headers))
+        return 503 if len(seen) < 3 else 204
+
+    settings = Settings.load({"webhook_urls": "http://127.0.0.1:9/hook",
+                              "webhook_secret": "s3cret", "webhook_max_attempts": 3})
+    sink = WebhookSink(settings, redis=_FakeRedis(), post=post, sleep=lambda s: None,
+                       clock=lambda: next(clock))
+    sink.write([_event()])
+    assert [h[TIMESTAMP_HEADER] for h in seen] == ["1000", "1007", "1030"]
+    body = request_body([_event()])
+    for headers in seen:
+        sent = int(headers[TIMESTAMP_HEADER])
+        assert verify("s3cret", body, headers[SIGNATURE_HEADER], headers[TIMESTAMP_HEADER],
+                      now=sent)
+
+
+def test_without_a_secret_requests_carry_neither_signature_nor_timestamp():
+    seen: list[dict] = []
+    settings = Settings.load({"webhook_urls": "http://127.0.0.1:9/hook"})
+    sink = WebhookSink(settings, redis=_FakeRedis(),
+                       post=lambda url, body, headers, timeout_s: seen.append(headers) or 204)
+    sink.write([_event()])
+    assert SIGNATURE_HEADER not in seen[0] and TIMESTAMP_HEADER not in seen[0]
+
+
+def test_the_urls_are_served_in_parallel():
+    """Each receiver answers only once the other has been asked: one after the other, the
+    first would wait for ever (here: the barrier's timeout, then a dead letter)."""
+    both_asked = threading.Barrier(2, timeout=30)
+
+    def post(url, body, headers, timeout_s):
+        both_asked.wait()
+        return 204
+
+    settings = Settings.load({"webhook_urls": "http://127.0.0.1:9/a,http://127.0.0.1:9/b",
+                              "webhook_max_attempts": 1})
+    redis = _FakeRedis()
+    sink = WebhookSink(settings, redis=redis, post=post)
+    try:
+        assert sink.write([_event()]) == 1
+    finally:
+        sink.close()
+    assert redis.streams == {}
 
 
 class _Receiver:
@@ -234,7 +295,7 @@ def test_a_receiver_that_fails_then_recovers_gets_every_event_signed(receivers):
         got = []
         for headers, body in receiver.accepted:
             assert headers["Content-Type"] == CONTENT_TYPE
-            assert verify("s3cret", body, headers[SIGNATURE_HEADER])
+            assert verify("s3cret", body, headers[SIGNATURE_HEADER], headers[TIMESTAMP_HEADER])
             got.append(json.loads(body))
         assert got == rounds                 # every event, whole, in order
 
@@ -273,3 +334,25 @@ def test_a_client_error_is_not_retried_and_a_refused_connection_is(receivers):
         gone.url, "HTTP 404", "1")
     assert letters[1]["url"] == refused_url and letters[1]["attempts"] == "4"
     assert "Error" in letters[1]["reason"] and len(sleeps) == 3
+
+
+def test_the_receiver_check_in_the_docs_accepts_what_the_sink_sends(receivers):
+    """docs/EVENTS.md shows receivers how to verify a request: run that very code on a real
+    request, and on the same request replayed with a moved timestamp."""
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "EVENTS.md").read_text()
+    code = next(block for block in re.findall(r"```python\n(.*?)```", doc, re.S)
+                if "def events_from" in block)
+    namespace: dict = {}
+    exec(code, namespace)
+    receiver = receivers()
+    sink, _ = _webhooks([receiver.url], [])
+    batch = [_event(), _error_event()]
+    sink.write(batch)
+    headers, body = receiver.accepted[0]
+    assert namespace["events_from"](body, headers, b"s3cret") == batch
+    replayed = dict(headers, **{TIMESTAMP_HEADER: str(int(headers[TIMESTAMP_HEADER]) - 600)})
+    with pytest.raises(PermissionError):
+        namespace["events_from"](body, replayed, b"s3cret")
