@@ -70,6 +70,9 @@ class StreamState:
         self.frame_size = (0, 0)
         self.last_time_s = 0.0
         self.wall_origin = wall_origin     # source wall clock at media time 0, if known
+        # Tracks that ended with no window left open (the media clock had closed their last
+        # one): the analyzer forgets their memory after the round's windows.
+        self.ended_tracks: set[str] = set()
         self._first_seen: dict[int, tuple[float, int | None, float]] = {}
         self._last_pts: dict[int, int | None] = {}
 
@@ -90,18 +93,28 @@ class StreamState:
         self.windower.discard_missing({t.key for t in self.tracker.active})
         ended = []
         for track in update.ended:
-            windows += self.windower.close(track, self.frame_size)
+            windows += self._close(track)
             ended.append(self._track_event(events.TRACK_ENDED, track, frame.arrival, last=True))
         return started, windows, ended
+
+    def advance(self, media_s: float) -> list[FaceWindow]:
+        """The stream's media clock reached ``media_s``: the windows that ended by then."""
+        return self.windower.advance(media_s, self.frame_size)
 
     def finish(self) -> tuple[list[FaceWindow], list[dict[str, Any]]]:
         """End of stream: every open window and the end of every track."""
         windows, ended = [], []
         now = time.time()
         for track in self.tracker.finish():
-            windows += self.windower.close(track, self.frame_size)
+            windows += self._close(track)
             ended.append(self._track_event(events.TRACK_ENDED, track, now, last=True))
         return windows, ended
+
+    def _close(self, track: Track) -> list[FaceWindow]:
+        closed = self.windower.close(track, self.frame_size)
+        if not closed and track.track_id is not None:
+            self.ended_tracks.add(track.track_id)
+        return closed
 
     def event_time(self, media_s: float, fallback_epoch: float) -> float:
         return self.wall_origin + media_s if self.wall_origin is not None else fallback_epoch
@@ -216,6 +229,9 @@ class WindowAnalyzer:
                                       decision=decisions[i], follows=follows))
             if window.final:
                 del state.memory[window.track_id]        # the track has ended
+        for state in {id(state): state for state, _ in items}.values():
+            while state.ended_tracks:
+                state.memory.pop(state.ended_tracks.pop(), None)
         return result
 
     def completed(self, *, wait: bool = False) -> list[dict[str, Any]]:

@@ -118,6 +118,7 @@ class _Decoded:
 
     frames: list                   # Future[_Seen], in presentation order
     seconds: float                 # wall seconds decoding took
+    media_s: float                 # media time of the last frame decoded, picked or not
 
 
 @dataclass(frozen=True, eq=False)
@@ -183,7 +184,8 @@ class FaceStage:
         start = time.perf_counter()
         frames = decoder.decode(chunk)
         seconds = time.perf_counter() - start
-        return _Decoded([self._run(self._faces, frame) for frame in frames], seconds)
+        return _Decoded([self._run(self._faces, frame) for frame in frames], seconds,
+                        decoder.report.last_time_s)
 
     def _faces(self, frame: DecodedFrame) -> _Seen:
         analyzer = self._analyzers.get()
@@ -562,6 +564,9 @@ class Worker:
                 acc.windows += [(stream.state, w) for w in closed]
                 acc.after += ended
                 self.report.frames += 1
+            # Every frame of the chunk is decoded: windows that ended by its last frame
+            # close now, not when their track's next sample comes (a chunk later, or more).
+            acc.windows += [(stream.state, w) for w in stream.state.advance(decoded.media_s)]
         except _ENVIRONMENT:
             raise
         except Exception as exc:

@@ -35,3 +35,45 @@ def test_windows_follow_each_tracks_own_grid():
     assert [len(w.samples) for w in closed] == [10, 10, 5]
     assert [round(w.start_s, 2) for w in closed] == [0.3, 1.3, 2.3]
     assert closed[0].samples[0].time_s == pytest.approx(0.3), "tentative samples kept"
+
+
+def _track_windows(times, *, clock_at=()):
+    """Windows of one face seen at ``times`` (10 fps grid), with the media clock advanced
+    to each of ``clock_at`` (time, after which sample index) too; returns [(closed after
+    sample i, start, n samples)]."""
+    tracker = Tracker(confirm_hits=2)
+    windower = Windower("s", window_s=1.0)
+    ticks = dict(clock_at)
+    closed = []
+    for i, t in enumerate(times):
+        track = tracker.update(np.stack([_box(100, 100)]), t).matches[0][0]
+        closed += [(i, w) for w in windower.add(track, _sample(t), (640, 360))]
+        if i in ticks:
+            closed += [(i, w) for w in windower.advance(ticks[i], (640, 360))]
+    closed += [(len(times), w) for w in windower.close(tracker.finish()[0], (640, 360))]
+    return [(i, round(w.start_s, 2), len(w.samples), w.final) for i, w in closed]
+
+
+def test_a_window_closes_when_the_media_clock_passes_its_end():
+    times = [0.3 + i * 0.1 for i in range(12)]           # 0.3 … 1.4 s
+    # Samples every 0.1 s; a chunk's last frame at 1.32 s was decoded after sample 9
+    # (1.2 s): the window [0.3, 1.3) closes then, not at the next sample (1.3 s).
+    early = _track_windows(times, clock_at=[(9, 1.32)])
+    assert early == [(9, 0.3, 10, False), (12, 1.3, 2, True)]
+    late = _track_windows(times)
+    assert late == [(10, 0.3, 10, False), (12, 1.3, 2, True)]
+
+
+def test_the_media_clock_never_closes_an_empty_window_nor_changes_which_samples_go_where():
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        gaps = rng.choice([0.1, 0.1, 0.1, 0.7, 1.6, 2.3], size=30)
+        times = list(np.round(0.2 + np.cumsum(gaps), 6))
+        clock_at = [(i, times[i] + float(rng.uniform(0, 2.5))) for i in range(len(times) - 1)
+                    if rng.random() < 0.4]
+        clock_at = [(i, min(t, times[i + 1] - 1e-3)) for i, t in clock_at]   # clocks only pass decoded frames
+        with_clock = _track_windows(times, clock_at=clock_at)
+        without = _track_windows(times)
+        assert [w[1:3] for w in with_clock] == [w[1:3] for w in without]
+        assert all(n > 0 for _, _, n, _ in with_clock)
+        assert all(a[0] <= b[0] for a, b in zip(with_clock, without))   # never later
