@@ -192,6 +192,12 @@ class Settings:
         "Redis URL (rediss:// for TLS; user and password in the URL for ACLs)."))
     events_stream: str = field(default="facestream:events", metadata=_doc(
         "Redis stream of every event; facestream:events:{stream id} holds one stream's."))
+    chunk_max_s: float = field(default=0.5, metadata=_doc(
+        "A live source's publisher sends what it has of the current GOP every this many "
+        "seconds of video (as unfinished and continued chunks) instead of waiting for the "
+        "GOP to end, so a frame reaches a worker within about this long whatever the "
+        "camera's keyframe interval; 0 sends whole GOPs only.  Files always go as whole GOPs.",
+        ge=0, le=60))
     live_max_lag_s: float = field(default=10.0, metadata=_doc(
         "A worker drops chunks of live streams that reach it this many seconds after they "
         "were published (it has fallen behind), and counts them; file chunks are never "

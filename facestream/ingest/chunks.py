@@ -4,12 +4,18 @@ A :class:`Chunk` carries the packets of one or more whole GOPs exactly as the de
 them (never re-encoded), framed as ``fs-packets-1``: per packet a little-endian header
 (pts, dts, duration: int64; flags: uint8, bit 0 = keyframe; size: uint32) then its bytes.
 Everything a decoder needs travels in the headers (codec, extradata, time base), so any
-worker can start decoding a stream at any chunk.
+worker can start decoding a stream at any chunk that starts a GOP.
+
+A live source does not wait for its GOP to end: every ``max_chunk_s`` of media it sends what
+it has as a chunk marked ``fs-unfinished`` ("1": the GOP goes on in the next chunk), and the
+next chunk is marked ``fs-continued`` ("1": it starts inside the GOP, with no keyframe).  A
+worker keeps the stream's decoder open across them.  Only a chunk that is not continued is
+a place to start decoding, so checkpoints and commits stay at GOP starts.
 
 Kafka headers: ``fs-stream``, ``fs-seq``, ``fs-part`` ("i/n", from 1), ``fs-codec``,
 ``fs-extradata``, ``fs-time-base`` ("num/den"), ``fs-origin-pts`` (the pts that is media
 time 0 for the whole stream), ``fs-pts`` (first pts of the chunk), ``fs-size`` ("WxH"),
-``fs-format``, ``fs-live`` ("1": a live source).  Each is bounded where it is parsed (the
+``fs-format``, ``fs-live`` ("1": a live source), ``fs-continued``, ``fs-unfinished``.  Each is bounded where it is parsed (the
 bounds below; docs/RELIABILITY.md).  A chunk larger than the broker's message limit is split
 into parts that :class:`PartAssembler` puts back together.
 """
@@ -126,6 +132,13 @@ def _pair(h: dict[str, bytes], name: str, sep: str) -> tuple[str, str]:
     return first, second
 
 
+def _flag(h: dict[str, bytes], name: str) -> bool:
+    value = h.get(name, b"0")
+    if value not in (b"0", b"1"):
+        raise ChunkError(f"{name} {_show(value)}: expected 0 or 1")
+    return value == b"1"
+
+
 def _stream_id(h: dict[str, bytes]) -> str:
     if "fs-stream" not in h:
         raise ChunkError("missing headers: fs-stream")
@@ -160,6 +173,8 @@ class Chunk:
     part: int = 1             # i of n, from 1
     parts: int = 1
     live: bool = False        # from a live source: a worker that falls behind may drop it
+    continued: bool = False   # starts inside the previous chunk's GOP (no keyframe first)
+    unfinished: bool = False  # its last GOP goes on in the next chunk
 
     def headers(self) -> list[tuple[str, bytes]]:
         return [
@@ -170,6 +185,8 @@ class Chunk:
             ("fs-origin-pts", str(self.origin_pts).encode()), ("fs-pts", str(self.first_pts).encode()),
             ("fs-size", f"{self.width}x{self.height}".encode()), ("fs-format", FORMAT.encode()),
             ("fs-live", b"1" if self.live else b"0"),
+            ("fs-continued", b"1" if self.continued else b"0"),
+            ("fs-unfinished", b"1" if self.unfinished else b"0"),
         ]
 
     @property
@@ -196,9 +213,8 @@ class Chunk:
         codec = _text(h, "fs-codec")
         if codec not in CODECS:
             raise ChunkError(f"fs-codec {_show(codec)} is not one of {', '.join(sorted(CODECS))}")
-        live = h.get("fs-live", b"0")
-        if live not in (b"0", b"1"):
-            raise ChunkError(f"fs-live {_show(live)}: expected 0 or 1")
+        live, continued, unfinished = (_flag(h, name) for name in
+                                       ("fs-live", "fs-continued", "fs-unfinished"))
         if not value:
             raise ChunkError("empty payload")
         chunk = cls(stream_id=stream_id, seq=_int(h, "fs-seq", 0, MAX_SEQ), codec=codec,
@@ -206,7 +222,7 @@ class Chunk:
                     origin_pts=_int(h, "fs-origin-pts", NO_TS + 1, -NO_TS - 1),
                     first_pts=_int(h, "fs-pts", NO_TS + 1, -NO_TS - 1), width=width,
                     height=height, payload=bytes(value), part=part_i, parts=parts_n,
-                    live=live == b"1")
+                    live=live, continued=continued, unfinished=unfinished)
         if not -MAX_MEDIA_S <= chunk.start_s <= MAX_MEDIA_S:
             raise ChunkError(f"fs-pts {chunk.first_pts} is {chunk.start_s:.3g} s of media "
                              f"time after fs-origin-pts; at most {MAX_MEDIA_S:.3g} s")
@@ -225,7 +241,7 @@ class Chunk:
         or a packet's timestamps lie more than MAX_CHUNK_S from the chunk's first pts."""
         if self.parts != 1:
             raise ChunkError(f"part {self.part}/{self.parts}: reassemble the chunk first")
-        packets = unpack(self.payload)
+        packets = unpack(self.payload, continued=self.continued)
         reach = MAX_CHUNK_S / self.time_base
         for i, p in enumerate(packets):
             for name, ts in (("pts", p.pts), ("dts", p.dts)):
@@ -244,7 +260,9 @@ def pack(packets: Iterable[Packet]) -> bytes:
     return bytes(out)
 
 
-def unpack(payload: bytes) -> list[Packet]:
+def unpack(payload: bytes, *, continued: bool = False) -> list[Packet]:
+    """The packets of an fs-packets-1 payload; the first must be a keyframe unless the
+    chunk is ``continued``.  ChunkError naming the first broken byte otherwise."""
     packets, offset, end = [], 0, len(payload)
     while offset < end:
         if end - offset < _PACKET.size:
@@ -263,8 +281,8 @@ def unpack(payload: bytes) -> list[Packet]:
         offset += size
     if not packets:
         raise ChunkError("no packets")
-    if not packets[0].keyframe:
-        raise ChunkError("chunk does not start at a keyframe")
+    if not packets[0].keyframe and not continued:
+        raise ChunkError("chunk does not start at a keyframe (and is not marked fs-continued)")
     return packets
 
 
@@ -348,9 +366,13 @@ class PartAssembler:
                                     f"given up: {reason}"))
 
 
-def gop_chunks(container, *, stream_id: str, min_chunk_s: float = 1.0) -> Iterator[Chunk]:
+def gop_chunks(container, *, stream_id: str, min_chunk_s: float = 1.0,
+               max_chunk_s: float | None = None) -> Iterator[Chunk]:
     """Cut a demuxed video stream into chunks of whole GOPs of at least ``min_chunk_s``.
 
+    With ``max_chunk_s`` (live sources), a chunk also leaves once it holds ``max_chunk_s``
+    of media without reaching a keyframe: ``unfinished``, and the next one ``continued``.
+    A continued chunk ends at the next keyframe, so every GOP start is a chunk start.
     Packets before the first keyframe are dropped (no decoder could use them).  Blocking:
     reads the container as it goes.
     """
@@ -359,28 +381,30 @@ def gop_chunks(container, *, stream_id: str, min_chunk_s: float = 1.0) -> Iterat
     time_base = stream.time_base
     origin = stream.start_time
     extradata = bytes(ctx.extradata or b"")
-    seq, current = 0, []
+    seq, current, continued = 0, [], False
 
-    def make(packets: list[Packet]) -> Chunk:
+    def make(packets: list[Packet], *, unfinished: bool) -> Chunk:
         nonlocal origin
         first = next((p.pts for p in packets if p.pts is not None), packets[0].dts or 0)
         origin = first if origin is None else origin
         return Chunk(stream_id, seq, ctx.name, extradata, time_base, origin, first,
-                     ctx.width, ctx.height, pack(packets))
+                     ctx.width, ctx.height, pack(packets), continued=continued,
+                     unfinished=unfinished)
 
     for av_packet in container.demux(stream):
         if av_packet.size == 0:
             continue        # the demuxer's flush packet
         packet = Packet(av_packet.pts, av_packet.dts, av_packet.duration or 0,
                         av_packet.is_keyframe, bytes(av_packet))
-        if not current and not packet.keyframe:
+        if not current and not packet.keyframe and not continued:
             continue
-        if packet.keyframe and current:
-            span = (packet.dts or 0) - (current[0].dts or 0)
-            if span * time_base >= min_chunk_s:
-                yield make(current)
+        if current:
+            span = ((packet.dts or 0) - (current[0].dts or 0)) * time_base
+            cut = packet.keyframe and (continued or span >= min_chunk_s)
+            if cut or (max_chunk_s is not None and not packet.keyframe and span >= max_chunk_s):
+                yield make(current, unfinished=not cut)
                 seq += 1
-                current = []
+                current, continued = [], not cut
         current.append(packet)
     if current:
-        yield make(current)
+        yield make(current, unfinished=False)

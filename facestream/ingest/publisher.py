@@ -143,7 +143,8 @@ def _source_chunks(spec: SourceSpec, settings: Settings, stream_id: str, report:
     try:
         while True:
             try:
-                for chunk in gop_chunks(container, stream_id=stream_id):
+                cut = settings.chunk_max_s if spec.live and settings.chunk_max_s > 0 else None
+                for chunk in gop_chunks(container, stream_id=stream_id, max_chunk_s=cut):
                     shift = round(offset_s / chunk.time_base) if offset_s else 0
                     chunk = replace(chunk, seq=chunk.seq + base_seq,
                                     origin_pts=chunk.origin_pts - shift, live=spec.live)

@@ -11,7 +11,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import av
 
@@ -459,20 +459,61 @@ class ChunkDecoder:
     the analysis rate, exactly as :class:`Decoder` does for a file: same decoder, same
     packets, so the same frames at the same media times.
 
-    Each chunk is decoded on its own and drained to the end (chunks start at keyframes), so
-    a chunk's frames are all out when :meth:`decode` returns and nothing is carried from one
-    chunk to the next but the sampler's position.  That is what lets a worker checkpoint a
-    stream between chunks and another worker resume it exactly.  Not thread-safe.
+    A chunk that starts a GOP gets a fresh decoder.  When it is complete, it is drained to
+    the end, so its frames are all out when :meth:`decode` returns and nothing is carried to
+    the next chunk but the sampler's position: that is what lets a worker checkpoint a
+    stream between chunks and another worker resume it exactly.  When it is ``unfinished``
+    (a live source sending its GOP as it comes), the decoder stays open (:attr:`mid_gop`)
+    and the ``continued`` chunks that follow feed it; the open decoder is never pickled, so
+    a stream is checkpointed only between GOPs.  Not thread-safe.
     """
 
     def __init__(self, stream_id: str, *, fps: float) -> None:
         self.stream_id = stream_id
         self.report = DecodeReport()
         self.sampler = FrameSampler(fps)
+        self._open: tuple[Any, Any] | None = None     # (codec context, its GOP's first chunk)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_open": None}
+
+    @property
+    def mid_gop(self) -> bool:
+        """True while a GOP is open: the next chunk of the stream should continue it."""
+        return self._open is not None
+
+    def abandon(self) -> None:
+        """Drop the open GOP (a chunk of it was lost): its frames still inside the decoder
+        are not picked, and continued chunks are refused until the next GOP starts."""
+        self._open = None
 
     def decode(self, chunk) -> list[DecodedFrame]:
         """Picked frames of ``chunk``, in presentation order (may be empty).  Raises
-        av.error.FFmpegError on undecodable data, InputError for an unknown codec."""
+        av.error.FFmpegError on undecodable data, InputError for an unknown codec,
+        ChunkError for a continued chunk with no GOP open."""
+        out: list[DecodedFrame] = []
+        if chunk.continued:
+            if self._open is None:
+                raise ChunkError(f"chunk {chunk.seq} continues a GOP this decoder never "
+                                 "started (its first chunk was lost or dropped)")
+            ctx, first = self._open
+        else:
+            out += self._drain()      # a GOP left open: its source restarted mid-GOP
+            ctx, first = self._context(chunk), chunk
+        self._open = None
+        for p in chunk.packets():
+            packet = av.Packet(p.data)
+            packet.pts, packet.dts, packet.duration = p.pts, p.dts, p.duration
+            packet.time_base = first.time_base
+            for frame in ctx.decode(packet):
+                out += self._pick(frame, first)
+        if chunk.unfinished:
+            self._open = (ctx, first)
+        else:
+            out += self._flush(ctx, first)
+        return out
+
+    def _context(self, chunk):
         try:
             ctx = av.CodecContext.create(chunk.codec, "r")
         except (av.error.FFmpegError, ValueError) as exc:
@@ -480,15 +521,19 @@ class ChunkDecoder:
                              f"({error_reason(exc)})") from None
         if chunk.extradata:
             ctx.extradata = chunk.extradata
+        return ctx
+
+    def _drain(self) -> list[DecodedFrame]:
+        if self._open is None:
+            return []
+        ctx, first = self._open
+        self._open = None
+        return self._flush(ctx, first)
+
+    def _flush(self, ctx, first) -> list[DecodedFrame]:
         out: list[DecodedFrame] = []
-        for p in chunk.packets():
-            packet = av.Packet(p.data)
-            packet.pts, packet.dts, packet.duration = p.pts, p.dts, p.duration
-            packet.time_base = chunk.time_base
-            for frame in ctx.decode(packet):
-                out += self._pick(frame, chunk)
         for frame in ctx.decode(None):
-            out += self._pick(frame, chunk)
+            out += self._pick(frame, first)
         return out
 
     def _pick(self, frame, chunk) -> list[DecodedFrame]:

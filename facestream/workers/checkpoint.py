@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 # 2: the stream's chunk order (facestream.workers.ordering) in its state;
-# 3: the pickled classes moved (facestream.types, facestream.vision) and their modules with them.
-VERSION = 3
+# 3: the pickled classes moved (facestream.types, facestream.vision) and their modules with them;
+# 4: streams carry their last checkpoint between GOPs (live sources' unfinished chunks).
+VERSION = 4
 _ALLOWED_PREFIXES = ("facestream.", "numpy", "collections", "fractions", "builtins", "copyreg",
                      "_codecs")
 

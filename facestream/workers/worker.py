@@ -67,7 +67,12 @@ _ENVIRONMENT = (SinkUnavailable, BrokerUnavailable, AssetError)
 
 @dataclass
 class _Stream:
-    """A stream this worker owns.  Pickled whole into its checkpoint."""
+    """A stream this worker owns.  Pickled whole into its checkpoint, but for ``clean``.
+
+    While its decoder is in the middle of a GOP (a live source's unfinished chunks), the
+    stream cannot be checkpointed as it is: ``clean`` is its last checkpoint taken between
+    GOPs (offset, blob; blob None if it has none yet), which is saved instead and which the
+    partition's commit does not pass, so a successor replays the GOP from its start."""
 
     decoder: ChunkDecoder
     state: StreamState
@@ -75,6 +80,10 @@ class _Stream:
     dropped: int = 0                     # live chunks dropped because the worker was late
     ended_before: bool = False           # the stream had ended: only chunk 0 restarts it
     order: ChunkOrder = field(default_factory=ChunkOrder)
+    clean: tuple[int, bytes | None] | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "clean": None}
 
 
 @dataclass
@@ -471,6 +480,8 @@ class Worker:
         if record.offset < stream.next_offset:
             self.report.skipped += 1           # already in the checkpoint's state
             return None
+        if stream.clean is None:              # no checkpoint yet: a successor starts here
+            stream.clean = (record.offset, None)
         stream.next_offset = record.offset + 1
         acc.touched[message.stream_id] = tp
         if isinstance(message, EndOfStream):
@@ -493,6 +504,10 @@ class Worker:
         if chunk.live and self._behind(record):
             self._drop(stream, chunk, acc)
             return None
+        if chunk.continued and not stream.decoder.mid_gop:
+            # The GOP's first chunk was dropped, lost or never decoded: nothing to continue.
+            self._drop(stream, chunk, acc)
+            return None
         return _InFlight(stream, chunk, record, self._face_stage.submit(stream.decoder, chunk),
                          acc)
 
@@ -508,6 +523,7 @@ class Worker:
         elif verdict.kind == "restart":
             self._restart(stream, acc)
         elif verdict.kind == "gap":
+            stream.decoder.abandon()      # a GOP open across the gap is missing packets
             acc.before.append(self._error_event(chunk.stream_id, verdict.message,
                                                 seq=record.offset,
                                                 time_s=stream.state.last_time_s))
@@ -586,6 +602,7 @@ class Worker:
         except ChunkError:
             stamps = []                # never decoded: its framing does not matter
         seconds = float((max(stamps) - chunk.first_pts) * chunk.time_base) if stamps else 0.0
+        stream.decoder.abandon()          # the rest of its GOP cannot be decoded without it
         stream.dropped += 1
         self.report.dropped_chunks += 1
         self.metrics.dropped_chunks.inc()
@@ -628,10 +645,18 @@ class Worker:
         saves: dict[str, tuple[bytes, int | None]] = {}
         for stream_id in acc.touched:
             stream = self._streams.get(stream_id)
-            if stream is not None:
-                blob = checkpoint.dumps(checkpoint.Checkpoint(
-                    checkpoint.VERSION, stream_id, self._resume_offset(stream), stream))
-                saves[self._checkpoint_key(stream_id)] = (blob, None)
+            if stream is None:
+                continue
+            if stream.decoder.mid_gop:
+                # Not a place to resume from: the last one between GOPs stands.
+                if stream.clean is not None and stream.clean[1] is not None:
+                    saves[self._checkpoint_key(stream_id)] = (stream.clean[1], None)
+                continue
+            offset = self._resume_offset(stream)
+            blob = checkpoint.dumps(checkpoint.Checkpoint(checkpoint.VERSION, stream_id,
+                                                          offset, stream))
+            stream.clean = (offset, blob)
+            saves[self._checkpoint_key(stream_id)] = (blob, None)
         for stream_id, offset in acc.ended.items():
             # An ended stream keeps a marker for a while, so a worker that replays the
             # messages before its end (after a crash) does not analyse them again.
@@ -648,7 +673,8 @@ class Worker:
 
     def _commit(self) -> None:
         """Commit each partition up to the messages processed, but not past the first part
-        of a chunk still being put together (it is in no checkpoint's state yet)."""
+        of a chunk still being put together (it is in no checkpoint's state yet), nor past
+        the start of a GOP still open (its stream's checkpoint is from before it)."""
         from kafka import OffsetAndMetadata
 
         positions = {}
@@ -657,6 +683,10 @@ class Worker:
                 continue
             waiting = [record.offset for stream_id, owner in self._owner.items() if owner == tp
                        for record in self._assembler.tokens(stream_id)]
+            waiting += [self._streams[stream_id].clean[0]
+                        for stream_id, owner in self._owner.items() if owner == tp
+                        and self._streams[stream_id].decoder.mid_gop
+                        and self._streams[stream_id].clean is not None]
             positions[tp] = OffsetAndMetadata(min([self._consumed[tp], *waiting]), "", -1)
         if not positions:
             return
@@ -690,6 +720,8 @@ class Worker:
                                  StreamState(stream_id, self.settings))
             if restored is not None:
                 stream.next_offset = restored.offset
+            stream.clean = ((restored.offset, saved) if restored is not None
+                            and restored.stream is not None else None)
             stream.ended_before = stream_id in self._ended or (
                 restored is not None and restored.stream is None)
             self._streams[stream_id] = stream
@@ -699,7 +731,9 @@ class Worker:
         return stream
 
     def _end(self, stream: _Stream, acc: _Batch) -> None:
-        """The publisher ended the stream: close every track."""
+        """The publisher ended the stream: close every track.  (A GOP left open, its
+        source gone mid-GOP, ends with what was decoded of it.)"""
+        stream.decoder.abandon()
         closed, ended = stream.state.finish()
         acc.windows += [(stream.state, w) for w in closed]
         acc.after += ended
