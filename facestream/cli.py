@@ -85,6 +85,9 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--annotate", action="store_true",
                    help="also write DIR/annotated.mp4 (annotated.jpg for an image): boxes, "
                         "track ids, expression, gender and age")
+    a.add_argument("--report", action="store_true",
+                   help="also write DIR/report.html: one self-contained page with each face's "
+                        "thumbnail, expression timeline, age, gender and descriptions")
     a.add_argument("--no-describe", dest="describe", action="store_false", default=None,
                    help="skip the LLM descriptions")
     a.add_argument("--stream-id", help="stream id in events (default: from the source name)")
@@ -313,7 +316,7 @@ def _analyze(args: argparse.Namespace) -> int:
     progress = _Progress(spec.name)
     try:
         summary = analyze(spec, settings, out_dir=out_dir, stream_id=stream_id,
-                          annotate=args.annotate, progress=progress)
+                          annotate=args.annotate, report=args.report, progress=progress)
     finally:
         progress.done()
     for warning in summary.warnings:
@@ -335,6 +338,8 @@ def _analyze(args: argparse.Namespace) -> int:
     if summary.annotated_path:
         kind = "image" if spec.kind == "image" else "video"
         print(f"annotated {kind}: {summary.annotated_path}")
+    if summary.report_path:
+        print(f"report: {summary.report_path}")
     return 0
 
 

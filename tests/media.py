@@ -1,6 +1,6 @@
-"""Media for tests: a video remuxed into a live-stream container, and an HTTP camera that
-serves it as a live source would.  (Synthetic clips of faces moving along known paths are
-:mod:`facestream.scenes`.)"""
+"""Media for tests: a video remuxed into a live-stream container, an HTTP camera that
+serves it as a live source would, and a two-person clip built from a group photo.
+(Synthetic clips of faces moving along known paths are :mod:`facestream.scenes`.)"""
 
 from __future__ import annotations
 
@@ -9,6 +9,11 @@ import threading
 from pathlib import Path
 
 import av
+
+from facestream.scenes import face_patch, load_rgb, moving_faces, write_clip
+
+# The two-person clip: the second person walks in at this media second.
+SECOND_FACE_AT_S = 1.5
 
 
 def remux_video(source: Path, target, *, container_format: str) -> None:
@@ -64,3 +69,24 @@ class HttpCamera:
     def close(self):
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def two_people_clip(group_photo: Path, faces, target: Path, *, seconds: float = 4.0) -> Path:
+    """A 640x360, 25 fps H.264 clip of two faces cut from ``group_photo`` (its first and
+    fourth face as ``faces`` (a :class:`~facestream.vision.faces.FaceAnalyzer`) finds them):
+    the first sways on the left for the whole clip, the second stands on the right from
+    :data:`SECOND_FACE_AT_S` on."""
+    photo = load_rgb(group_photo)
+    found = faces(photo)
+    patches = [face_patch(photo, tuple(int(v) for v in found.boxes[i]), size)
+               for i, size in ((0, 120), (3, 140))]
+
+    def left(t: float) -> tuple[float, float]:
+        return 170 + 40 * (t / seconds), 180.0
+
+    def right(t: float) -> tuple[float, float]:
+        return (470.0, 170.0) if t >= SECOND_FACE_AT_S else (-1000.0, -1000.0)
+
+    frames, _ = moving_faces(patches, [left, right], width=640, height=360, seconds=seconds,
+                             fps=25)
+    return write_clip(target, frames, fps=25)

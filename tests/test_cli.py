@@ -3,6 +3,7 @@ The distributed commands' first contact with a broker that is not there ends the
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
@@ -258,27 +259,45 @@ def test_an_annotated_photo_is_a_labelled_image(sample, tmp_path):
     assert filled >= 0.9, f"label {label!r} not drawn full width ({filled:.2f})"
 
 
+def test_report_is_written_beside_the_events(sample, tmp_path):
+    """``--report`` adds ``report.html`` beside events.jsonl, one page with no outside
+    reference, and the summary names it."""
+    out = tmp_path / "out"
+    proc = run_cli("analyze", str(sample("single_face.jpg")), "--out", str(out), "--report",
+                   "--no-describe", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["events.jsonl", "report.html"]
+    assert f"report: {out / 'report.html'}" in proc.stdout
+    page = (out / "report.html").read_text()
+    [track] = {ev["data"]["track_id"] for ev in read_events(out / "events.jsonl")
+               if ev["type"] == events.FACE_ANALYSIS}
+    assert f'<section class="track" id="track-{track}" data-track="{track}">' in page
+    assert 'src="data:image/jpeg;base64,' in page
+    assert not re.search(r"""(src|href)=["']?(https?:|//)""", page)
+
+
 def test_a_failed_rerun_leaves_the_output_folder_as_it_was(sample, tmp_path):
     """A rerun into an earlier run's folder that fails before analysing anything (the source
-    is unusable; the model files are missing) leaves that run's outputs as they were, and a
-    failed run leaves no empty folder behind."""
+    is unusable; the model files are missing) leaves that run's outputs as they were (its
+    report included), and a failed run leaves no empty folder behind."""
     out = tmp_path / "out"
     out.mkdir()
     (out / "events.jsonl").write_text('{"from": "the earlier run"}\n')
     (out / "annotated.mp4").write_bytes(b"the earlier run's video")
+    (out / "report.html").write_text("<p>the earlier run's report</p>\n")
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"this is not a photo\n" * 100)
     runs = [(bad, {}), (sample("single_face.jpg"),
                         {"FACESTREAM_CACHE_DIR": str(tmp_path / "empty-cache")})]
     for source, env in runs:
-        proc = run_cli("analyze", str(source), "--out", str(out), "--annotate", "--no-describe",
-                       env=env, timeout=120)
+        proc = run_cli("analyze", str(source), "--out", str(out), "--annotate", "--report",
+                       "--no-describe", env=env, timeout=120)
         assert proc.returncode == 2, (source, proc.stderr)
         assert {p.name: p.read_bytes() for p in out.iterdir()} == before, source
     fresh = tmp_path / "fresh"
-    proc = run_cli("analyze", str(bad), "--out", str(fresh / "run"), "--no-describe",
-                   timeout=120)
+    proc = run_cli("analyze", str(bad), "--out", str(fresh / "run"), "--report",
+                   "--no-describe", timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert not fresh.exists()
 

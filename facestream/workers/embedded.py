@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from facestream import events
+from facestream import __version__, events
 from facestream.config import Settings
 from facestream.errors import SourceDropped
 from facestream.ingest.sources import SourceSpec
 from facestream.retry import Backoff
 from facestream.sinks.annotate import Annotator, label_text, write_image
 from facestream.sinks.jsonl import JsonlSink
+from facestream.sinks.report import ReportSink, RunInfo
 from facestream.types import DecodedFrame
 from facestream.vision.decode import Decoder, StreamInfo
 from facestream.workers.compose import Models
@@ -35,6 +36,7 @@ class Summary:
     events_path: Path
     annotated_path: Path | None
     info: StreamInfo
+    report_path: Path | None = None
     media_s: float = 0.0
     wall_s: float = 0.0
     frames: int = 0
@@ -87,16 +89,18 @@ def _prefetch(frames: Iterator[DecodedFrame], depth: int = 4) -> Iterator[Decode
 
 
 def analyze(spec: SourceSpec, settings: Settings, *, out_dir: Path, stream_id: str | None = None,
-            annotate: bool = False, models: Models | None = None,
+            annotate: bool = False, report: bool = False, models: Models | None = None,
             progress: Callable[[float, float | None, int], None] | None = None) -> Summary:
     """Analyse ``spec`` into ``out_dir/events.jsonl`` (and with ``annotate``,
-    ``annotated.mp4``, or ``annotated.jpg`` for a photo).
+    ``annotated.mp4``, or ``annotated.jpg`` for a photo; with ``report``, ``report.html``).
 
     Raises InputError when the source cannot be used at all; damage skipped in the middle of
     a file, a damaged tail or a live source that drops after delivering frames is a warning
     in the summary and an error event.  The output files are opened when the first frame
     has been decoded, so a run that fails before (an unusable source, missing model files)
     leaves ``out_dir`` as it was, an earlier run's outputs included, and creates no folder.
+    The report is written only when the run succeeds (in one rename): a run that fails at
+    any point leaves an earlier ``report.html`` as it was.
     """
     stream_id = stream_id or spec.name
     started = time.monotonic()
@@ -122,17 +126,21 @@ def analyze(spec: SourceSpec, settings: Settings, *, out_dir: Path, stream_id: s
         else None
     sink: JsonlSink | None = None
     annotator = None
+    reporter = ReportSink(out_dir / "report.html") if report else None
 
-    def outputs(frame: DecodedFrame | None) -> JsonlSink:
-        """The events file (and the annotated video), opened on first use: truncating an
-        earlier run's files waits until this run has a frame to show for it."""
+    def emit(frame: DecodedFrame | None, batch: list[dict[str, Any]]) -> None:
+        """``batch`` to the events file (and the report).  The file (and the annotated
+        video) is opened on first use: truncating an earlier run's files waits until this
+        run has a frame to show for it."""
         nonlocal sink, annotator
         if sink is None:
             sink = JsonlSink(out_dir / "events.jsonl")
             if annotated_path is not None and not photo and frame is not None:
                 height, width = frame.image.shape[:2]
                 annotator = Annotator(annotated_path, width=width, height=height)
-        return sink
+        sink.write(batch)
+        if reporter is not None:
+            reporter.write(batch)
 
     try:
         owned = models is None
@@ -152,19 +160,23 @@ def analyze(spec: SourceSpec, settings: Settings, *, out_dir: Path, stream_id: s
                 faces = models.faces(frame.image)
                 started_ev, windows, ended_ev = state.observe(frame, faces)
                 analysis = models.analyzer.analyze([(state, w) for w in windows])
-                outputs(frame).write(error_events + started_ev + analysis + ended_ev
-                                     + models.analyzer.completed())
+                emit(frame, error_events + started_ev + analysis + ended_ev
+                     + models.analyzer.completed())
                 error_events.clear()
                 _count_labels(labels, analysis)
                 _caption(captions, analysis)
                 summary.frames += 1
                 summary.windows += len(windows)
+                visible = (_overlay(state, captions) if reporter is not None
+                           or annotated_path is not None else None)
+                if reporter is not None:
+                    reporter.frame(frame.image, visible)
                 if annotator is not None:
-                    annotator.write(frame.image, frame.time_s, _overlay(state, captions))
+                    annotator.write(frame.image, frame.time_s, visible)
                 elif annotated_path is not None and photo:
                     # A photo's one window is analysed when the tracks close, below: its
                     # labels are drawn then.
-                    still = (frame.image, _overlay(state, captions))
+                    still = (frame.image, visible)
                 if progress is not None:
                     progress(frame.time_s, decoder.info.duration_s, summary.frames)
         except SourceDropped as exc:
@@ -179,8 +191,7 @@ def analyze(spec: SourceSpec, settings: Settings, *, out_dir: Path, stream_id: s
         windows, ended_ev = state.finish()
         analysis = models.analyzer.analyze([(state, w) for w in windows])
         # The last descriptions before the tracks' ends: the file closes with them.
-        outputs(None).write(error_events + analysis + models.analyzer.completed(wait=True)
-                            + ended_ev)
+        emit(None, error_events + analysis + models.analyzer.completed(wait=True) + ended_ev)
         _count_labels(labels, analysis)
         _caption(captions, analysis)
         summary.windows += len(windows)
@@ -204,6 +215,15 @@ def analyze(spec: SourceSpec, settings: Settings, *, out_dir: Path, stream_id: s
     summary.llm_calls = models.analyzer.llm_calls - llm_calls_before
     summary.tracks = {tid: counts.most_common(1)[0][0]
                       for tid, counts in sorted(labels.items(), key=lambda kv: int(kv[0][1:]))}
+    if reporter is not None:
+        info = decoder.info
+        summary.report_path = reporter.finish(RunInfo(
+            source=spec.text, photo=photo, width=info.width, height=info.height,
+            codec=info.codec, duration_s=None if photo else info.duration_s,
+            analysed_s=summary.media_s, source_fps=info.average_fps,
+            analysis_fps=settings.fps, window_s=settings.window_s, frames=summary.frames,
+            windows=summary.windows, events=summary.events, profile=settings.profile,
+            describe=settings.describe, version=__version__))
     return summary
 
 
