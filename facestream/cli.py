@@ -173,6 +173,16 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--video-tower", type=Path, help="facellava: LanguageBind video tower dir")
     ex.add_argument("--force", action="store_true", help="rebuild even when cached")
 
+    fl = sub.add_parser("facellava", help="Face-LLaVA checkpoint tools")
+    flsub = fl.add_subparsers(dest="facellava_command", required=True)
+    chk = flsub.add_parser(
+        "check", help="inspect a downloaded checkpoint and its towers without loading them",
+        description="One line per problem, each with its fix; exit 0 when the checkpoint "
+                    "would load, 2 when not.  Reads only file headers and small JSON files.")
+    chk.add_argument("checkpoint", type=Path, help="the released Face-LLaVA checkpoint directory")
+    chk.add_argument("--image-tower", type=Path, help="local LanguageBind_Image directory")
+    chk.add_argument("--video-tower", type=Path, help="local LanguageBind_Video_merge directory")
+
     llm = sub.add_parser("llm", help="the LLM tier on its own")
     llmsub = llm.add_subparsers(dest="llm_command", required=True)
     serve = llmsub.add_parser(
@@ -223,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
             return _encoder(args)
         if args.command == "llm":
             return _llm_serve(args)
+        if args.command == "facellava":
+            return _facellava_check(args)
         return 2
     except FacestreamError as exc:
         print(f"facestream: error: {exc}", file=sys.stderr)
@@ -493,6 +505,21 @@ def _streams(args: argparse.Namespace) -> int:
             except SpecError as exc:
                 print(f"{stream_id}\tINVALID: {exc}")
     return 0
+
+
+def _facellava_check(args: argparse.Namespace) -> int:
+    """``facestream facellava check``: the doctor's report, problems first; 0 healthy, 2 not."""
+    from facestream.encoder.facellava.doctor import check_checkpoint
+
+    report = check_checkpoint(args.checkpoint, image_tower=args.image_tower,
+                              video_tower=args.video_tower)
+    for line in report.problems:
+        print(f"problem: {line}")
+    for line in report.notes:
+        print(f"ok: {line}")
+    print(f"{args.checkpoint}: " + ("loads as Face-LLaVA" if report.ok
+                                    else f"{len(report.problems)} problem(s)"))
+    return 0 if report.ok else 2
 
 
 def _encoder(args: argparse.Namespace) -> int:

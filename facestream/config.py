@@ -295,8 +295,21 @@ class Settings:
     facellava_tasks: str = field(default="expression", metadata=_doc(
         "Questions asked of each described window, comma-separated: expression, "
         "action_units, attributes, age, deepfake (one generation each)."))
-    facellava_max_new_tokens: int = field(default=64, metadata=_doc(
-        "Longest Face-LLaVA answer, in tokens.", ge=4, le=1024))
+    facellava_max_new_tokens: int = field(default=256, metadata=_doc(
+        "Longest Face-LLaVA answer, in tokens; generation stops earlier at end-of-sequence "
+        "(the reasoning answers run to about 100-200 tokens; the reference script allows "
+        "1024).  Prompt + answer must fit llm_max_seq_len.", ge=4, le=1024))
+    facellava_landmarks: bool = field(default=True, metadata=_doc(
+        "Face-LLaVA mode.  true: each frame's 68 landmarks go through the landmark projector "
+        "and face-region cross-attention (the paper's model, as trained and evaluated); "
+        "false: the projector alone, as the released inference script runs (no landmarks). "
+        "false needs facellava_vision_backend=torch."))
+    facellava_temperature: float = field(default=0.0, metadata=_doc(
+        "Sampling temperature of Face-LLaVA's answers; 0 decodes greedily (deterministic, "
+        "the default); the released inference script samples at 0.1.", ge=0.0, le=2.0))
+    facellava_top_p: float = field(default=1.0, metadata=_doc(
+        "Nucleus sampling: with temperature > 0, draw only from the most likely tokens whose "
+        "probabilities add up to this (1 = all tokens).", ge=0.01, le=1.0))
     facellava_vision_backend: str = field(default="torch", metadata=_doc(
         "Runtime of the Face-LLaVA vision path (exports are cached under cache_dir/engines).",
         choices=("torch", "onnxruntime", "tensorrt")))
@@ -394,6 +407,10 @@ class Settings:
         if unknown or not self.facellava_task_list:
             raise ConfigError(f"setting facellava_tasks={self.facellava_tasks!r}: expected a "
                               f"comma-separated subset of {', '.join(TASKS)}")
+        if not self.facellava_landmarks and self.facellava_vision_backend != "torch":
+            raise ConfigError("setting facellava_landmarks=false runs the projector alone, "
+                              "which only facellava_vision_backend=torch does; set it to torch "
+                              "(exports carry the landmark path)")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ConfigError(f"setting device={self.device!r}: expected cpu, cuda or cuda:N")
         if self.window_s < 1.0 / self.fps:

@@ -21,7 +21,24 @@ def test_settings_defaults_env_and_overrides():
     assert s.fps == 5.0 and s.describe is False
 
 
+def test_facellava_generation_defaults():
+    """The paper's mode, greedy, room for the reasoning answers (the prompt + answer still
+    fit the default llm_max_seq_len: 2,056 visual tokens + about 70 of text + 256)."""
+    s = Settings.load(environ={})
+    assert s.facellava_landmarks is True
+    assert (s.facellava_temperature, s.facellava_top_p) == (0.0, 1.0)
+    assert s.facellava_max_new_tokens == 256
+    assert 2056 + 70 + s.facellava_max_new_tokens <= s.llm_max_seq_len
+    s = Settings.load(environ={"FACESTREAM_FACELLAVA_LANDMARKS": "false",
+                               "FACESTREAM_FACELLAVA_TEMPERATURE": "0.1"})
+    assert s.facellava_landmarks is False and s.facellava_temperature == 0.1
+
+
 @pytest.mark.parametrize("overrides, environ, message", [
+    ({"facellava_landmarks": False, "facellava_vision_backend": "onnxruntime"}, {},
+     "facellava_landmarks=false runs the projector alone"),
+    ({"facellava_top_p": 0}, {}, "facellava_top_p=0.0: must be >= 0.01"),
+    ({"facellava_temperature": -1}, {}, "facellava_temperature=-1.0: must be >= 0"),
     ({"fsp": 3}, {}, "unknown setting 'fsp'; did you mean 'fps'"),
     ({"fps": 0}, {}, "fps=0.0: must be >= 0.1"),
     ({"window_s": 0.2, "fps": 1}, {}, "shorter than one sampled frame"),

@@ -7,13 +7,16 @@ Key names, shapes and config fields are written out here by hand from the public
 ``scripts/finetune_facellava.sh`` the config fields and values), not generated from
 facestream's modules, so a loader that drifts from the released layout fails against them.
 
-The tokenizer is SmolLM2's (copied from facestream's model cache): the release ships
-Vicuna's LLaMA sentencepiece tokenizer, which is not available offline.  The vocabulary
-size is taken from it so embeddings and tokenizer agree.
+The tokenizer is either what the release ships, a LLaMA-style sentencepiece
+``tokenizer.model`` alone (``tokenizer="sentencepiece"``: a tiny BPE model trained here with
+LLaMA's trainer options, since Vicuna's own file is not available offline), or SmolLM2's fast
+``tokenizer.json`` (copied from facestream's model cache) for the transformers path.  The
+vocabulary size is taken from the tokenizer so embeddings and tokenizer agree.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from collections.abc import Callable
@@ -32,17 +35,69 @@ REGION_POINTS = (("face", 17), ("eyebrow1", 5), ("eyebrow2", 5), ("nose", 4), ("
                  ("eye1", 6), ("eye2", 6), ("lips", 12), ("teeth", 8))
 
 
+SENTENCEPIECE_VOCAB = 768
+# Text like what the tokenizer meets: the Vicuna prompt, the task questions, answers, and runs
+# of spaces (LLaMA's vocabulary holds whitespace-only pieces such as "▁▁").
+_CORPUS = (
+    "A chat between a curious human and an artificial intelligence assistant. The assistant "
+    "gives helpful, detailed, and polite answers to the human's questions.",
+    "USER: What emotion is shown in the video? ASSISTANT: The person's expression clearly "
+    "indicates fear. Her eyes are wide open and her eyebrows are raised.",
+    "How old do you think the person in the picture is, and what makes you think so? He "
+    "appears to be about 35 years old, judging by the wrinkles.",
+    "Is the video authentic, or is it a fake? The video is authentic; no signs of manipulation.",
+    "Which facial action units appear in this image? AU1, AU2, AU4, AU6 and AU12 are active.",
+    "Identify the visible features of the face in the image: smiling, young, wavy hair, male.",
+    "happiness sadness surprise disgust anger neutral contempt   the  a  an   of  to",
+)
+
+
 @lru_cache(maxsize=1)
-def tokenizer_vocab_size() -> int:
+def sentencepiece_model() -> bytes:
+    """A tiny LLaMA-style sentencepiece model (BPE, byte fallback, digits split, whitespace
+    kept as written, dummy prefix, ids unk 0 / bos 1 / eos 2, no pad), trained on ``_CORPUS``
+    in about a tenth of a second."""
+    import sentencepiece
+
+    out = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(_CORPUS * 20), model_writer=out, vocab_size=SENTENCEPIECE_VOCAB,
+        model_type="bpe", byte_fallback=True, split_digits=True,
+        allow_whitespace_only_pieces=True, remove_extra_whitespaces=False,
+        normalization_rule_name="identity", add_dummy_prefix=True, unk_id=0, bos_id=1,
+        eos_id=2, pad_id=-1, character_coverage=1.0, num_threads=1, minloglevel=2)
+    return out.getvalue()
+
+
+def tokenizer_vocab_size(tokenizer: str = "smollm") -> int:
+    """How many tokens the ``tokenizer`` kind holds (the config's ``vocab_size``)."""
+    if tokenizer == "sentencepiece":
+        return SENTENCEPIECE_VOCAB
+    return _smollm_vocab_size()
+
+
+@lru_cache(maxsize=1)
+def _smollm_vocab_size() -> int:
     from transformers import AutoTokenizer
 
     return len(AutoTokenizer.from_pretrained(str(SMOLLM_DIR), local_files_only=True))
 
 
+def write_tokenizer(path: Path, tokenizer: str) -> None:
+    """The ``tokenizer`` kind's files into ``path``: ``tokenizer.model`` alone
+    (sentencepiece) or SmolLM2's fast tokenizer files."""
+    if tokenizer == "sentencepiece":
+        (path / "tokenizer.model").write_bytes(sentencepiece_model())
+        return
+    for name in TOKENIZER_FILES:
+        if (SMOLLM_DIR / name).is_file():
+            shutil.copy(SMOLLM_DIR / name, path / name)
+
+
 def tiny_config(*, cross_attn_type: str = "simple", hidden: int = 64, mm_hidden: int = 32,
                 layers: int = 2, heads: int = 4, intermediate: int = 128,
                 use_landmark_tokens: bool = False, image_tower: str | None = None,
-                video_tower: str | None = None) -> dict:
+                video_tower: str | None = None, tokenizer: str = "smollm") -> dict:
     """A released-style config.json (field names and values of the Face-LLaVA 7B training
     run; sizes shrunk).  Towers default to the released hub ids."""
     return {
@@ -66,7 +121,7 @@ def tiny_config(*, cross_attn_type: str = "simple", hidden: int = 64, mm_hidden:
         "torch_dtype": "float32",
         "transformers_version": "4.31.0",
         "use_cache": True,
-        "vocab_size": tokenizer_vocab_size(),
+        "vocab_size": tokenizer_vocab_size(tokenizer),
         "mm_image_tower": image_tower or "LanguageBind/LanguageBind_Image",
         "mm_video_tower": video_tower or "LanguageBind/LanguageBind_Video_merge",
         **fusion_fields(cross_attn_type=cross_attn_type, hidden=hidden, mm_hidden=mm_hidden,
@@ -171,11 +226,12 @@ def write_tiny_checkpoint(path: Path, *, cross_attn_type: str = "simple",
                           fmt: str = "safetensors", shards: int = 1, hidden: int = 64,
                           mm_hidden: int = 32, layers: int = 2, use_landmark_tokens: bool = False,
                           towers: bool = True, tower_layers: int = 2, rotary_buffers: bool = False,
-                          seed: int = 0,
+                          seed: int = 0, tokenizer: str = "smollm",
                           edit_state: Callable[[dict[str, torch.Tensor]], None] | None = None,
                           edit_config: Callable[[dict], None] | None = None) -> Path:
     """Write a checkpoint directory at ``path`` (config.json, weights in ``fmt`` with
-    ``shards`` files, SmolLM2 tokenizer files) and, with ``towers``, tiny LanguageBind towers
+    ``shards`` files, the ``tokenizer`` kind's files: see ``write_tokenizer``) and, with
+    ``towers``, tiny LanguageBind towers
     under it whose absolute paths go into ``mm_image_tower`` / ``mm_video_tower``.
     ``edit_state`` / ``edit_config`` may change the tensors / config in place before they
     are written (to make broken checkpoints).  Returns ``path``."""
@@ -189,7 +245,7 @@ def write_tiny_checkpoint(path: Path, *, cross_attn_type: str = "simple",
                                      hidden=mm_hidden, layers=tower_layers, seed=seed + 2))
     config = tiny_config(cross_attn_type=cross_attn_type, hidden=hidden, mm_hidden=mm_hidden,
                          layers=layers, use_landmark_tokens=use_landmark_tokens,
-                         image_tower=image, video_tower=video)
+                         image_tower=image, video_tower=video, tokenizer=tokenizer)
     shapes = {**llm_shapes(config, rotary_buffers=rotary_buffers),
               **fusion_shapes(cross_attn_type=cross_attn_type, hidden=hidden, mm_hidden=mm_hidden)}
     state = random_state(shapes, seed=seed)
@@ -199,9 +255,7 @@ def write_tiny_checkpoint(path: Path, *, cross_attn_type: str = "simple",
         edit_config(config)
     (path / "config.json").write_text(json.dumps(config, indent=2))
     save_weights(path, state, fmt=fmt, shards=shards)
-    for name in TOKENIZER_FILES:
-        if (SMOLLM_DIR / name).is_file():
-            shutil.copy(SMOLLM_DIR / name, path / name)
+    write_tokenizer(path, tokenizer)
     return path
 
 

@@ -132,7 +132,8 @@ class Engine(SlotEngine):
         """Sample one token per slot (logits: [len(slots), V]) and accept them."""
         running = [self._slots[b] for b in slots]
         chosen = sample(logits, [r.queued.request.temperature for r in running],
-                        [r.state for r in running]).tolist()        # the step's host sync
+                        [r.state for r in running],
+                        top_ps=[r.queued.request.top_p for r in running]).tolist()  # host sync
         return self._accept(slots, chosen)
 
 
@@ -150,13 +151,28 @@ def _eos_ids(model, tokenizer) -> frozenset[int]:
 # ---- token choice and text ------------------------------------------------------------
 
 def sample(logits: torch.Tensor, temperatures: list[float],
-           generators: list[torch.Generator | None]) -> torch.Tensor:
+           generators: list[torch.Generator | None], *,
+           top_ps: list[float] | None = None) -> torch.Tensor:
     """One token per row, on the logits' device (no host sync).
 
-    logits: [B, V]; temperatures, generators: B entries (0 / None = greedy) -> [B] long"""
+    logits: [B, V]; temperatures, generators: B entries (0 / None = greedy); top_ps: B
+    nucleus thresholds (None: all 1, every token) -> [B] long"""
     tokens = logits.argmax(dim=-1)                                  # [B]
     for row, (temperature, generator) in enumerate(zip(temperatures, generators)):
         if temperature > 0:
             probs = torch.softmax(logits[row].float() / temperature, dim=-1)   # [V]
+            top_p = 1.0 if top_ps is None else top_ps[row]
+            if top_p < 1:
+                probs = nucleus(probs, top_p)
             tokens[row] = torch.multinomial(probs, 1, generator=generator)[0]
     return tokens
+
+
+def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """``probs`` [V] with every token outside the nucleus zeroed: the most likely tokens,
+    in order, up to and including the one whose cumulative probability reaches ``top_p``
+    (the top token always stays).  Not renormalised (``multinomial`` does not need it)."""
+    ordered, order = probs.sort(descending=True)                    # [V], [V]
+    before = ordered.cumsum(0) - ordered                            # mass of the better ones
+    ordered[before >= top_p] = 0
+    return torch.zeros_like(probs).scatter(0, order, ordered)

@@ -3,14 +3,18 @@
 Per call, over windows of any number of tracks and streams:
 
 1. **vision** — each window's frames go through the checkpoint's vision path (tower ->
-   projector -> face-region landmark cross-attention) with their landmarks, all windows in one
-   batch per tower: video tasks see 8 frames sampled uniformly from the window (the reference's
-   ``linspace`` sampling; a window with fewer samples repeats some), image tasks the window's
-   middle frame.  Crops and landmarks are the ones the face stage cut for this profile
-   (``FaceChips.square`` / ``square_landmarks``: 256² crops, landmarks / 256).
+   projector -> face-region landmark cross-attention) with their landmarks, or through the
+   projector alone with ``landmarks=False`` (the released inference script's mode), all
+   windows in one batch per tower: video tasks see 8 frames sampled uniformly from the
+   window (the reference's ``linspace`` sampling; a window with fewer samples repeats some),
+   image tasks the window's middle frame.  Crops and landmarks are the ones the face stage
+   cut for this profile (``FaceChips.square`` / ``square_landmarks``: 256² crops,
+   landmarks / 256).
 2. **language** — one generation request per (window, task), every request of the call
    submitted together, so the engine batches faces of all streams in its running batch.
-   Greedy, ending at the Vicuna separator ``</s>``.
+   Greedy by default (``temperature`` 0; the released script samples at 0.1 with
+   ``top_p`` 1), ending at end-of-sequence or the Vicuna separator ``</s>``, at most
+   ``max_new_tokens``.
 3. **parsing** — each answer becomes event fields (``facestream.llm.parsers``); the raw texts
    are kept.
 
@@ -73,11 +77,14 @@ class FaceLlavaAnswerer:
     ``vision`` maps "video" / "image" to a callable ``(pixels, landmarks) -> tokens`` (a
     ``VisionPath`` or an exported backend wrapped by :func:`backend_vision`), ``engine`` is a
     :class:`~facestream.llm.requests.GenerationBackend` (only its ``generate`` is used) over
-    the checkpoint's LLM and tokenizer."""
+    the checkpoint's LLM and tokenizer.  ``landmarks=False`` calls the vision with None for
+    the landmarks (the projector alone; ``tokens_per_frame`` must count without the landmark
+    token); ``temperature`` and ``top_p`` go into every request."""
 
     def __init__(self, *, vision: Mapping[str, Any], tokens_per_frame: Mapping[str, int],
                  engine: GenerationBackend, tokenizer, tasks: Sequence[str], max_new_tokens: int,
-                 components: Mapping[str, str], device: str | torch.device = "cpu") -> None:
+                 components: Mapping[str, str], device: str | torch.device = "cpu",
+                 landmarks: bool = True, temperature: float = 0.0, top_p: float = 1.0) -> None:
         unknown = [t for t in tasks if t not in TASKS]
         if not tasks or unknown:
             raise ConfigError(f"facellava_tasks {','.join(tasks)!r}: expected a comma-separated "
@@ -87,6 +94,9 @@ class FaceLlavaAnswerer:
         self._vision = dict(vision)
         self._engine = engine
         self._max_new_tokens = max_new_tokens
+        self._landmarks = landmarks
+        self._temperature = temperature
+        self._top_p = top_p
         self._device = torch.device(device)
         self._prompts: dict[str, tuple[int, ...]] = {}
         for task in self.tasks:
@@ -123,7 +133,8 @@ class FaceLlavaAnswerer:
                 requests.append(GenerationRequest(
                     request_id=f"{window.stream_id}/{window.track_id}/{window.start_s:.3f}/{task}",
                     prompt_ids=self._prompts[task], visual=tokens[kind][i],
-                    max_new_tokens=self._max_new_tokens, stop=(STOP,)))
+                    max_new_tokens=self._max_new_tokens, stop=(STOP,),
+                    temperature=self._temperature, top_p=self._top_p))
         results = self._engine.generate(requests)
         out: list[Answer | None] = []
         for k in range(0, len(results), len(self.tasks)):
@@ -137,7 +148,8 @@ class FaceLlavaAnswerer:
         return out
 
     def _encode(self, kind: str, windows: Sequence[FaceWindow]) -> torch.Tensor:
-        """Visual tokens of every window for one tower: [W, tokens, hidden]."""
+        """Visual tokens of every window for one tower: [W, tokens, hidden] (the landmarks
+        are passed only in the landmarks mode)."""
         pixels, landmarks = [], []
         for window in windows:
             samples = window.samples
@@ -154,15 +166,17 @@ class FaceLlavaAnswerer:
         batch_pixels = np.stack(pixels)        # video [W, 3, 8, 224, 224]; image [W, 3, 224, 224]
         batch_marks = np.stack(landmarks)      # [W, F, 136]
         with torch.inference_mode():
-            tokens = self._vision[kind](batch_pixels, batch_marks)                 # [W, N, hidden]
+            tokens = self._vision[kind](batch_pixels,                              # [W, N, hidden]
+                                        batch_marks if self._landmarks else None)
         return tokens.to(self._device)
 
 
 def torch_vision(path, *, device: str | torch.device, dtype: torch.dtype):
-    """A ``VisionPath`` as ``(pixels, landmarks) numpy -> tokens`` on ``device``."""
-    def run(pixels: np.ndarray, landmarks: np.ndarray) -> torch.Tensor:
+    """A ``VisionPath`` as ``(pixels, landmarks or None) numpy -> tokens`` on ``device``
+    (None: the projector alone)."""
+    def run(pixels: np.ndarray, landmarks: np.ndarray | None) -> torch.Tensor:
         return path(torch.from_numpy(pixels).to(device, dtype),
-                    torch.from_numpy(landmarks).to(device, dtype))
+                    None if landmarks is None else torch.from_numpy(landmarks).to(device, dtype))
     return run
 
 
@@ -202,7 +216,8 @@ def load_stage(settings) -> FaceLlavaAnswerer:
     vision, per_frame = {}, {}
     for kind in kinds:
         path = model.vision_path(kind)
-        per_frame[kind] = path.tokens_per_frame
+        per_frame[kind] = path.fusion.tokens_per_frame(
+            path.tower.num_tokens, with_landmarks=settings.facellava_landmarks)
         if settings.facellava_vision_backend == "torch":
             vision[kind] = torch_vision(path, device=device, dtype=dtype)
         else:
@@ -229,9 +244,13 @@ def load_stage(settings) -> FaceLlavaAnswerer:
                          max_batch=settings.llm_max_batch, max_seq_len=settings.llm_max_seq_len,
                          queue_size=settings.llm_queue_size, timeout_s=settings.llm_timeout_s,
                          max_in_flight=settings.llm_max_in_flight)
-    components = {"face_llava": f"{model.path.name}/{model.fusion.config.cross_attn_type}",
+    mode = model.fusion.config.cross_attn_type if settings.facellava_landmarks else "projector"
+    components = {"face_llava": f"{model.path.name}/{mode}",
                   "vision_backend": settings.facellava_vision_backend}
     return FaceLlavaAnswerer(vision=vision, tokens_per_frame=per_frame, engine=engine,
                              tokenizer=model.tokenizer, tasks=tasks,
                              max_new_tokens=settings.facellava_max_new_tokens,
-                             components=components, device=device)
+                             components=components, device=device,
+                             landmarks=settings.facellava_landmarks,
+                             temperature=settings.facellava_temperature,
+                             top_p=settings.facellava_top_p)

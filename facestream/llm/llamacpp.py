@@ -209,7 +209,13 @@ class LlamaCppEngine(SlotEngine):
             if request.temperature > 0:
                 scaled = logits[row].astype(np.float64) / request.temperature
                 probs = np.exp(scaled - scaled.max())
-                chosen.append(int(rng.choice(self._n_vocab, p=probs / probs.sum())))
+                probs /= probs.sum()
+                if request.top_p < 1:         # the nucleus, as facestream.llm.engine.nucleus
+                    order = np.argsort(-probs, kind="stable")
+                    before = np.cumsum(probs[order]) - probs[order]
+                    probs[order[before >= request.top_p]] = 0
+                    probs /= probs.sum()
+                chosen.append(int(rng.choice(self._n_vocab, p=probs)))
             else:
                 chosen.append(int(logits[row].argmax()))
         return self._accept(slots, chosen)

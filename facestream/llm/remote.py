@@ -20,8 +20,9 @@ and its completion protocol):
   whole prompt.
 * a request without visual tokens is sent as ``prompt``: its token ids, so it costs a few
   bytes instead of ``seq_len x hidden`` numbers and the server can reuse its prefix cache.
-* ``max_tokens``, ``temperature``, ``seed``, ``stop``, ``ignore_eos`` carry the request's
-  fields; ``return_token_ids`` asks for the generated ids (``choices[0].token_ids``).
+* ``max_tokens``, ``temperature``, ``top_p`` (only when < 1), ``seed``, ``stop``,
+  ``ignore_eos`` carry the request's fields; ``return_token_ids`` asks for the generated
+  ids (``choices[0].token_ids``).
 * the answer's ``choices[0]`` has ``text`` (stop string excluded), ``finish_reason``
   ``"stop"`` or ``"length"`` and ``stop_reason`` (the stop string, or None at end of
   sequence); ``usage.prompt_tokens`` counts the prompt.
@@ -268,6 +269,8 @@ class RemoteEngine:
             "return_token_ids": True}
         if request.seed is not None:
             body["seed"] = request.seed
+        if request.top_p < 1:                 # 1, every token, is the servers' default
+            body["top_p"] = request.top_p
         if request.stop:
             body["stop"] = list(request.stop)
         if request.include_stop:

@@ -39,7 +39,9 @@ class GenerationRequest:
     embeddings ``[n_placeholders, hidden]``, spliced in order.  ``ignore_eos`` keeps
     generating past end-of-sequence tokens (benchmarks use it for equal work);
     ``include_stop`` keeps the stop string that ended the text in it (vLLM's
-    ``include_stop_str_in_output``: a sentence keeps its full stop)."""
+    ``include_stop_str_in_output``: a sentence keeps its full stop).  ``top_p`` < 1 samples
+    (with ``temperature`` > 0) from the smallest set of most likely tokens whose
+    probabilities reach ``top_p``; greedy decoding ignores it."""
 
     request_id: str
     prompt_ids: tuple[int, ...]
@@ -47,6 +49,7 @@ class GenerationRequest:
     max_new_tokens: int = 64
     stop: tuple[str, ...] = ()
     temperature: float = 0.0                # 0 = greedy
+    top_p: float = 1.0                      # 1 = every token
     seed: int | None = None
     urgent: bool = False
     ignore_eos: bool = False
@@ -62,6 +65,9 @@ class GenerationRequest:
         if not (self.temperature >= 0 and math.isfinite(self.temperature)):
             raise RequestError(f"request {self.request_id}: temperature={self.temperature}; "
                                "must be a finite number >= 0 (0 = greedy)")
+        if not 0 < self.top_p <= 1:
+            raise RequestError(f"request {self.request_id}: top_p={self.top_p}; must lie in "
+                               "(0, 1] (1 = every token)")
         if any(not s for s in self.stop):
             raise RequestError(f"request {self.request_id}: empty stop string; "
                                "stop strings must be non-empty")

@@ -6,11 +6,12 @@ It speaks the subset of vLLM's OpenAI-compatible server that
 * ``POST /v1/completions`` — ``prompt`` (text, token ids, or a list of either) and/or
   ``prompt_embeds`` (base64 of a ``torch.save``'d tensor ``[seq_len, hidden]``, or a list);
   prompts given as embeddings come first in ``choices``, as in vLLM.  ``max_tokens``
-  (default 16), ``temperature`` (default 1.0), ``seed``, ``stop``, ``ignore_eos``,
+  (default 16), ``temperature`` (default 1.0), ``top_p`` (default 1.0, nucleus sampling),
+  ``seed``, ``stop``, ``ignore_eos``,
   ``return_token_ids``.  Answers ``choices[i]`` with ``text``, ``finish_reason``
   (``"stop"`` | ``"length"``; ``"shed"`` when the engine's queue overflowed and dropped the
   request, facestream's own value), ``stop_reason`` and ``usage``.  Options that would change
-  the output and are not implemented (``n > 1``, ``stream``, ``top_p`` ...) are refused with
+  the output and are not implemented (``n > 1``, ``stream``, ``top_k`` ...) are refused with
   400; other unknown fields are ignored, as vLLM does.
 * ``GET /v1/models`` (the one served model) and ``GET /health``.
 
@@ -50,7 +51,7 @@ MAX_BODY_BYTES = 512 * 2 ** 20       # a Face-LLaVA video prompt in fp32 is ~47 
 _PLACEHOLDER = -1                    # the engine's image id; never a valid client token id
 # Options that change the output, with the values this server implements.
 _ONLY = {"n": (1,), "best_of": (None, 1), "stream": (False,), "echo": (False,),
-         "logprobs": (None,), "suffix": (None, ""), "top_p": (None, 1, 1.0),
+         "logprobs": (None,), "suffix": (None, ""),
          "top_k": (None, -1, 0), "min_p": (None, 0, 0.0), "presence_penalty": (None, 0, 0.0),
          "frequency_penalty": (None, 0, 0.0), "repetition_penalty": (None, 1, 1.0),
          "logit_bias": (None, {}), "stop_token_ids": (None, [])}
@@ -72,6 +73,7 @@ class CompletionCall:
     prompts: tuple[torch.Tensor | tuple[int, ...], ...]
     max_tokens: int
     temperature: float
+    top_p: float
     seed: int | None
     stop: tuple[str, ...]
     ignore_eos: bool
@@ -118,6 +120,7 @@ class CompletionCall:
         return cls(prompts=tuple(prompts),
                    max_tokens=_number(body, "max_tokens", int, 16, low=1),
                    temperature=_number(body, "temperature", float, 1.0, low=0),
+                   top_p=_number(body, "top_p", float, 1.0, low=1e-6, high=1.0),
                    seed=_number(body, "seed", int, None, low=-2 ** 63, high=2 ** 63 - 1),
                    stop=tuple(stop),
                    ignore_eos=_flag(body, "ignore_eos"),
@@ -229,7 +232,8 @@ class LLMServer:
             try:
                 futures.append(self.engine.submit(GenerationRequest(
                     f"{answer_id}-{i}", ids, visual=visual, max_new_tokens=call.max_tokens,
-                    stop=call.stop, temperature=call.temperature, seed=call.seed,
+                    stop=call.stop, temperature=call.temperature, top_p=call.top_p,
+                    seed=call.seed,
                     ignore_eos=call.ignore_eos, include_stop=call.include_stop)))
             except RequestError as exc:
                 raise _BadRequest(str(exc)) from None

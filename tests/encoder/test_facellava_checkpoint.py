@@ -12,6 +12,7 @@ import torch
 from facestream.encoder.facellava import checkpoint as checkpoint_module
 from facestream.encoder.facellava.checkpoint import (FUSION_PREFIXES, llama_config,
                                                      load_facellava)
+from facestream.encoder.facellava.tokenizer import SentencePieceTokenizer
 from facestream.errors import AssetError, ConfigError
 from tests.tiny_facellava import read_state, tiny_config, write_tiny_checkpoint
 
@@ -201,14 +202,14 @@ def _drop_shard(path):
     next(path.glob("model-00002-of-*.safetensors")).unlink()
 
 
-def _sentencepiece_only(path):
+def _broken_sentencepiece(path):
     (path / "tokenizer.json").unlink()
     (path / "tokenizer.model").write_bytes(b"not a sentencepiece model")
 
 
 @pytest.mark.parametrize("damage, message", [
     (_drop("config.json"), "has no config.json"),
-    (_sentencepiece_only, "add the fast tokenizer's tokenizer.json"),
+    (_broken_sentencepiece, "tokenizer.model is not a sentencepiece model"),
     (_drop("model.safetensors"), "has no weights"),
     (_set_model_type, "model_type 'clip'"),
     (_drop("tokenizer.json"), "tokenizer"),
@@ -219,6 +220,23 @@ def test_not_a_checkpoint(tmp_path, damage, message):
     with pytest.raises(AssetError, match=message) as err:
         load_facellava(path, dtype=torch.float32)
     assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_sentencepiece_only_checkpoint_loads_the_slow_tokenizer(tmp_path):
+    """The release may carry only tokenizer.model (the reference reads it with use_fast=False):
+    it loads through sentencepiece, and it wins over a tokenizer.json beside it."""
+    path = write_tiny_checkpoint(tmp_path / "ckpt", tokenizer="sentencepiece")
+    assert sorted(p.name for p in path.glob("tokenizer*")) == ["tokenizer.model"]
+    model = load_facellava(path, dtype=torch.float32)
+    assert isinstance(model.tokenizer, SentencePieceTokenizer)
+    assert len(model.tokenizer) == model.llm.config.vocab_size
+    ids = model.tokenizer("hello there").input_ids
+    assert ids[0] == model.llm.config.bos_token_id == 1
+    with torch.no_grad():
+        assert torch.isfinite(model.llm(torch.tensor([ids])).logits).all()
+    (path / "tokenizer.json").write_text("{}")                # unreadable as a fast tokenizer
+    again = load_facellava(path, dtype=torch.float32, load_llm=False)
+    assert again.tokenizer("hello there").input_ids == ids
 
 
 def test_missing_shard_is_named(tmp_path):
@@ -297,6 +315,54 @@ def test_nf4_quantizes_the_llm_linears(tiny):
     q_proj = model.llm.model.layers[0].self_attn.q_proj
     assert isinstance(q_proj, bnb.nn.Linear4bit)
     assert q_proj.weight.quant_state.quant_type == "nf4"
-    ids = model.tokenizer("hello", return_tensors="pt").input_ids.cuda()
+    ids = torch.tensor([model.tokenizer("hello").input_ids], device="cuda")
     with torch.no_grad():
         assert torch.isfinite(model.llm(ids).logits).all()
+
+
+# ---- tower feature selection from the checkpoint's config -----------------------------------
+
+def _select(**fields):
+    def edit(config):
+        for key, value in fields.items():
+            if value is None:
+                config.pop(key)
+            else:
+                config[key] = value
+    return edit
+
+
+def test_select_layer_and_feature_come_from_the_config(tmp_path):
+    """mm_vision_select_layer picks the hidden state (here: -1, the last of the 2 tiny
+    layers, against the default -2); "cls_patch" keeps the image tower's CLS row, which
+    "patch" drops; the video tower keeps CLS either way.  Missing fields: -2 and "patch"."""
+    pixels = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(3))
+    outputs = {}
+    for name, fields in (("released", {}),
+                         ("missing", {"mm_vision_select_layer": None,
+                                      "mm_vision_select_feature": None}),
+                         ("last", {"mm_vision_select_layer": -1}),
+                         ("cls", {"mm_vision_select_feature": "cls_patch"})):
+        path = write_tiny_checkpoint(tmp_path / name, edit_config=_select(**fields))
+        model = load_facellava(path, dtype=torch.float32, load_llm=False)
+        assert model.video_tower.num_tokens == 257
+        with torch.no_grad():
+            outputs[name] = model.image_tower(pixels)
+        assert model.image_tower.config.layers_run == (2 if name == "last" else 1)
+    assert outputs["released"].shape == (1, 256, 32)
+    torch.testing.assert_close(outputs["missing"], outputs["released"], rtol=0, atol=0)
+    assert not torch.allclose(outputs["last"], outputs["released"])
+    assert outputs["cls"].shape == (1, 257, 32)
+    torch.testing.assert_close(outputs["cls"][:, 1:], outputs["released"], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"mm_vision_select_layer": "penultimate"}, "mm_vision_select_layer 'penultimate'"),
+    ({"mm_vision_select_layer": -9}, "select_layer must lie in [-3, 2]"),
+    ({"mm_vision_select_feature": "cls"}, "mm_vision_select_feature 'cls'"),
+])
+def test_bad_select_fields_are_one_line(tmp_path, fields, message):
+    path = write_tiny_checkpoint(tmp_path / "ckpt", edit_config=_select(**fields))
+    with pytest.raises(AssetError) as err:
+        load_facellava(path, dtype=torch.float32, load_llm=False)
+    assert message in str(err.value) and "\n" not in str(err.value)

@@ -285,7 +285,12 @@ def test_simple_weights_do_not_load_as_masked():
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"cross_attn_type": None}, "lacks cross_attn_type"),
+    ({"cross_attn_type": None},
+     r"lacks cross_attn_type \(the reference would assume cross_attn_type='simple'\)"),
+    ({"mm_projector_type": None, "landmarks_projector_type": None},
+     r"lacks mm_projector_type, landmarks_projector_type \(the reference would assume "
+     r"mm_projector_type='linear', landmarks_projector_type='linear'\)"),
+    ({"global_landmarks_projector_type": None}, "global_landmarks_projector_type='linear'"),
     ({"mm_hidden_size": None}, "lacks mm_hidden_size"),
     ({"cross_attn_type": "gated"}, "cross_attn_type='gated'"),
     ({"mm_projector_type": "naive_face_mask_adapter"}, "mm_projector_type"),

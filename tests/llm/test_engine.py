@@ -13,7 +13,7 @@ import threading
 import pytest
 import torch
 
-from facestream.llm.engine import Engine
+from facestream.llm.engine import Engine, nucleus, sample
 from facestream.llm.requests import GenerationRequest, GenerationResult, QueueFull, RequestError
 from tests.helpers import REPO
 
@@ -193,6 +193,8 @@ def test_bad_requests_are_refused_at_submit(small_engine, ids, visual_shape, max
     ({"prompt_ids": ()}, "prompt_ids is empty"),
     ({"max_new_tokens": 0}, "max_new_tokens=0"),
     ({"temperature": -1.0}, "temperature=-1.0"),
+    ({"top_p": 0.0}, r"top_p=0.0; must lie in \(0, 1\]"),
+    ({"top_p": 1.5}, "top_p=1.5"),
     ({"stop": ("",)}, "empty stop string"),
     ({"visual": torch.zeros(576)}, r"visual has shape \(576,\)"),
     ({"seed": 2 ** 64}, r"seed=18446744073709551616"),
@@ -370,3 +372,23 @@ def test_random_llama_greedy_equals_hf_generate(device, dtype):
         engine.step()
     got = [f.result().token_ids for f in first + rest]
     assert got == expected
+
+
+def test_nucleus_keeps_the_smallest_set_reaching_top_p():
+    """Sorted probabilities .5, .3, .15, .05: top_p .5 keeps the first, .6 the first two,
+    .8 still two (.5 + .3 reaches it), .81 three; the top token always stays."""
+    probs = torch.tensor([0.15, 0.5, 0.05, 0.3])
+    kept = {p: (nucleus(probs.clone(), p) > 0).nonzero().flatten().tolist()
+            for p in (0.01, 0.5, 0.6, 0.8, 0.81, 1.0)}
+    assert kept == {0.01: [1], 0.5: [1], 0.6: [1, 3], 0.8: [1, 3], 0.81: [0, 1, 3],
+                    1.0: [0, 1, 2, 3]}
+
+
+def test_sampling_with_top_p_draws_only_from_the_nucleus():
+    logits = torch.log(torch.tensor([[0.15, 0.5, 0.05, 0.3]])).repeat(400, 1)
+    generators = [torch.Generator().manual_seed(i) for i in range(400)]
+    drawn = sample(logits, [1.0] * 400, generators, top_ps=[0.6] * 400).tolist()
+    assert set(drawn) == {1, 3}
+    everything = sample(logits, [1.0] * 400, generators).tolist()
+    assert set(everything) == {0, 1, 2, 3}
+    assert sample(logits[:1], [0.0], [None], top_ps=[0.01]).tolist() == [1]   # greedy

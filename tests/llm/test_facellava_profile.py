@@ -1,6 +1,7 @@
 """The facellava profile end to end, on a tiny random Face-LLaVA of the exact architecture
-written in the released checkpoint layout (the 7B checkpoint cannot be fetched here), over
-real video: worker stages -> vision path with landmarks -> engine -> parsers -> events."""
+written in the released checkpoint layout (the 7B checkpoint cannot be fetched here) with only
+a sentencepiece tokenizer.model, as the release ships, over real video: worker stages ->
+vision path with or without landmarks -> engine -> parsers -> events."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ NEW_TOKENS = 6
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     return write_tiny_checkpoint(tmp_path_factory.mktemp("facellava") / "tiny-facellava",
-                                 cross_attn_type="masked")
+                                 cross_attn_type="masked", tokenizer="sentencepiece")
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +80,10 @@ def reference_pixels(crops: np.ndarray, kind: str) -> torch.Tensor:
     return (x - CLIP_MEAN) / CLIP_STD                                    # [F, 3, 224, 224]
 
 
-def reference_visual(model, crops: np.ndarray, marks: np.ndarray, kind: str) -> torch.Tensor:
-    """Tower -> fusion with the frames' landmarks; frame t's tokens are rows t * P ..
+def reference_visual(model, crops: np.ndarray, marks: np.ndarray | None,
+                     kind: str) -> torch.Tensor:
+    """Tower -> fusion with the frames' landmarks (None: the projector alone, the released
+    inference script's mode); frame t's tokens are rows t * P ..
     (t + 1) * P.  The tower and fusion modules have their own reference tests
     (test_facellava_towers, test_facellava_fusion); the order and shapes here are written
     from the public code, not taken from facestream's VisionPath."""
@@ -90,7 +93,8 @@ def reference_visual(model, crops: np.ndarray, marks: np.ndarray, kind: str) -> 
     else:
         features = model.image_tower(pixels)[:, None]                    # [1, 1, 256, C]
     assert features.shape[2] == TOKENS_PER_FRAME[kind]
-    tokens = model.fusion(features, torch.from_numpy(marks)[None])       # [1, F, P, D]
+    landmarks = None if marks is None else torch.from_numpy(marks)[None]
+    tokens = model.fusion(features, landmarks)                           # [1, F, P, D]
     return torch.cat(list(tokens[0]))                                    # [F * P, D]
 
 
@@ -109,13 +113,15 @@ def reference_ids(tokenizer, task: str, frames: int) -> list[int]:
     return ids
 
 
+@pytest.mark.parametrize("landmarks", [True, False], ids=["paper-landmarks", "released-script"])
 def test_answers_are_what_hf_generate_gives_for_the_same_visual_tokens(checkpoint, window,
-                                                                       monkeypatch):
-    """The stage's whole chain — 8 frames picked, crops preprocessed, landmarks passed,
-    2,056 visual tokens spliced at the placeholders, the engine's greedy decode — equals a
-    direct computation written in this file (frame picks, pixels, prompt ids, splicing) over
-    the checkpoint's tower and fusion modules and HF ``generate`` on ``inputs_embeds``.
-    What the stage hands the engine is checked too, not only the (short) decoded text."""
+                                                                       monkeypatch, landmarks):
+    """The stage's whole chain — 8 frames picked, crops preprocessed, landmarks passed (or
+    not: ``facellava_landmarks=false``, the projector alone), 2,056 visual tokens spliced at
+    the placeholders, the engine's greedy decode — equals a direct computation written in
+    this file (frame picks, pixels, prompt ids, splicing) over the checkpoint's tower and
+    fusion modules and HF ``generate`` on ``inputs_embeds``.  What the stage hands the engine
+    is checked too, not only the (short) decoded text."""
     from facestream.llm.engine import Engine
 
     submitted = []
@@ -128,8 +134,10 @@ def test_answers_are_what_hf_generate_gives_for_the_same_visual_tokens(checkpoin
     monkeypatch.setattr(Engine, "generate", recording_generate)
     settings = Settings.load({"profile": "facellava", "facellava_checkpoint": str(checkpoint),
                               "facellava_tasks": "expression,age",
-                              "facellava_max_new_tokens": NEW_TOKENS})
+                              "facellava_max_new_tokens": NEW_TOKENS,
+                              "facellava_landmarks": landmarks})
     stage = load_stage(settings)
+    assert stage.components["face_llava"].endswith("masked" if landmarks else "projector")
     [answer] = stage.answer([(window, None)])
     assert [r.request_id.rsplit("/", 1)[1] for r in submitted] == ["expression", "age"]
 
@@ -140,10 +148,11 @@ def test_answers_are_what_hf_generate_gives_for_the_same_visual_tokens(checkpoin
         crops = np.concatenate([window.samples[i].chips.square for i in frames])
         marks = np.concatenate([window.samples[i].chips.square_landmarks for i in frames])
         with torch.inference_mode():
-            visual = reference_visual(model, crops, marks, kind)        # [F * P, D]
+            visual = reference_visual(model, crops, marks if landmarks else None, kind)
             ids = reference_ids(model.tokenizer, task, len(frames))
             assert ids.count(PLACEHOLDER) == visual.shape[0] == len(frames) * TOKENS_PER_FRAME[kind]
             assert list(request.prompt_ids) == ids, task
+            assert (request.temperature, request.top_p) == (0.0, 1.0)       # greedy default
             torch.testing.assert_close(request.visual, visual, rtol=1e-5, atol=1e-5)
             ids_t = torch.tensor(ids)
             embeds = model.llm.get_input_embeddings()(ids_t.clamp(min=0))
@@ -151,8 +160,35 @@ def test_answers_are_what_hf_generate_gives_for_the_same_visual_tokens(checkpoin
             out = model.llm.generate(inputs_embeds=embeds[None], max_new_tokens=NEW_TOKENS,
                                      do_sample=False, attention_mask=torch.ones(1, len(ids)))
         expected = model.tokenizer.decode(out[0], skip_special_tokens=True).split("</s>")[0]
+        # A byte-fallback character cut off by max_new_tokens decodes to U+FFFD here; the
+        # engine's incremental decoder never emits an incomplete character (TextTail).
+        expected = expected.rstrip("\ufffd")
         assert answer.fields["answers"][task] == expected.strip(), task
     assert answer.description == answer.fields["answers"]["expression"]
+
+
+def test_landmarks_change_the_visual_tokens_and_sampling_settings_reach_the_engine(
+        checkpoint, window, monkeypatch):
+    """The two modes hand the engine different visual tokens for the same window (so the
+    landmark path really runs in one and not in the other); temperature / top_p settings
+    go into every request."""
+    from facestream.llm.engine import Engine
+
+    submitted = []
+    real_generate = Engine.generate
+    monkeypatch.setattr(Engine, "generate",
+                        lambda self, requests: submitted.extend(requests)
+                        or real_generate(self, requests))
+    base = {"profile": "facellava", "facellava_checkpoint": str(checkpoint),
+            "facellava_tasks": "expression", "facellava_max_new_tokens": NEW_TOKENS,
+            "facellava_temperature": 0.1, "facellava_top_p": 0.9}
+    for landmarks in (True, False):
+        load_stage(Settings.load({**base, "facellava_landmarks": landmarks})).answer(
+            [(window, None)])
+    with_marks, without = submitted
+    assert with_marks.visual.shape == without.visual.shape == (8 * 257, 64)
+    assert not torch.allclose(with_marks.visual, without.visual)
+    assert {(r.temperature, r.top_p) for r in submitted} == {(0.1, 0.9)}
 
 
 def test_remote_llm_tier_gives_the_same_answers(checkpoint, window):

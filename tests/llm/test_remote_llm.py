@@ -399,7 +399,7 @@ def test_wire_format_is_vllm_completions(stub_factory):
     client = RemoteEngine(stub.url + "/v1", embedding=table, image_token_id=IMAGE)
     client.generate([
         GenerationRequest("v", ids, visual=visual, max_new_tokens=7, stop=("</s>",),
-                          temperature=0.5, seed=11, ignore_eos=True),
+                          temperature=0.5, top_p=0.9, seed=11, ignore_eos=True),
         GenerationRequest("t", (4, 5, 6), max_new_tokens=3)])
     client.close()
     by_kind = {"prompt_embeds" in b: b for b in stub.bodies}
@@ -409,6 +409,7 @@ def test_wire_format_is_vllm_completions(stub_factory):
     reference = torch.stack([table[4], visual[0], visual[1], table[9]])
     assert torch.equal(embeds, reference)
     assert sent == {"model": "stub-model", "max_tokens": 7, "temperature": 0.5, "seed": 11,
+                    "top_p": 0.9,
                     "stop": ["</s>"], "ignore_eos": True, "return_token_ids": True}
     assert by_kind[False] == {"model": "stub-model", "prompt": [4, 5, 6], "max_tokens": 3,
                               "temperature": 0.0, "ignore_eos": False,

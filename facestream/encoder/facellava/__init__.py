@@ -12,6 +12,9 @@ The stages, in the order a face window flows through them:
   order the LLM sees them; exportable to ONNX with a dynamic batch.
 * ``checkpoint``: ``load_facellava`` reads the released checkpoint directory (config, LLaMA
   weights, fusion weights, tokenizer) and the towers, every tensor accounted for.
+* ``tokenizer``: the reference's slow sentencepiece LLaMA tokenizer over ``tokenizer.model``.
+* ``doctor``: ``check_checkpoint`` inspects a download (headers only) and lists its problems
+  (``facestream facellava check``).
 
 Typical use::
 

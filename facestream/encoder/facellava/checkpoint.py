@@ -21,8 +21,10 @@ Every key of the weights is routed to exactly one place, or the load fails:
 * anything else -> ``AssetError`` listing the keys; so does any missing or mis-shaped one.
 
 Loading is blocking and reads everything into memory once (``.bin`` through
-``torch.load(weights_only=True, mmap=True)``).  No network access: the tokenizer is read
-with ``local_files_only``.
+``torch.load(weights_only=True, mmap=True)``).  No network access.  The tokenizer is the
+reference's slow sentencepiece one, read from ``tokenizer.model`` with the ``sentencepiece``
+library (``facestream.encoder.facellava.tokenizer``); a directory with only a fast
+``tokenizer.json`` is read by transformers with ``local_files_only``.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from facestream.encoder.facellava.fusion import (
     key_listing,
     key_mismatch,
 )
+from facestream.encoder.facellava.tokenizer import MODEL_FILE, SentencePieceTokenizer
 from facestream.encoder.facellava.vision import VisionPath
 from facestream.errors import AssetError, ConfigError
 
@@ -60,6 +63,10 @@ LLM_PREFIXES = ("model.embed_tokens.", "model.layers.", "model.norm.", "lm_head.
 TOWER_PREFIXES = ("model.image_tower.", "model.video_tower.")
 TOWER_SETTINGS = {"image": "facellava_image_tower", "video": "facellava_video_tower"}
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# What the towers use when config.json lacks mm_vision_select_layer / _feature: the released
+# training script's values (the reference itself requires the first and defaults the second).
+SELECT_LAYER = -2
+SELECT_FEATURE = "patch"
 _INV_FREQ = re.compile(r"^model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq$")
 _HINT = ("expected the released Face-LLaVA checkpoint directory (config.json, weights, "
          "tokenizer), e.g. a local download of chaubeyG/FaceLLaVA")
@@ -77,7 +84,7 @@ class FaceLLaVA:
     image_tower: nn.Module | None
     video_tower: nn.Module | None
     llm: nn.Module | None              # transformers LlamaForCausalLM
-    tokenizer: Any | None              # transformers tokenizer
+    tokenizer: Any | None              # SentencePieceTokenizer or a transformers tokenizer
 
     def vision_path(self, kind: str) -> VisionPath:
         """The ``VisionPath`` for "image" or "video" over this checkpoint's modules."""
@@ -251,7 +258,18 @@ def _load_tower(config: Mapping[str, Any], kind: str, tower_dir: Path | None, *,
 
     if tower_dir is None:
         return None
-    tower = load_tower(tower_dir, kind=kind, dtype=dtype, device=device)
+    try:
+        select_layer = int(config.get("mm_vision_select_layer", SELECT_LAYER))
+    except (TypeError, ValueError):
+        raise AssetError(f"config.json mm_vision_select_layer "
+                         f"{config.get('mm_vision_select_layer')!r}: expected an integer such "
+                         "as -2") from None
+    select_feature = config.get("mm_vision_select_feature", SELECT_FEATURE)
+    try:
+        tower = load_tower(tower_dir, kind=kind, dtype=dtype, device=device,
+                           select_layer=select_layer, select_feature=select_feature)
+    except ConfigError as exc:
+        raise AssetError(f"{kind} tower {tower_dir} with the checkpoint's config: {exc}") from None
     if tower.hidden_size != config["mm_hidden_size"]:
         raise AssetError(f"{kind} tower {tower_dir} has width {tower.hidden_size}, the "
                          f"checkpoint's mm_hidden_size is {config['mm_hidden_size']}; pass the "
@@ -323,17 +341,16 @@ def _load_llm(path: Path, config: Mapping[str, Any], state_dict: dict[str, Tenso
 
 
 def _load_tokenizer(path: Path):
+    """The reference's tokenizer: the slow sentencepiece one when ``tokenizer.model`` is there
+    (``use_fast=False`` reads only that file, so it wins over a ``tokenizer.json`` beside
+    it); otherwise the fast ``tokenizer.json`` through transformers."""
+    if (path / MODEL_FILE).is_file():
+        return SentencePieceTokenizer.from_dir(path)
     from transformers import AutoTokenizer
 
     try:
         return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError) as exc:
-        hint = _HINT
-        if (path / "tokenizer.model").is_file() and not (path / "tokenizer.json").is_file():
-            # transformers 5 converts a sentencepiece-only tokenizer through protobuf >= 5,
-            # which facestream's pinned mediapipe (protobuf < 5) rules out.
-            hint = ("only a sentencepiece tokenizer.model is there; add the fast tokenizer's "
-                    "tokenizer.json (save one with transformers where protobuf >= 5 is "
-                    "installed)")
         raise AssetError(f"Face-LLaVA checkpoint {path}: tokenizer cannot be loaded "
-                         f"({str(exc).splitlines()[0]}); {hint}") from None
+                         f"({str(exc).splitlines()[0]}); expected the released "
+                         f"{MODEL_FILE} (or a tokenizer.json)") from None

@@ -71,6 +71,11 @@ REGIONS: tuple[tuple[str, int, int], ...] = (
 _MLP = re.compile(r"^mlp(\d+)x_gelu$")
 
 
+# What the reference builds when config.json lacks a type field (its getattr defaults).
+REFERENCE_DEFAULTS = {"mm_projector_type": "linear", "landmarks_projector_type": "linear",
+                      "global_landmarks_projector_type": "linear", "cross_attn_type": "simple"}
+
+
 @dataclass(frozen=True)
 class FusionConfig:
     """The fusion stage's shape and variant; validated on construction."""
@@ -112,14 +117,21 @@ class FusionConfig:
     def from_dict(cls, config: Mapping[str, Any], *, grid: str = "reference") -> FusionConfig:
         """From a released ``config.json`` mapping.  The four type fields and both sizes are
         required (the released training code writes all of them); ``use_landmark_tokens``
-        defaults to off.  ``landmarks_hidden_size``, when present, must be 136."""
+        defaults to off.  ``landmarks_hidden_size``, when present, must be 136.
+
+        Where a type field is missing the reference silently builds its default
+        (:data:`REFERENCE_DEFAULTS`: linear projectors, "simple" cross-attention), which cannot
+        hold the released mlp2x_gelu / region-projector weights; facestream refuses instead and
+        names the default the reference would have assumed."""
         required = ("mm_hidden_size", "hidden_size", "mm_projector_type",
                     "landmarks_projector_type", "global_landmarks_projector_type",
                     "cross_attn_type")
         missing = [k for k in required if config.get(k) is None]
         if missing:
-            raise ConfigError(f"Face-LLaVA config lacks {', '.join(missing)}; expected the "
-                              "released checkpoint's config.json")
+            assumed = [f"{k}={REFERENCE_DEFAULTS[k]!r}" for k in missing if k in REFERENCE_DEFAULTS]
+            note = (f" (the reference would assume {', '.join(assumed)})" if assumed else "")
+            raise ConfigError(f"Face-LLaVA config lacks {', '.join(missing)}{note}; expected "
+                              "the released checkpoint's config.json")
         if config.get("landmarks_hidden_size", LANDMARK_DIM) != LANDMARK_DIM:
             raise ConfigError(f"landmarks_hidden_size={config['landmarks_hidden_size']!r}: "
                               f"expected {LANDMARK_DIM} (68 points, x and y)")

@@ -26,9 +26,10 @@ Features are the hidden state after ``num_hidden_layers + 1 + select_layer`` lay
 and ``post_layernorm`` are held so the checkpoint loads strictly, never computed.
 
 * image: pixels ``[B, 3, 224, 224]`` -> ``[B, 256, C]`` (CLS dropped: ``mm_vision_select_feature``
-  "patch");
+  "patch", the released value) or ``[B, 257, C]`` ("cls_patch": CLS kept);
 * video: pixels ``[B, 3, T, 224, 224]`` (the reference's ``b c t h w`` layout, frames folded as
-  ``(b t)`` with b outer) -> ``[B, T, 257, C]`` (CLS kept, as Video-LLaVA's video tower returns it).
+  ``(b t)`` with b outer) -> ``[B, T, 257, C]`` (CLS kept, as Video-LLaVA's video tower returns it
+  whatever ``mm_vision_select_feature`` says).
   The reference only ever runs T == ``num_frames`` (8); this module accepts 1 <= T <= num_frames
   and uses the first T temporal embeddings, following the reference's slicing.
 """
@@ -47,6 +48,7 @@ from torch import nn
 from facestream.errors import AssetError, ConfigError, InputError
 
 TOWER_KINDS = ("image", "video")
+SELECT_FEATURES = ("patch", "cls_patch")      # mm_vision_select_feature values
 VISION_PREFIX = "vision_model."
 # What else a LanguageBind tower directory holds; never loaded (Face-LLaVA keeps only the
 # vision model).  Any other non-``vision_model.`` key is ignored as well.
@@ -78,6 +80,8 @@ class TowerConfig:
     ``num_frames`` is the number of frames the temporal layers were built for (video); an image
     tower has none and keeps 1.  ``select_layer`` indexes the reference's hidden-state list
     (embeddings output first, then one entry per layer), so -2 is the penultimate layer.
+    ``select_feature`` ("patch" or "cls_patch") decides whether an image tower keeps the CLS
+    token; a video tower always keeps it.
     """
 
     kind: str
@@ -92,6 +96,7 @@ class TowerConfig:
     layer_norm_eps: float = 1e-5
     num_frames: int = 1
     select_layer: int = -2
+    select_feature: str = "patch"
 
     def __post_init__(self) -> None:
         if self.kind not in TOWER_KINDS:
@@ -114,6 +119,9 @@ class TowerConfig:
         if self.kind == "image" and self.num_frames != 1:
             raise ConfigError(f"an image tower has no frames; num_frames must be 1, "
                               f"got {self.num_frames}")
+        if self.select_feature not in SELECT_FEATURES:
+            raise ConfigError(f"mm_vision_select_feature {self.select_feature!r}: expected one "
+                              f"of {', '.join(SELECT_FEATURES)}")
         top = self.num_hidden_layers
         if not -(top + 1) <= self.select_layer <= top:
             raise ConfigError(f"select_layer must lie in [{-(top + 1)}, {top}] for "
@@ -131,8 +139,9 @@ class TowerConfig:
 
     @property
     def num_tokens(self) -> int:
-        """Tokens per frame in the output: 256 (image, CLS dropped) or 257 (video, CLS kept)."""
-        return self.num_positions - (self.kind == "image")
+        """Tokens per frame in the output: 256 (image, "patch": CLS dropped) or 257 (video,
+        or an image with "cls_patch": CLS kept)."""
+        return self.num_positions - (self.kind == "image" and self.select_feature == "patch")
 
     @property
     def layers_run(self) -> int:
@@ -141,7 +150,7 @@ class TowerConfig:
 
     @classmethod
     def from_dict(cls, config: Mapping, *, kind: str, select_layer: int = -2,
-                  source: str = "config.json") -> TowerConfig:
+                  select_feature: str = "patch", source: str = "config.json") -> TowerConfig:
         """Read a LanguageBind ``config.json`` (its ``vision_config`` object).
 
         A ``vision_config_dict`` entry, which older LanguageBind configs carry, overrides
@@ -175,7 +184,7 @@ class TowerConfig:
                    hidden_act=vision.get("hidden_act", "quick_gelu"),
                    layer_norm_eps=vision.get("layer_norm_eps", 1e-5),
                    num_frames=vision.get("num_frames", 1) if temporal else 1,
-                   select_layer=select_layer)
+                   select_layer=select_layer, select_feature=select_feature)
 
 
 class _Attention(nn.Module):
@@ -321,7 +330,7 @@ class VisionTower(nn.Module):
         for layer in vm.encoder.layers[:cfg.layers_run]:
             x = layer(x, frames)
         if cfg.kind == "image":
-            return x[:, 1:]                                              # [B, 256, C]
+            return x[:, 1:] if cfg.select_feature == "patch" else x     # [B, 256 | 257, C]
         return x.reshape(-1, frames, x.shape[1], x.shape[2])             # [B, T, 257, C]
 
 
@@ -360,7 +369,8 @@ def _listing(keys: set[str]) -> str:
 
 
 def load_tower(path: Path, *, kind: str, dtype: torch.dtype = torch.float32,
-               device: str | torch.device = "cpu", select_layer: int = -2) -> VisionTower:
+               device: str | torch.device = "cpu", select_layer: int = -2,
+               select_feature: str = "patch") -> VisionTower:
     """Load a LanguageBind tower directory (local only: no network) as an eval-mode tower.
 
     ``path`` holds ``config.json`` and one of ``model.safetensors``, ``pytorch_model.bin`` or a
@@ -369,6 +379,8 @@ def load_tower(path: Path, *, kind: str, dtype: torch.dtype = torch.float32,
     vision keys raise AssetError listing them.  Keys outside ``vision_model.`` (the text tower
     ``text_model.*``, ``text_projection``, ``visual_projection``, ``logit_scale``) are ignored;
     ``vision_model.embeddings.position_ids`` is checked against the config and dropped.
+    ``select_layer`` / ``select_feature`` are the checkpoint's ``mm_vision_select_layer`` /
+    ``mm_vision_select_feature`` (see :class:`TowerConfig`).
     Blocking (reads the files); the returned module has ``requires_grad`` off.
     """
     path = Path(path)
@@ -386,7 +398,7 @@ def load_tower(path: Path, *, kind: str, dtype: torch.dtype = torch.float32,
         raise AssetError(f"{config_file} is not readable JSON ({exc}); fetch {what} "
                          "again") from None
     config = TowerConfig.from_dict(raw, kind=kind, select_layer=select_layer,
-                                   source=str(config_file))
+                                   select_feature=select_feature, source=str(config_file))
     weights = next((path / n for n in _WEIGHT_FILES if (path / n).is_file()), None)
     if weights is None:
         raise AssetError(f"vision tower directory {path} has no weights; expected one of "
