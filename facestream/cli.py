@@ -105,6 +105,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="publish every stream in the registry, following adds and removes")
     i.add_argument("--realtime", action="store_true",
                    help="pace a file at its own speed (default: as fast as possible)")
+    i.add_argument("--fps", type=float,
+                   help="analysis rate the workers use for this stream (default: theirs)")
+    i.add_argument("--profile", choices=PROFILES,
+                   help="send the chunks to the workers of this profile (default compact: "
+                        "the video topic; another: VIDEO_TOPIC.PROFILE)")
 
     w = sub.add_parser("worker", help="consume video chunks from Kafka, write events to Redis")
     w.add_argument("--no-describe", dest="describe", action="store_false", default=None,
@@ -429,13 +434,20 @@ def _ingest(args: argparse.Namespace) -> int:
         return _ingest_registry(settings)
     if not args.source or not args.stream_id:
         raise ConfigError("ingest needs SOURCE and --stream-id, or --from-registry")
+    from facestream.ingest.chunks import MAX_FPS, MIN_FPS
+    from facestream.ingest.supervision import chunk_topic
+
+    if args.fps is not None and not MIN_FPS <= args.fps <= MAX_FPS:
+        raise ConfigError(f"--fps {args.fps:g}: expected {MIN_FPS:g}..{MAX_FPS:g}")
     spec = parse_source(_resolve_source(args.source, settings))
     stream_id = stream_id_from(args.stream_id)
+    topic = chunk_topic(settings.video_topic, args.profile)
     report = ingest(spec, settings, stream_id=stream_id, realtime=args.realtime,
+                    topic=topic, fps=args.fps, profile=args.profile,
                     on_error=lambda msg: print(f"facestream: warning: {msg}", file=sys.stderr))
     print(f"{stream_id}: {report.chunks} chunks ({report.messages} messages, "
           f"{report.bytes / 1e6:.1f} MB, {report.media_s:.1f}s of media) to "
-          f"{settings.video_topic} at {settings.kafka_bootstrap}")
+          f"{topic} at {settings.kafka_bootstrap}")
     return 0
 
 
@@ -473,12 +485,20 @@ def _events(args: argparse.Namespace) -> int:
 def _ingest_registry(settings) -> int:
     import signal
 
-    from facestream.ingest.registry import RegistryPublisher
+    from facestream.workers.supervisor import Supervisor
 
-    runner = RegistryPublisher(settings, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    runner = Supervisor(settings, log=lambda msg: print(msg, file=sys.stderr, flush=True))
     signal.signal(signal.SIGTERM, lambda *_: runner.stop())
-    print(f"publishing the streams registered in {settings.registry_topic}", file=sys.stderr)
-    runner.run()
+    print(f"supervisor: publishing the streams registered in {settings.registry_topic}, "
+          f"status to {settings.redis_url} ({settings.stream_status_prefix}:ID)",
+          file=sys.stderr, flush=True)
+    try:
+        runner.run()
+    except KeyboardInterrupt:
+        runner.stop()
+        return 130
     return 0
 
 

@@ -40,12 +40,12 @@ from urllib.parse import urlsplit, urlunsplit
 from facestream import events
 from facestream.config import Settings
 from facestream.errors import FacestreamError, bounded
-from facestream.events import (FACE_ANALYSIS, FACE_DESCRIPTION, STREAM_ERROR, TRACK_ENDED,
-                               TRACK_STARTED)
+from facestream.events import (FACE_ANALYSIS, FACE_DESCRIPTION, STREAM_ERROR, STREAM_STATUS,
+                               TRACK_ENDED, TRACK_STARTED)
 
 __all__ = ["Event", "EventError", "EventSubscriber", "Deduplicator", "Seen",
            "SubscriberError", "SubscriberStats", "FACE_ANALYSIS", "FACE_DESCRIPTION",
-           "TRACK_STARTED", "TRACK_ENDED", "STREAM_ERROR"]
+           "TRACK_STARTED", "TRACK_ENDED", "STREAM_ERROR", "STREAM_STATUS"]
 
 log = logging.getLogger(__name__)
 

@@ -234,6 +234,32 @@ class Settings:
         "Let registry sources be local files (off: the control topic cannot read files)."))
     registry_allow_private: bool = field(default=False, metadata=_doc(
         "Let registry sources be private, loopback or link-local addresses."))
+    # The camera supervisor (`facestream ingest --from-registry`) and the stream status it
+    # shares with the workers (docs/EVENTS.md, "Stream status").
+    supervisor_reconnect_attempts: int = field(default=0, metadata=_doc(
+        "Reconnects the supervisor tries for a registered camera that is down or dropped "
+        "before it marks it failed and stops trying; 0 = for as long as it is registered "
+        "(one-shot `ingest SOURCE` uses reconnect_attempts).", ge=0, le=1_000_000))
+    supervisor_backoff_max_s: float = field(default=30.0, metadata=_doc(
+        "Longest delay between the supervisor's reconnects or publisher restarts of one "
+        "camera (the first is reconnect_backoff_s, doubling, with jitter).", ge=0.1, le=3600))
+    supervisor_metrics_port: int = field(default=9401, metadata=_doc(
+        "Port of the supervisor's /metrics, /healthz and /readyz; 0 picks a free port (the "
+        "supervisor prints it), -1 turns them off.", ge=-1, le=65535))
+    stream_status_prefix: str = field(default="facestream:stream", metadata=_doc(
+        "Redis key prefix of the stream status hashes ({prefix}:{stream id}) and snapshots "
+        "({prefix}:{stream id}:snapshot)."))
+    stream_status_interval_s: float = field(default=1.0, metadata=_doc(
+        "How often the supervisor refreshes each stream's counters in its status hash (state "
+        "changes are written at once).", ge=0.1, le=60))
+    stream_removed_ttl_s: int = field(default=3600, metadata=_doc(
+        "A removed stream's status hash is kept (state removed) this many seconds, then "
+        "expires.", ge=1, le=31_536_000))
+    snapshot_interval_s: float = field(default=1.0, metadata=_doc(
+        "A worker stores a stream's latest analysed frame, annotated, as a JPEG at most this "
+        "often; 0 = no snapshots.", ge=0, le=3600))
+    snapshot_ttl_s: int = field(default=300, metadata=_doc(
+        "Expiry of a stream's snapshot key, in seconds.", ge=1, le=86_400))
     metrics_port: int = field(default=9400, metadata=_doc(
         "Port of the worker's /metrics, /healthz and /readyz endpoints; 0 turns them off.",
         ge=0, le=65535))
@@ -386,6 +412,8 @@ class Settings:
                     f"setting {f.name}={value!r}: must be one of {', '.join(meta['choices'])}")
         if self.reconnect_backoff_max_s < self.reconnect_backoff_s:
             raise ConfigError("setting reconnect_backoff_max_s must be >= reconnect_backoff_s")
+        if self.supervisor_backoff_max_s < self.reconnect_backoff_s:
+            raise ConfigError("setting supervisor_backoff_max_s must be >= reconnect_backoff_s")
         if self.webhook_backoff_max_s < self.webhook_backoff_s:
             raise ConfigError("setting webhook_backoff_max_s must be >= webhook_backoff_s")
         bad_urls = [u for u in self.webhook_url_list

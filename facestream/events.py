@@ -28,6 +28,7 @@ FACE_DESCRIPTION = "facestream.face.description"
 TRACK_STARTED = "facestream.track.started"
 TRACK_ENDED = "facestream.track.ended"
 STREAM_ERROR = "facestream.stream.error"
+STREAM_STATUS = "facestream.stream.status"
 # The stream id of errors about messages whose key is not a stream id: no stream can have it
 # (a stream id cannot start with '.'), so a bad key never lands in a real stream's events;
 # yet it is in the alphabet the schema allows in ``source`` (and, unlike '-', no command
@@ -189,6 +190,22 @@ def stream_error(*, stream_id: str, message: str, time_s: float, seq: int, profi
                                        STREAM_ERROR, profile),
                     data={"stream_id": stream_id, "time_s": media_time(time_s),
                           "message": message, "fatal": fatal})
+
+
+def stream_status(*, stream_id: str, state: str, previous: str | None, reason: str,
+                  attempt: int, seq: int, url: str, fps: float, profile: str, publisher: str,
+                  time_epoch: float) -> dict[str, Any]:
+    """``facestream.stream.status``: the camera supervisor saw a stream change state (or, in
+    ``reconnecting``, try again).  The id hashes the stream, the publisher (host:pid), the
+    change's number under it and its time to the millisecond: a restarted supervisor never
+    repeats an id, and the same change written twice keeps its id."""
+    reason = reason.encode("utf-8", "backslashreplace").decode("utf-8")
+    return envelope(STREAM_STATUS, stream_id=stream_id, subject=None, time_epoch=time_epoch,
+                    event_id_=event_id(stream_id, publisher, f"{seq}:{time_epoch:.3f}",
+                                       STREAM_STATUS, state),
+                    data={"stream_id": stream_id, "state": state, "previous": previous,
+                          "reason": reason[:300], "attempt": attempt, "url": url,
+                          "fps": fps, "profile": profile, "publisher": publisher})
 
 
 @lru_cache(maxsize=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import dataclass
 from typing import Iterator
@@ -9,9 +10,10 @@ from typing import Iterator
 
 @dataclass(frozen=True)
 class Backoff:
-    """Delays for up to ``attempts`` retries: base·2^k capped at ``maximum``, ±``jitter``."""
+    """Delays for up to ``attempts`` retries (None: without end): base·2^k capped at
+    ``maximum``, ±``jitter``."""
 
-    attempts: int
+    attempts: int | None
     base_s: float
     maximum_s: float
     jitter: float = 0.2
@@ -19,6 +21,6 @@ class Backoff:
 
     def delays(self) -> Iterator[float]:
         rng = random.Random(self.seed)
-        for k in range(self.attempts):
-            delay = min(self.maximum_s, self.base_s * (2 ** k))
+        for k in range(self.attempts) if self.attempts is not None else itertools.count():
+            delay = min(self.maximum_s, self.base_s * (2 ** min(k, 64)))
             yield max(0.0, delay * (1 + rng.uniform(-self.jitter, self.jitter)))

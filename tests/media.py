@@ -34,9 +34,10 @@ class HttpCamera:
 
     ``plan`` says what each successive connection gets: a fraction of the stream, then the
     connection closes; or None for 503 (camera down, answered at once).  ``requests``
-    counts connections; each is counted before it is answered."""
+    counts connections; each is counted before it is answered.  ``port`` 0 picks a free one;
+    another serves on that port (a camera that was down comes up where it was expected)."""
 
-    def __init__(self, payload: bytes, plan: list[float | None]) -> None:
+    def __init__(self, payload: bytes, plan: list[float | None], *, port: int = 0) -> None:
         self.payload, self.plan, self.requests = payload, list(plan), 0
         self.lock = threading.Lock()
         outer = self
@@ -62,7 +63,8 @@ class HttpCamera:
             def log_message(self, *args):
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        http.server.ThreadingHTTPServer.allow_reuse_address = True
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/live.ts"
 

@@ -15,9 +15,11 @@ a place to start decoding, so checkpoints and commits stay at GOP starts.
 Kafka headers: ``fs-stream``, ``fs-seq``, ``fs-part`` ("i/n", from 1), ``fs-codec``,
 ``fs-extradata``, ``fs-time-base`` ("num/den"), ``fs-origin-pts`` (the pts that is media
 time 0 for the whole stream), ``fs-pts`` (first pts of the chunk), ``fs-size`` ("WxH"),
-``fs-format``, ``fs-live`` ("1": a live source), ``fs-continued``, ``fs-unfinished``.  Each is bounded where it is parsed (the
-bounds below; docs/RELIABILITY.md).  A chunk larger than the broker's message limit is split
-into parts that :class:`PartAssembler` puts back together.
+``fs-format``, ``fs-live`` ("1": a live source), ``fs-continued``, ``fs-unfinished``, and
+from the camera supervisor the stream's registered analysis rate and profile, ``fs-fps``
+(0.1..120) and ``fs-profile`` (workers of other profiles refuse the chunk).  Each is bounded
+where it is parsed (the bounds below; docs/RELIABILITY.md).  A chunk larger than the
+broker's message limit is split into parts that :class:`PartAssembler` puts back together.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ MAX_PARTS = 4096                      # parts of one chunk
 MAX_SIDE = 16384                      # frame width and height, pixels
 MAX_EXTRADATA = 1 << 20               # bytes
 MAX_HEADER = 1024                     # bytes of any other header value
+MIN_FPS, MAX_FPS = 0.1, 120.0         # fs-fps, as the registry allows
 CODECS = frozenset({"h264", "hevc", "av1", "vp8", "vp9", "mpeg4", "mpeg2video", "mpeg1video",
                     "h263", "mjpeg", "theora"})
 
@@ -175,6 +178,8 @@ class Chunk:
     live: bool = False        # from a live source: a worker that falls behind may drop it
     continued: bool = False   # starts inside the previous chunk's GOP (no keyframe first)
     unfinished: bool = False  # its last GOP goes on in the next chunk
+    fps: float | None = None  # the stream's registered analysis rate (None: the worker's)
+    profile: str | None = None  # the profile the stream is registered for (None: any)
 
     def headers(self) -> list[tuple[str, bytes]]:
         return [
@@ -187,7 +192,8 @@ class Chunk:
             ("fs-live", b"1" if self.live else b"0"),
             ("fs-continued", b"1" if self.continued else b"0"),
             ("fs-unfinished", b"1" if self.unfinished else b"0"),
-        ]
+        ] + ([("fs-fps", f"{self.fps:g}".encode())] if self.fps is not None else []) + (
+            [("fs-profile", self.profile.encode())] if self.profile is not None else [])
 
     @property
     def start_s(self) -> float:
@@ -217,12 +223,26 @@ class Chunk:
                                        ("fs-live", "fs-continued", "fs-unfinished"))
         if not value:
             raise ChunkError("empty payload")
+        fps = None
+        if "fs-fps" in h:
+            text = _text(h, "fs-fps")
+            if not re.fullmatch(r"[0-9]{1,3}(\.[0-9]{1,6})?", text):
+                raise ChunkError(f"fs-fps {_show(text)}: not a number like 10 or 2.5")
+            fps = float(text)
+            if not MIN_FPS <= fps <= MAX_FPS:
+                raise ChunkError(f"fs-fps {fps:g} is outside {MIN_FPS:g}..{MAX_FPS:g}")
+        profile = None
+        if "fs-profile" in h:
+            profile = _text(h, "fs-profile")
+            if not re.fullmatch(r"[a-z0-9_-]{1,32}", profile):
+                raise ChunkError(f"fs-profile {_show(profile)}: not a profile name")
         chunk = cls(stream_id=stream_id, seq=_int(h, "fs-seq", 0, MAX_SEQ), codec=codec,
                     extradata=h.get("fs-extradata") or b"", time_base=Fraction(num, den),
                     origin_pts=_int(h, "fs-origin-pts", NO_TS + 1, -NO_TS - 1),
                     first_pts=_int(h, "fs-pts", NO_TS + 1, -NO_TS - 1), width=width,
                     height=height, payload=bytes(value), part=part_i, parts=parts_n,
-                    live=live, continued=continued, unfinished=unfinished)
+                    live=live, continued=continued, unfinished=unfinished, fps=fps,
+                    profile=profile)
         if not -MAX_MEDIA_S <= chunk.start_s <= MAX_MEDIA_S:
             raise ChunkError(f"fs-pts {chunk.first_pts} is {chunk.start_s:.3g} s of media "
                              f"time after fs-origin-pts; at most {MAX_MEDIA_S:.3g} s")
@@ -258,6 +278,19 @@ def pack(packets: Iterable[Packet]) -> bytes:
                             p.duration, 1 if p.keyframe else 0, len(p.data))
         out += p.data
     return bytes(out)
+
+
+def count_packets(payload: bytes) -> int:
+    """How many packets (frames) an ``fs-packets-1`` payload holds, reading only their
+    headers (the publisher's frame counter; a broken framing counts what it can)."""
+    count, offset, end = 0, 0, len(payload)
+    while end - offset >= _PACKET.size:
+        size = _PACKET.unpack_from(payload, offset)[4]
+        offset += _PACKET.size + size
+        if offset > end:
+            break
+        count += 1
+    return count
 
 
 def unpack(payload: bytes, *, continued: bool = False) -> list[Packet]:

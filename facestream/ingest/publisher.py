@@ -22,7 +22,7 @@ from facestream.config import Settings
 from facestream.errors import FacestreamError, InputError
 from facestream.ingest.broker import connect
 from facestream.ingest.chunks import Chunk, EndOfStream, gop_chunks
-from facestream.ingest.sources import Reconnector, SourceSpec
+from facestream.ingest.sources import Reconnector, SourceSpec, Stopped
 from facestream.retry import Backoff
 
 # Kafka adds record and batch framing around a message: keep well under the broker limit.
@@ -64,18 +64,19 @@ class ChunkPublisher:
         self._producer = producer or make_producer(settings)
         self._max = settings.max_message_bytes
 
-    def publish(self, chunk: Chunk) -> int:
-        """Queue a chunk (split if needed); returns the number of messages."""
+    def publish(self, chunk: Chunk, *, topic: str | None = None) -> int:
+        """Queue a chunk (split if needed) to ``topic`` (default: the video topic); returns
+        the number of messages."""
         parts = chunk.split(self._max)
         for part in parts:
-            self._producer.send(self._settings.video_topic, key=part.stream_id,
+            self._producer.send(topic or self._settings.video_topic, key=part.stream_id,
                                 value=part.payload, headers=part.headers())
         return len(parts)
 
-    def end(self, stream_id: str, last_seq: int) -> None:
+    def end(self, stream_id: str, last_seq: int, *, topic: str | None = None) -> None:
         """Tell the workers the stream is over (they close its tracks and windows)."""
         marker = EndOfStream(stream_id, last_seq)
-        self._producer.send(self._settings.video_topic, key=stream_id, value=b"",
+        self._producer.send(topic or self._settings.video_topic, key=stream_id, value=b"",
                             headers=marker.headers())
 
     def flush(self, timeout_s: float = 60.0) -> None:
@@ -93,9 +94,19 @@ class ChunkPublisher:
 def ingest(spec: SourceSpec, settings: Settings, *, stream_id: str, realtime: bool = False,
            publisher: ChunkPublisher | None = None,
            on_error: Callable[[str], None] | None = None,
-           stop: threading.Event | None = None) -> IngestReport:
-    """Publish ``spec`` to the video topic until it ends (files), gives up (live) or
-    ``stop`` is set; then tells the workers the stream is over.
+           stop: threading.Event | None = None, topic: str | None = None,
+           fps: float | None = None, profile: str | None = None,
+           backoff: Backoff | None = None, retry_open: bool = False,
+           on_retry: Callable[[int, str, float], None] | None = None,
+           on_chunk: Callable[[Chunk], None] | None = None) -> IngestReport:
+    """Publish ``spec`` to ``topic`` (default: the video topic) until it ends (files), gives
+    up (live) or ``stop`` is set; then tells the workers the stream is over.
+
+    ``fps`` and ``profile`` go on every chunk (``fs-fps``, ``fs-profile``: the camera
+    supervisor's per-stream settings).  ``backoff`` replaces the settings' reconnect backoff
+    (the supervisor's has no end); ``retry_open`` retries a first open that fails as it
+    would a drop; ``on_retry(attempt, reason, delay_s)`` hears of each wait before a
+    reconnect, ``on_chunk(chunk)`` of each chunk once it is queued.
 
     Blocking.  Raises InputError if the source cannot be used, SourceDropped when a live
     source stays down after the bounded reconnects, BrokerError when Kafka fails.
@@ -105,10 +116,18 @@ def ingest(spec: SourceSpec, settings: Settings, *, stream_id: str, realtime: bo
     publisher = publisher or ChunkPublisher(settings)
     started = time.monotonic()
     last_seq = -1
+    backoff = backoff or Backoff(settings.reconnect_attempts, settings.reconnect_backoff_s,
+                                 settings.reconnect_backoff_max_s)
+    link = Reconnector(spec, timeout_s=settings.open_timeout_s, backoff=backoff,
+                       on_error=report.errors.append, on_retry=on_retry, stop=stop)
     try:
-        for chunk in _source_chunks(spec, settings, stream_id, report, on_error):
+        cut = settings.chunk_max_s if spec.live and settings.chunk_max_s > 0 else None
+        for chunk in _source_chunks(spec, link, stream_id, report, on_error,
+                                    retry_open=retry_open, max_chunk_s=cut):
             if stop is not None and stop.is_set():
                 break
+            if fps is not None or profile is not None:
+                chunk = replace(chunk, fps=fps, profile=profile)
             last_seq = chunk.seq
             media_s = float((chunk.first_pts - chunk.origin_pts) * chunk.time_base)
             if realtime and (ahead := media_s - (time.monotonic() - started)) > 0:
@@ -116,35 +135,39 @@ def ingest(spec: SourceSpec, settings: Settings, *, stream_id: str, realtime: bo
                     stop.wait(ahead)
                 else:
                     time.sleep(ahead)
-            report.messages += publisher.publish(chunk)
+            report.messages += publisher.publish(chunk, topic=topic)
             report.chunks += 1
             report.bytes += len(chunk.payload)
             report.media_s = max(report.media_s, media_s)
+            if on_chunk is not None:
+                on_chunk(chunk)
+    except Stopped:
+        pass                           # stop was set while waiting to reconnect
     finally:
         if last_seq >= 0:
-            publisher.end(stream_id, last_seq)
+            publisher.end(stream_id, last_seq, topic=topic)
         publisher.flush()
         if own:
             publisher.close()
     return report
 
 
-def _source_chunks(spec: SourceSpec, settings: Settings, stream_id: str, report: IngestReport,
-                   on_error: Callable[[str], None] | None) -> Iterator[Chunk]:
-    """Chunks of the source; for a live source, across reconnects, with chunk numbers and
-    media time running on (each connection's timestamps restart, so its chunks get an
-    origin that places them after what came before)."""
-    link = Reconnector(spec, timeout_s=settings.open_timeout_s,
-                       backoff=Backoff(settings.reconnect_attempts, settings.reconnect_backoff_s,
-                                       settings.reconnect_backoff_max_s),
-                       on_error=report.errors.append)
-    container = link.open()
+def _source_chunks(spec: SourceSpec, link: Reconnector, stream_id: str, report: IngestReport,
+                   on_error: Callable[[str], None] | None, *, retry_open: bool = False,
+                   max_chunk_s: float | None = None) -> Iterator[Chunk]:
+    """Chunks of the source (``max_chunk_s``: see :func:`gop_chunks`); for a live source,
+    across reconnects, with chunk numbers and media time running on (each connection's
+    timestamps restart, so its chunks get an origin that places them after what came
+    before)."""
+    try:
+        container = link.open(retry=retry_open)
+    finally:
+        report.reconnects = link.reconnects
     base_seq, following, offset_s, reached_s = 0, 0, 0.0, 0.0
     try:
         while True:
             try:
-                cut = settings.chunk_max_s if spec.live and settings.chunk_max_s > 0 else None
-                for chunk in gop_chunks(container, stream_id=stream_id, max_chunk_s=cut):
+                for chunk in gop_chunks(container, stream_id=stream_id, max_chunk_s=max_chunk_s):
                     shift = round(offset_s / chunk.time_base) if offset_s else 0
                     chunk = replace(chunk, seq=chunk.seq + base_seq,
                                     origin_pts=chunk.origin_pts - shift, live=spec.live)

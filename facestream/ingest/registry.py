@@ -2,7 +2,8 @@
 ``facestream.streams`` (key: stream id; value: the spec as JSON; a tombstone removes it).
 
 Specs are validated where they are written (``facestream streams add``) and again where they
-are read (``facestream ingest --from-registry``): an invalid one read from the topic goes to
+are read (``facestream ingest --from-registry``, the camera supervisor:
+:mod:`facestream.workers.supervisor`): an invalid one read from the topic goes to
 the dead-letter topic with the reason and is never applied.  Sources pass an allow-list, so
 the control topic cannot make publishers read local files or probe internal hosts: only the
 configured URL schemes, only public addresses, and ``file://`` not at all — unless the
@@ -14,7 +15,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import socket
-import threading
 from dataclasses import asdict, dataclass
 from typing import Iterator
 from urllib.parse import urlparse
@@ -204,92 +204,3 @@ class Registry:
             else:
                 state[stream_id] = value
         return state
-
-
-class RegistryPublisher:
-    """``facestream ingest --from-registry``: one publisher thread per registered stream,
-    started, restarted and stopped as the registry changes.  Blocking :meth:`run`."""
-
-    def __init__(self, settings: Settings, *, log=print) -> None:
-        self.settings = settings
-        self._log = log
-        self._running: dict[str, tuple[StreamSpec, "threading.Thread", "threading.Event"]] = {}
-        self._stop = threading.Event()
-        self._dlq = None
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    @property
-    def streams(self) -> list[str]:
-        return sorted(s for s, (_, thread, _) in self._running.items() if thread.is_alive())
-
-    def run(self) -> None:
-        from facestream.ingest.publisher import ChunkPublisher
-
-        publisher = ChunkPublisher(self.settings)
-        try:
-            for stream_id, value, record in Registry(self.settings).follow():
-                if self._stop.is_set():
-                    break
-                if record is None:
-                    continue
-                if value is None:
-                    self._halt(stream_id, "removed from the registry")
-                    continue
-                try:
-                    spec = StreamSpec.from_json(stream_id, value)
-                    source = validate(spec, self.settings)
-                except SpecError as exc:
-                    self._reject(record, str(exc))
-                    continue
-                current = self._running.get(stream_id)
-                if current is not None and current[0] == spec and current[1].is_alive():
-                    continue
-                self._halt(stream_id, "spec changed")
-                self._start(spec, source, publisher)
-        finally:
-            for stream_id in list(self._running):
-                self._halt(stream_id, "publisher stopping")
-            publisher.close()
-            if self._dlq is not None:
-                self._dlq.close()
-
-    def _start(self, spec: StreamSpec, source: SourceSpec, publisher) -> None:
-        from facestream.ingest.publisher import ingest
-
-        stop = threading.Event()
-
-        def publish() -> None:
-            try:
-                report = ingest(source, self.settings, stream_id=spec.stream_id, realtime=True,
-                                publisher=publisher, stop=stop,
-                                on_error=lambda msg: self._log(f"{spec.stream_id}: {msg}"))
-                self._log(f"{spec.stream_id}: ended after {report.chunks} chunks")
-            except FacestreamError as exc:
-                self._log(f"{spec.stream_id}: {exc}")
-
-        thread = threading.Thread(target=publish, name=f"ingest-{spec.stream_id}", daemon=True)
-        self._running[spec.stream_id] = (spec, thread, stop)
-        thread.start()
-        self._log(f"{spec.stream_id}: publishing {spec.source}")
-
-    def _halt(self, stream_id: str, why: str) -> None:
-        entry = self._running.pop(stream_id, None)
-        if entry is None:
-            return
-        _, thread, stop = entry
-        stop.set()
-        thread.join(timeout=30)
-        self._log(f"{stream_id}: stopped ({why})")
-
-    def _reject(self, record, reason: str) -> None:
-        from kafka import KafkaProducer
-
-        if self._dlq is None:
-            self._dlq = KafkaProducer(**self.settings.kafka_client_options(), acks="all")
-        headers = list(record.headers or []) + [("fs-error", reason.encode())]
-        self._dlq.send(self.settings.dlq_topic, key=record.key, value=record.value,
-                       headers=headers)
-        self._dlq.flush(timeout=30)
-        self._log(f"rejected registry entry: {reason}")

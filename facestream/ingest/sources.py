@@ -125,35 +125,56 @@ def error_reason(exc: Exception) -> str:
     return text.split(";")[0].strip().rstrip(".") or type(exc).__name__
 
 
+class Stopped(Exception):
+    """The caller asked a :class:`Reconnector` to stop while it waited to reconnect."""
+
+
 class Reconnector:
     """A source's connection, reopened with backoff when a live source drops.
 
-    ``open()`` connects the first time (InputError when the source cannot be used).  After a
-    drop, ``reopen(message)`` sleeps through the backoff's delays, trying again after each,
-    and raises SourceDropped naming ``message`` once they are spent; each failed try goes to
-    ``on_error``.  ``recovered()`` (a good frame or chunk came through) restarts the backoff.
-    ``resume_s(reached_s)`` is where media time goes on after a reconnect: from where it
-    stopped, at least as far as the wall clock went meanwhile (a source read faster than real
-    time is ahead of the clock), so time never runs backwards across a reconnect.
+    ``open()`` connects the first time (InputError when the source cannot be used; with
+    ``retry=True`` a failed first open is retried like a drop).  After a drop,
+    ``reopen(message)`` sleeps through the backoff's delays, trying again after each, and
+    raises SourceDropped naming ``message`` once they are spent (an unbounded backoff never
+    spends them); each failed try goes to ``on_error``, and ``on_retry(attempt, reason,
+    delay_s)`` hears of each wait before it starts.  With ``stop`` set during a wait,
+    :class:`Stopped` is raised.  ``recovered()`` (a good frame or chunk came through)
+    restarts the backoff.  ``resume_s(reached_s)`` is where media time goes on after a
+    reconnect: from where it stopped, at least as far as the wall clock went meanwhile (a
+    source read faster than real time is ahead of the clock), so time never runs backwards
+    across a reconnect.
     """
 
     def __init__(self, spec: SourceSpec, *, timeout_s: float, backoff: Backoff,
                  on_error: Callable[[str], None] | None = None,
+                 on_retry: Callable[[int, str, float], None] | None = None,
                  sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 stop=None) -> None:
         self.spec = spec
         self.reconnects = 0
         self._timeout_s = timeout_s
         self._backoff = backoff
         self._on_error = on_error or (lambda message: None)
+        self._on_retry = on_retry or (lambda attempt, reason, delay: None)
         self._sleep = sleep
         self._clock = clock
+        self._stop = stop
         self._delays: Iterator[float] = backoff.delays()
+        self._attempt = 0                  # tries since the last good chunk
         self._started = clock()
 
-    def open(self) -> av.container.InputContainer:
+    def open(self, *, retry: bool = False) -> av.container.InputContainer:
         self.restart_clock()
-        return open_container(self.spec, timeout_s=self._timeout_s)
+        try:
+            return open_container(self.spec, timeout_s=self._timeout_s)
+        except InputError as exc:
+            if not retry:
+                raise
+            self._on_error(str(exc))
+            container = self.reopen(str(exc), reason=str(exc))
+            self.restart_clock()
+            return container
 
     def restart_clock(self) -> None:
         """Count wall time for :meth:`resume_s` from now (when reading starts)."""
@@ -161,16 +182,28 @@ class Reconnector:
 
     def recovered(self) -> None:
         self._delays = self._backoff.delays()
+        self._attempt = 0
 
-    def reopen(self, message: str) -> av.container.InputContainer:
+    def reopen(self, message: str, *, reason: str | None = None) -> av.container.InputContainer:
+        reason = reason or message
         for delay in self._delays:
-            self._sleep(delay)
+            self._attempt += 1
+            self._on_retry(self._attempt, reason, delay)
+            self._wait(delay)
             self.reconnects += 1
             try:
                 return open_container(self.spec, timeout_s=self._timeout_s)
             except InputError as exc:
                 self._on_error(str(exc))
+                reason = str(exc)
         raise SourceDropped(f"{message}; gave up after {self._backoff.attempts} reconnects")
+
+    def _wait(self, delay: float) -> None:
+        if self._stop is None:
+            self._sleep(delay)
+            return
+        if self._stop.is_set() or self._stop.wait(delay):
+            raise Stopped("stopped while waiting to reconnect")
 
     def resume_s(self, reached_s: float) -> float:
         return max(self._clock() - self._started, reached_s)

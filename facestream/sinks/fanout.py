@@ -46,6 +46,10 @@ class FanoutSink:
     def ping(self) -> bool:
         return self.primary.ping()
 
+    def snapshot(self, stream_id: str, jpeg: bytes, ttl_s: int) -> bool:
+        snapshot = getattr(self.primary, "snapshot", None)
+        return bool(snapshot and snapshot(stream_id, jpeg, ttl_s))
+
     def checkpoints(self, saves) -> None:
         self.primary.checkpoints(saves)
 

@@ -1,4 +1,5 @@
-"""Events to Redis Streams, stream status to hashes (the Redis keys in README and docs/EVENTS.md).
+"""Events to Redis Streams, stream status to hashes, snapshots to plain keys (the Redis keys in
+README and docs/EVENTS.md).
 
 Each event is one entry ``{id, type, event}`` (``event`` is the CloudEvents JSON) added with
 ``XADD ... MAXLEN ~ N`` to ``facestream:events`` and to ``facestream:events:{stream id}``,
@@ -55,12 +56,17 @@ class RedisSink:
         self._key = settings.events_stream
         self._maxlen = settings.events_maxlen
         self._retention_ms = int(settings.events_retention_s * 1000)
+        self._status = settings.stream_status_prefix
 
     def write(self, events: Iterable[dict[str, Any]],
-              status: Mapping[str, Mapping[str, Any]] | None = None) -> int:
-        """Append events, then update streams' status hashes (stream id -> fields), in one
-        round trip; returns how many events.  SinkUnavailable if Redis does not answer
-        (then the caller retries the whole call: a repeated entry has the same event id)."""
+              status: Mapping[str, Mapping[str, Any]] | None = None, *,
+              expire: Mapping[str, int | None] | None = None) -> int:
+        """Append events, then update streams' status hashes (stream id -> fields;
+        ``{stream_status_prefix}:{id}``), in one round trip; returns how many events.
+        ``expire`` (stream id -> seconds, or None) then sets each named hash to expire, or
+        keeps it for good (a removed stream's status goes after a while; one added again
+        stays).  SinkUnavailable if Redis does not answer (then the caller retries the
+        whole call: a repeated entry has the same event id)."""
         import redis
 
         events = list(events)
@@ -82,13 +88,43 @@ class RedisSink:
             for key in keys:
                 pipe.xtrim(key, minid=oldest, approximate=True)
         for stream_id, fields in (status or {}).items():
-            pipe.hset(f"facestream:stream:{stream_id}",
+            pipe.hset(self.status_key(stream_id),
                       mapping={k: str(v) for k, v in fields.items()})
+        for stream_id, ttl in (expire or {}).items():
+            if ttl is None:
+                pipe.persist(self.status_key(stream_id))
+            else:
+                pipe.expire(self.status_key(stream_id), ttl)
         try:
             pipe.execute()
         except redis.RedisError as exc:
             raise _unavailable(self._settings, exc) from None
         return len(events)
+
+    def status_key(self, stream_id: str) -> str:
+        return f"{self._status}:{stream_id}"
+
+    def read_status(self, stream_id: str) -> dict[str, str]:
+        """A stream's status hash (empty if there is none); SinkUnavailable if Redis fails."""
+        import redis
+
+        try:
+            raw = self._redis.hgetall(self.status_key(stream_id))
+        except redis.RedisError as exc:
+            raise _unavailable(self._settings, exc) from None
+        return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in raw.items()}
+
+    def snapshot(self, stream_id: str, jpeg: bytes, ttl_s: int) -> bool:
+        """Store a stream's latest annotated frame at ``{stream_status_prefix}:{id}:snapshot``
+        (expiring after ``ttl_s``).  One try, no retries: a snapshot is replaced within a
+        second or so, so a failure is only logged by the caller.  True if Redis took it."""
+        import redis
+
+        try:
+            self._probe.set(f"{self.status_key(stream_id)}:snapshot", jpeg, ex=ttl_s)
+            return True
+        except redis.RedisError:
+            return False
 
     def ping(self) -> bool:
         """True if Redis answers now (one try, within a second)."""

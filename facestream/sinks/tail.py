@@ -27,6 +27,10 @@ def format_event(event: dict[str, Any]) -> str:
                 f"\u201c{d['description']}\u201d")
     if kind == "facestream.stream.error":
         return f"{head} ERROR {d.get('message')}"
+    if kind == events.STREAM_STATUS:
+        attempt = f" (attempt {d['attempt']})" if d.get("attempt") else ""
+        reason = f": {d['reason']}" if d.get("reason") else ""
+        return f"{head} {str(d.get('state')).upper()}{attempt}{reason}"
     return f"{head} {d.get('track_id')} {kind.rsplit('.', 1)[-1]}"
 
 

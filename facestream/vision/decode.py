@@ -144,6 +144,10 @@ class FrameSampler:
         self._fps = fps
         self._last_slot = -1
 
+    @property
+    def fps(self) -> float:
+        return self._fps
+
     def take(self, time_s: float) -> bool:
         slot = math.floor(time_s * self._fps + 1e-6)
         if slot > self._last_slot:

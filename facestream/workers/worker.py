@@ -27,6 +27,7 @@ so a threaded worker writes exactly the events, ids and checkpoints a single-thr
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import os
@@ -38,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import av
+import numpy as np
 
 from facestream import events
 from facestream.config import Settings
@@ -45,14 +47,17 @@ from facestream.errors import AssetError, FacestreamError, bounded
 from facestream.ingest.broker import connect
 from facestream.ingest.chunks import Chunk, ChunkError, EndOfStream, PartAssembler, parse_message
 from facestream.ingest.sources import is_stream_id
+from facestream.ingest.supervision import RateWindow, chunk_topic
+from facestream.sinks.annotate import draw
 from facestream.sinks.fanout import build_sink
 from facestream.sinks.kafka_topic import EventsTopicUnavailable
 from facestream.sinks.redis_stream import SinkUnavailable
 from facestream.types import DecodedFrame, FaceDetections
-from facestream.vision.decode import ChunkDecoder
+from facestream.vision.decode import ChunkDecoder, FrameSampler
 from facestream.vision.faces import FaceAnalyzer
 from facestream.workers import checkpoint
 from facestream.workers.dead_letters import BrokerUnavailable, DeadLetterSender, one_line
+from facestream.workers.embedded import _caption
 from facestream.workers.metrics import WorkerMetrics, serve
 from facestream.workers.ordering import ChunkOrder
 from facestream.workers.pipeline import StreamState
@@ -255,7 +260,15 @@ class Worker:
         self._health_checked = -float("inf")
         self._face_stage = FaceStage(self.models.faces, settings,
                                      threads=worker_threads(settings))
-        self.consumer.subscribe([settings.video_topic], listener=_rebalance_listener(self))
+        # Chunks of streams registered for this worker's profile (compact: the video topic).
+        self.topic = chunk_topic(settings.video_topic, settings.profile)
+        self._settings_by_fps: dict[float, Settings] = {}
+        self._rates: dict[str, RateWindow] = {}          # stream id -> its events per second
+        self._status_at: dict[str, float] = {}           # stream id -> live fields written
+        self._captions: dict[str, dict[str, str]] = {}   # stream id -> track id -> label
+        self._snapshot_at: dict[str, float] = {}         # stream id -> last snapshot taken
+        self._snapshots: dict[str, tuple] = {}           # stream id -> (image, boxes) due
+        self.consumer.subscribe([self.topic], listener=_rebalance_listener(self))
 
     def stop(self) -> None:
         self._stop.set()
@@ -299,8 +312,8 @@ class Worker:
         self.metrics.redis_ok = self.sink.ping()
         try:
             assignment = list(self.consumer.assignment())
-            probe = assignment or [TopicPartition(self.settings.video_topic, p) for p in
-                                   self.consumer.partitions_for_topic(self.settings.video_topic)]
+            probe = assignment or [TopicPartition(self.topic, p) for p in
+                                   self.consumer.partitions_for_topic(self.topic) or ()]
             ends = self.consumer.end_offsets(probe, timeout_ms=2000) if probe else {}
             self.metrics.broker_ok = True
             for tp in assignment:
@@ -373,15 +386,19 @@ class Worker:
             self.metrics.batch_windows.observe(len(acc.windows))
         with self.metrics.stage_seconds.labels("analyze").time():
             analysis = self._analyze(acc)
+        produced = acc.before + analysis + acc.after
+        self._live_status(produced, acc)
         # Per track: started, then its windows, then ended (a track ends in the round
         # that closes its last window).
-        self._deliver(acc.before + analysis + acc.after, acc.status)
+        self._deliver(produced, acc.status)
+        self._write_snapshots(analysis)
         # Then the round's descriptions: its events are out while they are written, and
         # the checkpoint that follows covers them (a description not yet delivered is never
         # behind a committed offset).
         if self.models.analyzer.describing:
             with self.metrics.stage_seconds.labels("describe").time():
                 described = self.models.analyzer.completed(wait=True)
+            self._count_events(described)
             self._deliver(described, {})
         self._checkpoint(acc)
         self._commit()
@@ -476,7 +493,7 @@ class Worker:
             return None
 
     def _take(self, tp, record, message: Chunk | EndOfStream, acc: _Batch) -> _InFlight | None:
-        stream = self._stream(message.stream_id, tp, acc)
+        stream = self._stream(message.stream_id, tp, acc, fps=getattr(message, "fps", None))
         if record.offset < stream.next_offset:
             self.report.skipped += 1           # already in the checkpoint's state
             return None
@@ -490,6 +507,13 @@ class Worker:
         chunk = self._assembler.add(message, token=record, now=self._clock())
         if chunk is None:                       # a part: wait for the rest
             return None
+        if chunk.profile is not None and chunk.profile != self.settings.profile:
+            self._dead_letter(record, chunk.stream_id,
+                              f"stream {chunk.stream_id} is registered for profile "
+                              f"{chunk.profile}; this worker runs {self.settings.profile} "
+                              f"(publish it to {chunk_topic(self.settings.video_topic, chunk.profile)}"
+                              f", which workers of profile {chunk.profile} read)", acc)
+            return None
         if stream.ended_before:
             if chunk.seq != 0:
                 self._dead_letter(record, chunk.stream_id,
@@ -498,9 +522,12 @@ class Worker:
                                   "stream starts again at chunk 0", acc)
                 return None
             stream.ended_before = False
-            acc.set_status(chunk.stream_id, state="running", worker=_worker_name())
+            acc.set_status(chunk.stream_id, worker_state="running", worker=_worker_name())
         if not self._in_order(stream, chunk, record, acc):
             return None
+        if chunk.fps is not None and chunk.fps != stream.decoder.sampler.fps:
+            # The stream's registered rate changed without a restart: sample at the new one.
+            stream.decoder.sampler = FrameSampler(chunk.fps)
         if chunk.live and self._behind(record):
             self._drop(stream, chunk, acc)
             return None
@@ -521,7 +548,7 @@ class Worker:
         if not verdict.accept:
             self._dead_letter(record, chunk.stream_id, verdict.message, acc)
         elif verdict.kind == "restart":
-            self._restart(stream, acc)
+            self._restart(stream, acc, fps=chunk.fps)
         elif verdict.kind == "gap":
             stream.decoder.abandon()      # a GOP open across the gap is missing packets
             acc.before.append(self._error_event(chunk.stream_id, verdict.message,
@@ -533,15 +560,32 @@ class Worker:
         self.report.out_of_order += 1
         self.metrics.out_of_order.labels(kind).inc()
 
-    def _restart(self, stream: _Stream, acc: _Batch) -> None:
+    def _restart(self, stream: _Stream, acc: _Batch, *, fps: float | None = None) -> None:
         """Chunk 0 again without an end: the publisher restarted.  The old session's tracks
-        end and the stream starts afresh."""
+        end and the stream starts afresh (at ``fps``, the chunk's registered rate)."""
         closed, ended = stream.state.finish()
         acc.windows += [(stream.state, w) for w in closed]
         acc.after += ended
         stream_id = stream.state.stream_id
-        stream.decoder = ChunkDecoder(stream_id, fps=self.settings.fps)
-        stream.state = StreamState(stream_id, self.settings)
+        stream.decoder, stream.state = self._fresh(stream_id, fps)
+
+    def _fresh(self, stream_id: str, fps: float | None) -> tuple[ChunkDecoder, StreamState]:
+        """A new stream's decoder and state, sampling at ``fps`` (the stream's registered
+        rate, from its chunks' ``fs-fps``) or at the worker's own."""
+        settings = self._settings_for(fps)
+        return ChunkDecoder(stream_id, fps=settings.fps), StreamState(stream_id, settings)
+
+    def _settings_for(self, fps: float | None) -> Settings:
+        """The settings a stream at ``fps`` is analysed with: the worker's, at that rate; a
+        track survives at least two missed frames (``track_max_lost_s`` >= 2 / fps) and a
+        window holds at least one frame (``window_s`` >= 1 / fps)."""
+        if fps is None or fps == self.settings.fps:
+            return self.settings
+        if fps not in self._settings_by_fps:
+            self._settings_by_fps[fps] = dataclasses.replace(
+                self.settings, fps=fps, window_s=max(self.settings.window_s, 1.0 / fps),
+                track_max_lost_s=min(30.0, max(self.settings.track_max_lost_s, 2.0 / fps)))
+        return self._settings_by_fps[fps]
 
     def _orphans(self, acc: _Batch) -> None:
         """Dead-letter every part of the split chunks given up (their offsets can then be
@@ -576,6 +620,7 @@ class Worker:
                 self.metrics.frames.inc()
                 self.metrics.faces.inc(len(seen.faces))
                 started, closed, ended = stream.state.observe(seen.frame, seen.faces)
+                self._snapshot_due(stream, seen.frame)
                 acc.before += started
                 acc.windows += [(stream.state, w) for w in closed]
                 acc.after += ended
@@ -588,6 +633,71 @@ class Worker:
         except Exception as exc:
             self._dead_letter(job.record, job.chunk.stream_id,
                               f"chunk {job.chunk.seq} does not decode: {_reason(exc)}", acc)
+
+    # -- what the worker adds to a stream's status, and its snapshot --------------------------
+
+    def _count_events(self, produced: list[dict[str, Any]]) -> None:
+        for event in produced:
+            stream_id = event["data"]["stream_id"]
+            rate = self._rates.get(stream_id)
+            if rate is None:
+                rate = self._rates[stream_id] = RateWindow(5.0, time.monotonic)
+            rate.add(1)
+
+    def _live_status(self, produced: list[dict[str, Any]], acc: _Batch,
+                     every_s: float = 1.0) -> None:
+        """Count the round's events per stream, and add to the round's status, at most
+        every ``every_s`` per stream, the worker's fields: ``worker``, ``events_per_s``,
+        ``faces`` (tracks on screen), ``worker_at``."""
+        self._count_events(produced)
+        now = time.monotonic()
+        for stream_id in acc.touched:
+            stream = self._streams.get(stream_id)
+            if stream is None or now - self._status_at.get(stream_id, -every_s) < every_s:
+                continue
+            self._status_at[stream_id] = now
+            rate = self._rates.get(stream_id)
+            faces = sum(1 for t in stream.state.tracker.active
+                        if t.track_id is not None and t.last_time_s == stream.state.last_time_s)
+            acc.set_status(stream_id, worker=_worker_name(),
+                           events_per_s=f"{rate.rate() if rate else 0.0:.2f}", faces=faces,
+                           worker_at=f"{self._clock():.3f}")
+
+    def _snapshot_due(self, stream: _Stream, frame) -> None:
+        """Keep ``frame`` and its tracks' boxes as the stream's next snapshot if one is due
+        (at most one per ``snapshot_interval_s``); nothing is drawn or encoded here."""
+        interval = self.settings.snapshot_interval_s
+        if not interval:
+            return
+        stream_id = stream.state.stream_id
+        if time.monotonic() - self._snapshot_at.get(stream_id, -interval) < interval:
+            return
+        boxes = [(track.track_id, np.array(track.box, dtype=float))
+                 for track in stream.state.tracker.active
+                 if track.track_id is not None and track.last_time_s == frame.time_s]
+        self._snapshots[stream_id] = (frame.image, boxes)
+
+    def _write_snapshots(self, analysis: list[dict[str, Any]]) -> None:
+        """Draw the due snapshots (boxes, track ids, each track's latest expression, gender
+        and age), encode them as JPEG and store them (one try: a snapshot that fails is
+        replaced by the next)."""
+        for event in analysis:
+            if event["type"] == events.FACE_ANALYSIS:
+                _caption(self._captions.setdefault(event["data"]["stream_id"], {}), [event])
+        if not self._snapshots:
+            return
+        store = getattr(self.sink, "snapshot", None)
+        due, self._snapshots = self._snapshots, {}
+        for stream_id, (image, boxes) in due.items():
+            self._snapshot_at[stream_id] = time.monotonic()
+            if store is None:
+                continue
+            captions = self._captions.get(stream_id, {})
+            with self.metrics.stage_seconds.labels("snapshot").time():
+                jpeg = snapshot_jpeg(image, [(tid, box, captions.get(tid, tid))
+                                             for tid, box in boxes])
+                if not store(stream_id, jpeg, self.settings.snapshot_ttl_s):
+                    log.debug("snapshot of %s not stored", stream_id)
 
     def _behind(self, record) -> bool:
         """True if the message reached us more than live_max_lag_s after it was produced."""
@@ -704,9 +814,9 @@ class Worker:
 
     def _checkpoint_key(self, stream_id: str) -> str:
         # Offsets belong to a topic: the same stream id on another topic is another stream.
-        return f"{self.settings.checkpoint_prefix}:{self.settings.video_topic}:{stream_id}"
+        return f"{self.settings.checkpoint_prefix}:{self.topic}:{stream_id}"
 
-    def _stream(self, stream_id: str, tp, acc: _Batch) -> _Stream:
+    def _stream(self, stream_id: str, tp, acc: _Batch, *, fps: float | None = None) -> _Stream:
         stream = self._streams.get(stream_id)
         if stream is None:
             key = self._checkpoint_key(stream_id)
@@ -716,8 +826,7 @@ class Worker:
                 stream = restored.stream
                 self.report.resumed += 1
             else:
-                stream = _Stream(ChunkDecoder(stream_id, fps=self.settings.fps),
-                                 StreamState(stream_id, self.settings))
+                stream = _Stream(*self._fresh(stream_id, fps))
             if restored is not None:
                 stream.next_offset = restored.offset
             stream.clean = ((restored.offset, saved) if restored is not None
@@ -727,7 +836,7 @@ class Worker:
             self._streams[stream_id] = stream
             self._owner[stream_id] = tp
             if not stream.ended_before:       # replaying an ended stream's messages is not running it
-                acc.set_status(stream_id, state="running", worker=_worker_name())
+                acc.set_status(stream_id, worker_state="running", worker=_worker_name())
         return stream
 
     def _end(self, stream: _Stream, acc: _Batch) -> None:
@@ -742,7 +851,9 @@ class Worker:
         del self._owner[stream.state.stream_id]
         self._ended.add(stream.state.stream_id)
         self.report.streams_ended += 1
-        acc.set_status(stream.state.stream_id, state="ended")
+        acc.set_status(stream.state.stream_id, worker_state="ended", faces=0)
+        for table in (self._captions, self._snapshots):
+            table.pop(stream.state.stream_id, None)
 
     def _dead_letter(self, record, stream_id: str, reason: str, acc: _Batch) -> None:
         """Send ``record`` to the dead-letter topic (waiting for the broker if it is away)
@@ -752,7 +863,7 @@ class Worker:
         self.metrics.dead_letters.inc()
         self._until_available(lambda: self._dead_letters.send(record, reason))
         stream = self._streams.get(stream_id)
-        acc.set_status(stream_id, last_error=reason)
+        acc.set_status(stream_id, worker_error=reason)
         acc.before.append(self._error_event(stream_id, reason, seq=record.offset,
                                             time_s=stream.state.last_time_s if stream else 0.0))
 
@@ -780,6 +891,17 @@ def _reason(exc: Exception) -> str:
     if text and isinstance(exc, (ChunkError, av.error.FFmpegError, FacestreamError)):
         return text
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def snapshot_jpeg(image, faces, *, quality: int = 85) -> bytes:
+    """``image`` (RGB) with ``faces`` ((track id, box, label) each) drawn, as JPEG bytes."""
+    import cv2
+
+    bgr = cv2.cvtColor(draw(image, faces), cv2.COLOR_RGB2BGR)
+    ok, encoded = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return encoded.tobytes()
 
 
 def worker_threads(settings: Settings) -> int:

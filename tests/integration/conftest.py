@@ -30,6 +30,8 @@ def isolated():
                  "video_topic": f"it-{tag}.video", "dlq_topic": f"it-{tag}.dlq",
                  "consumer_group": f"it-{tag}", "events_stream": f"it:{tag}:events",
                  "checkpoint_prefix": f"it:{tag}:checkpoint", "metrics_port": 0,
+                 "stream_status_prefix": f"it:{tag}:stream", "registry_topic": f"it-{tag}.streams",
+                 "supervisor_metrics_port": 0,
                  "describe": False}
     env = {f"FACESTREAM_{k.upper()}": str(v) for k, v in overrides.items()}
     return Settings.load(overrides), env

@@ -46,7 +46,8 @@ def dlq_reasons(settings) -> list[str]:
 def stream_status(settings, stream_id):
     import redis
 
-    raw = redis.Redis.from_url(settings.redis_url).hgetall(f"facestream:stream:{stream_id}")
+    raw = redis.Redis.from_url(settings.redis_url).hgetall(
+        f"{settings.stream_status_prefix}:{stream_id}")
     return {k.decode(): v.decode() for k, v in raw.items()}
 
 

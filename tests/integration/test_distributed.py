@@ -178,9 +178,9 @@ def test_killed_worker_streams_move_with_no_window_lost_and_the_same_ids(isolate
                 mine = events_in_redis(settings, f"{settings.events_stream}:{stream_id}")
                 owner = next((w for w in workers
                               if status.get("worker", "").endswith(f":{w.pid}")), None)
-                if status.get("state") == "running" and 4 <= len(mine) <= 12 and owner:
+                if status.get("worker_state") == "running" and 4 <= len(mine) <= 12 and owner:
                     return owner, [s for s in streams
-                                   if stream_status(settings, s).get("state") == "running"
+                                   if stream_status(settings, s).get("worker_state") == "running"
                                    and stream_status(settings, s)["worker"].endswith(
                                        f":{owner.pid}")]
             return None
@@ -198,7 +198,7 @@ def test_killed_worker_streams_move_with_no_window_lost_and_the_same_ids(isolate
         wait(lambda: any(stream_status(settings, s).get("worker", "").endswith(f":{survivor.pid}")
                          for s in orphaned), 120, "the survivor to take the streams over")
         assert time.monotonic() - killed_at < 35, "a dead worker's streams waited too long"
-        wait(lambda: all(stream_status(settings, s).get("state") == "ended" for s in streams), 180,
+        wait(lambda: all(stream_status(settings, s).get("worker_state") == "ended" for s in streams), 180,
               "the surviving worker to finish every stream")
         assert all(stream_status(settings, s)["worker"].endswith(f":{survivor.pid}")
                    for s in orphaned), "streams did not move"
@@ -270,7 +270,7 @@ def test_redis_outage_delays_events_but_loses_none(isolated, models, sample, tmp
         services_cli("start-redis")
         wait(lambda: http(port, "/readyz")[0] == 200, 30, "/readyz to recover")
         assert publisher.wait(timeout=60) == 0, publisher.stderr.read()
-        wait(lambda: stream_status(settings, stream_id).get("state") == "ended", 120,
+        wait(lambda: stream_status(settings, stream_id).get("worker_state") == "ended", 120,
               "the worker to finish the stream after Redis came back")
         metrics = http(port, "/metrics")[1]
         assert metric(metrics, "facestream_redis_retries_total") >= 1
@@ -304,7 +304,7 @@ def test_broker_restart_is_ridden_out_by_publisher_and_worker(isolated, models, 
         wait(lambda: len(events_in_redis(settings, key)) >= 2, 90, "the first events")
         services_cli("restart-kafka")
         assert publisher.wait(timeout=90) == 0, publisher.stderr.read()
-        wait(lambda: stream_status(settings, stream_id).get("state") == "ended"
+        wait(lambda: stream_status(settings, stream_id).get("worker_state") == "ended"
               or worker.poll() is not None, 120,
               "the worker to finish the stream after the broker came back")
         assert worker.poll() is None, worker_log.read_text()[-3000:]
@@ -330,7 +330,8 @@ def test_registry_drives_the_publishers(isolated, models, sample):
            "FACESTREAM_REGISTRY_ALLOW_FILES": "1"}
     settings = Settings.load({**{k: getattr(settings, k) for k in (
         "kafka_bootstrap", "redis_url", "video_topic", "dlq_topic", "consumer_group",
-        "events_stream", "checkpoint_prefix", "metrics_port", "describe")},
+        "events_stream", "checkpoint_prefix", "metrics_port", "describe",
+        "stream_status_prefix")},
         "registry_topic": f"it-{tag}.streams", "registry_allow_files": True})
     short, long = f"reg-short-{tag}", f"reg-long-{tag}"
 
@@ -358,12 +359,12 @@ def test_registry_drives_the_publishers(isolated, models, sample):
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
     try:
-        wait(lambda: stream_status(settings, short).get("state") == "ended", 90,
+        wait(lambda: stream_status(settings, short).get("worker_state") == "ended", 90,
               "the short registered stream to be published and analysed")
-        wait(lambda: stream_status(settings, long).get("state") == "running", 120, "the long one")
+        wait(lambda: stream_status(settings, long).get("worker_state") == "running", 120, "the long one")
         removed = run_cli("streams", "remove", long, env=env)
         assert removed.returncode == 0, removed.stderr
-        wait(lambda: stream_status(settings, long).get("state") == "ended", 120,
+        wait(lambda: stream_status(settings, long).get("worker_state") == "ended", 120,
               "the removed stream to be ended by its publisher")
     finally:
         worker.stop()
@@ -432,7 +433,7 @@ def test_three_workers_six_streams_each_stream_owned_once(isolated, models, samp
                                 env={**os.environ, **env}, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL) for _ in range(3)]
     try:
-        wait(lambda: all(stream_status(settings, s).get("state") == "ended" for s in streams), 180,
+        wait(lambda: all(stream_status(settings, s).get("worker_state") == "ended" for s in streams), 180,
               "the three workers to finish the six streams")
     finally:
         for w in workers:

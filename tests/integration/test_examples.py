@@ -71,7 +71,7 @@ def test_the_example_alerts_on_what_a_real_worker_wrote(isolated, sample, tmp_pa
         return bool(mine) and mine["last-delivered-id"] == last[0][0] and mine["pending"] == 0
 
     try:
-        wait(lambda: stream_status(settings, stream_id).get("state") == "ended"
+        wait(lambda: stream_status(settings, stream_id).get("worker_state") == "ended"
              or worker.poll() is not None or service.poll() is not None, 300,
              "the worker to finish the stream")
         assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-2000:]

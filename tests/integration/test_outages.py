@@ -74,7 +74,7 @@ def test_readiness_follows_redis_when_idle_and_status_waits_for_it(isolated, mod
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
     try:
-        wait(lambda: stream_status(settings, "idle").get("state") == "running"
+        wait(lambda: stream_status(settings, "idle").get("worker_state") == "running"
              and worker.report.chunks == len(chunks), 120, "the stream's chunks to be analysed")
         wait(lambda: http(port, "/readyz") == (200, "ready"), 30, "the idle worker to be ready")
         own.stop()                              # the worker is idle: nothing to write
@@ -91,7 +91,7 @@ def test_readiness_follows_redis_when_idle_and_status_waits_for_it(isolated, mod
              "the worker to retry its write")
         own.start()                             # empty: no persistence
         wait(lambda: http(port, "/readyz") == (200, "ready"), 60, "/readyz to recover")
-        wait(lambda: stream_status(settings, "idle").get("state") == "ended", 60,
+        wait(lambda: stream_status(settings, "idle").get("worker_state") == "ended", 60,
              "the ended status, written after Redis came back")
     finally:
         worker.stop()

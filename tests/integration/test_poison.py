@@ -119,7 +119,7 @@ def test_poison_messages_are_dead_lettered_and_the_workers_go_on(isolated, model
                                 stderr=log.open("w")) for log in logs]
     try:
         try:
-            wait(lambda: stream_status(settings, sid("good")).get("state") == "ended"
+            wait(lambda: stream_status(settings, sid("good")).get("worker_state") == "ended"
                  and _committed_to_the_end(settings)
                  or any(w.poll() is not None for w in workers), 300,
                  "the good stream to end and every offset to be committed")
