@@ -117,6 +117,48 @@ def test_ingest_reconnects_a_live_source_that_drops(isolated, sample):
     assert all(b > a for a, b in zip(starts, starts[1:])), starts
 
 
+def _live_chunks(isolated, clip, chunk_max_s: str) -> list[Chunk]:
+    """`facestream ingest` of ``clip`` served once by a live HTTP camera (then down)."""
+    settings, env = isolated
+    camera = HttpCamera(_mpegts(clip), [1.0, None])
+    stream_id = f"cam{chunk_max_s.replace('.', '')}"
+    try:
+        proc = run_cli("ingest", camera.url, "--stream-id", stream_id, timeout=300,
+                       env={**env, "FACESTREAM_RECONNECT_ATTEMPTS": "1",
+                            "FACESTREAM_RECONNECT_BACKOFF_S": "0.05",
+                            "FACESTREAM_OPEN_TIMEOUT_S": "60",
+                            "FACESTREAM_CHUNK_MAX_S": chunk_max_s})
+    finally:
+        camera.close()
+    assert proc.returncode == 2 and "gave up after 1 reconnects" in proc.stderr, proc.stderr
+    return [c for c, _ in _chunks_and_end(_topic(settings.video_topic), stream_id)[0]]
+
+
+def test_a_live_source_sends_its_gop_as_it_comes(isolated, sample):
+    """A live camera's chunk leaves every FACESTREAM_CHUNK_MAX_S of video (default 0.5 s),
+    not when its GOP ends (face_noface.mov's GOPs are ~1.7 s): unfinished, then continued
+    chunks, and each GOP still starts a chunk of its own.  The packets are those whole-GOP
+    chunks (FACESTREAM_CHUNK_MAX_S=0) carry, in the same order."""
+    clip = sample("face_noface.mov")
+    whole = _live_chunks(isolated, clip, "0")
+    parts = _live_chunks(isolated, clip, "0.5")
+    assert not any(c.continued or c.unfinished for c in whole)
+    assert len(parts) >= 2 * len(whole) + 3
+    assert not parts[0].continued
+    for before, after in zip(parts, parts[1:]):
+        assert after.continued == before.unfinished
+    for chunk in parts:
+        dts = [p.dts for p in chunk.packets()]
+        assert (max(dts) - min(dts)) * chunk.time_base <= 0.5, chunk.seq
+    gop_starts = [c for c in parts if not c.continued]
+    assert all(c.packets()[0].keyframe for c in gop_starts)
+    assert [c.first_pts for c in whole] == [c.first_pts for c in gop_starts][:len(whole)]
+    sent = [p.data for c in whole for p in c.packets()]
+    # (a connection that drops mid-GOP loses the GOP's tail whole; sent as it comes, only
+    # what was not yet sent)
+    assert [p.data for c in parts for p in c.packets()][:len(sent)] == sent
+
+
 def test_ingest_realtime_paces_a_file_at_its_own_speed(isolated, sample):
     """README: `facestream ingest sample:NAME --stream-id ID --realtime` (the edge publisher
     pacing a file as a camera would): each chunk is produced no earlier than its media time
