@@ -129,6 +129,15 @@ def _parser() -> argparse.ArgumentParser:
     remove.add_argument("stream_id")
     rsub.add_parser("list", help="the registered streams")
 
+    sv = sub.add_parser("serve", help="the HTTP API and the web console",
+                        description="Serve the API (docs/API.md) and the web console on "
+                                    "FACESTREAM_API_HOST:FACESTREAM_API_PORT (default "
+                                    "127.0.0.1:8080).  Any other address than loopback needs "
+                                    "FACESTREAM_API_TOKEN.")
+    sv.add_argument("--host", dest="api_host", help="address to listen on (setting api_host)")
+    sv.add_argument("--port", dest="api_port", type=int,
+                    help="port (setting api_port; 0 picks a free one)")
+
     e = sub.add_parser("events", help="read the events in Redis")
     esub = e.add_subparsers(dest="events_command", required=True)
     tail = esub.add_parser("tail", help="follow events with a consumer group, one line each")
@@ -232,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
             return _events(args)
         if args.command == "streams":
             return _streams(args)
+        if args.command == "serve":
+            return _serve(args)
         if args.command == "eval":
             return _eval(args)
         if args.command == "encoder":
@@ -482,6 +493,15 @@ def _events(args: argparse.Namespace) -> int:
                 count=args.count, consumer=args.consumer)
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from facestream.api.app import serve
+    from facestream.config import Settings
+
+    settings = Settings.load({"api_host": args.api_host, "api_port": args.api_port})
+    serve(settings, announce=lambda line: print(line, file=sys.stderr, flush=True))
+    return 0
+
+
 def _ingest_registry(settings) -> int:
     import signal
 
@@ -504,10 +524,19 @@ def _ingest_registry(settings) -> int:
 
 def _streams(args: argparse.Namespace) -> int:
     from facestream.config import Settings
-    from facestream.ingest.registry import Registry, SpecError, StreamSpec, validate
+    from facestream.ingest.registry import Registry
 
     settings = Settings.load()
     registry = Registry(settings)
+    try:
+        return _streams_command(args, settings, registry)
+    finally:
+        registry.close()
+
+
+def _streams_command(args: argparse.Namespace, settings, registry) -> int:
+    from facestream.ingest.registry import SpecError, StreamSpec, validate
+
     if args.streams_command == "add":
         spec = StreamSpec(args.stream_id, args.source, args.fps, args.profile)
         validate(spec, settings)

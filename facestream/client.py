@@ -35,11 +35,10 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Iterable, Mapping, Protocol
-from urllib.parse import urlsplit, urlunsplit
 
 from facestream import events
 from facestream.config import Settings
-from facestream.errors import FacestreamError, bounded
+from facestream.errors import FacestreamError, bounded, redact
 from facestream.events import (FACE_ANALYSIS, FACE_DESCRIPTION, STREAM_ERROR, STREAM_STATUS,
                                TRACK_ENDED, TRACK_STARTED)
 
@@ -183,17 +182,6 @@ def default_consumer() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
-def redacted(url: str) -> str:
-    """``url`` without its password, for error messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    host = f"[{host}]" if ":" in host else host
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 class EventSubscriber:
     """Hand every event of ``facestream:events`` (``stream=None``) or of one stream to
     ``handler``, as consumer ``consumer`` of the Redis consumer group ``group``.
@@ -276,7 +264,7 @@ class EventSubscriber:
             self._leave()
         except redis.RedisError as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise SubscriberError(f"Redis at {redacted(self.settings.redis_url)}: "
+            raise SubscriberError(f"Redis at {redact(self.settings.redis_url)}: "
                                   f"{bounded(reason, 200)}") from None
         finally:
             restore()

@@ -310,6 +310,17 @@ class Settings:
         "dead-letter stream ({events_stream}:dead:{group}) and is acknowledged.",
         ge=1, le=1000))
 
+    # The control plane (`facestream serve`: facestream.api, docs/API.md).
+    api_host: str = field(default="127.0.0.1", metadata=_doc(
+        "Address `facestream serve` listens on; any address that is not loopback needs "
+        "api_token."))
+    api_port: int = field(default=8080, metadata=_doc(
+        "Port of the HTTP API and the web console; 0 picks a free one (printed at start).",
+        ge=0, le=65535))
+    api_token: str = field(default="", metadata=_doc(
+        "Bearer token every /api route requires (Authorization: Bearer <token>); empty = "
+        "no token, allowed only on a loopback api_host."))
+
     # Analysis profile.  facellava needs the user's local copy of the released checkpoint
     # (non-commercial licence: never bundled) and the two LanguageBind towers.
     profile: str = field(default="compact", metadata=_doc(

@@ -12,6 +12,8 @@ Messages say what was expected, what came, and what to do.
 
 from __future__ import annotations
 
+import re
+
 
 class FacestreamError(Exception):
     """Base class; ``exit_code`` is what the CLI returns for it."""
@@ -48,3 +50,13 @@ def bounded(text: str, limit: int = 300) -> str:
         return text
     tail = f"... [{len(text) - limit} more characters]"
     return text[:max(0, limit - len(tail))] + tail
+
+
+_CREDENTIALS = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^\s/@:]*):[^\s/@]*@")
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of every URL in it replaced by ``***``
+    (``rtsp://admin:secret@cam/`` -> ``rtsp://admin:***@cam/``): for camera and service
+    URLs in messages, status and API answers."""
+    return _CREDENTIALS.sub(r"\g<head>:***@", text)

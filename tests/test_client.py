@@ -16,9 +16,9 @@ import pytest
 
 from facestream import events
 from facestream.client import (Deduplicator, Event, EventError, EventSubscriber,
-                               SubscriberError, redacted)
+                               SubscriberError)
 from facestream.config import Settings
-from facestream.errors import ConfigError
+from facestream.errors import ConfigError, redact
 from tests.helpers import REPO, read_events, run_cli
 
 MODEL_RUNTIMES = ("torch", "mediapipe", "av", "cv2", "onnxruntime", "llama_cpp")
@@ -147,7 +147,7 @@ def test_an_unreachable_redis_is_one_line_naming_the_url():
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     url = f"redis://svc:s3cret@127.0.0.1:{port}/0"
-    assert redacted(url) == f"redis://svc:***@127.0.0.1:{port}/0"
+    assert redact(url) == f"redis://svc:***@127.0.0.1:{port}/0"
     sub = EventSubscriber(Settings.load({"redis_url": url}, environ={}), group="g",
                           handler=print)
     with pytest.raises(SubscriberError) as caught:

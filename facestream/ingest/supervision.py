@@ -1,6 +1,6 @@
 """What the camera supervisor knows about each stream, without any transport: its state
 machine, counters and rates (:class:`StreamStatus`), where its chunks go
-(:func:`chunk_topic`) and how its URL is shown (:func:`redact_url`).
+(:func:`chunk_topic`) and how its URL is shown (:func:`facestream.errors.redact`).
 
 The supervisor (:mod:`facestream.workers.supervisor`) writes :meth:`StreamStatus.fields` to
 the Redis hash ``{stream_status_prefix}:{id}`` and one ``facestream.stream.status`` event per
@@ -26,7 +26,8 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable
-from urllib.parse import urlsplit, urlunsplit
+
+from facestream.errors import redact
 
 CONNECTING, LIVE, RECONNECTING, FAILED, ENDED, REMOVED = (
     "connecting", "live", "reconnecting", "failed", "ended", "removed")
@@ -41,19 +42,6 @@ def chunk_topic(video_topic: str, profile: str | None) -> str:
     if profile in (None, DEFAULT_PROFILE):
         return video_topic
     return f"{video_topic}.{profile}"
-
-
-def redact_url(url: str) -> str:
-    """``url`` with the password of its user info replaced by ``***``
-    (``rtsp://user:***@host/...``); anything that is not a URL with a password as it is."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        host = parts.netloc.rpartition("@")[2]
-        return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
-    except ValueError:
-        return url
 
 
 @dataclass(frozen=True)
@@ -83,7 +71,7 @@ class StreamStatus:
                  monotonic: Callable[[], float] = time.monotonic,
                  rate_span_s: float = 5.0) -> None:
         self.stream_id = stream_id
-        self.url = redact_url(url)
+        self.url = redact(url)
         self.fps = fps
         self.profile = profile
         self.publisher = publisher

@@ -12,7 +12,8 @@ import pytest
 from facestream.errors import InputError, SourceDropped
 from facestream.ingest import sources
 from facestream.ingest.chunks import Chunk, ChunkError, Packet, count_packets, pack, parse_message
-from facestream.ingest.supervision import StreamStatus, chunk_topic, redact_url
+from facestream.errors import redact
+from facestream.ingest.supervision import StreamStatus, chunk_topic
 from facestream.retry import Backoff
 
 
@@ -95,7 +96,7 @@ def test_frames_per_second_is_a_rate_over_the_last_seconds():
     ("rtsp://u:p%40ss@[::1]:554/", "rtsp://u:***@[::1]:554/"),
 ])
 def test_urls_are_shown_without_their_password(url, shown):
-    assert redact_url(url) == shown
+    assert redact(url) == shown
 
 
 def test_each_profile_has_its_topic():

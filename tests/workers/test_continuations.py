@@ -17,7 +17,6 @@ import pytest
 from facestream import events
 from facestream.config import Settings
 from facestream.ingest.chunks import Chunk, EndOfStream, gop_chunks
-from facestream.workers import checkpoint
 from facestream.workers.worker import Worker
 from tests.helpers import MemoryProducer, MemorySink, Record
 
