@@ -241,3 +241,7 @@ class LanguageStage(Protocol):
     def answer(self, items: Sequence[tuple[FaceWindow, EncoderOutput]]) -> list[Answer | None]:
         """One answer per (window, cheap results), in order; None for a window the LLM did
         not answer (its request was shed under load).  Blocking."""
+
+    @property
+    def stats(self) -> Mapping[str, int]:
+        """Its engine's counters (at least queued and running).  Thread-safe."""

@@ -117,6 +117,11 @@ class FaceLlavaAnswerer:
                               image_token_id=IMAGE_TOKEN_ID, tokens_per_image=1)
         return tuple(ids[:ids.index(IMAGE_TOKEN_ID)])
 
+    @property
+    def stats(self) -> dict[str, int]:
+        """The engine's counters (queued, running, shed, tokens, ...).  Thread-safe."""
+        return self._engine.stats
+
     def answer(self, items: Sequence[tuple[FaceWindow, Any]]) -> list[Answer | None]:
         """One answer per (window, cheap results), in order (None where the engine shed a
         request under load); the description is the expression answer when that task is

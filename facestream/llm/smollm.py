@@ -119,6 +119,11 @@ class SmolDescriber:
         results = self._generate([facts(out) for _, out in items])
         return [None if r.finish_reason == "shed" else Answer(_trim(r.text)) for r in results]
 
+    @property
+    def stats(self) -> dict[str, int]:
+        """The engine's counters (queued, running, shed, tokens, ...).  Thread-safe."""
+        return self._engine.stats
+
     def describe(self, facts: list[str]) -> list[str]:
         """One description per facts string, in order.  May return "" for a request whose
         generation produced no text."""

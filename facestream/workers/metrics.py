@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from facestream.errors import ConfigError
 
@@ -63,12 +66,51 @@ class WorkerMetrics:
         self.redis_ok = True           # Redis answered the last call or probe
         self.broker_ok = True          # the broker answered the last probe
 
+    def watch_language(self, analyzer: Any) -> None:
+        """Export the language stage of ``analyzer`` (a
+        :class:`~facestream.workers.pipeline.WindowAnalyzer`), read at each scrape: see
+        :class:`LanguageCollector`.  Call once."""
+        self.registry.register(LanguageCollector(analyzer))
+
     @property
     def readiness(self) -> bool:
         return self.ready and self.redis_ok and self.broker_ok
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class LanguageCollector(Collector):
+    """The LLM side of a worker, read when ``/metrics`` is scraped (nothing on the hot path):
+    the analyzer's counts of windows asked of the LLM, shed under load, failed and reused
+    (plain integers its consuming thread updates), and the queue of the language stage's
+    engine, in-process or remote (its ``stats``, which are thread-safe).  A worker without a
+    language stage (``describe`` off) exports zeros, so the series always exist."""
+
+    def __init__(self, analyzer: Any) -> None:
+        self._analyzer = analyzer
+
+    def collect(self) -> Iterator[Metric]:
+        a = self._analyzer
+        engine = a.language.stats if a.language is not None else {}
+        yield CounterMetricFamily("facestream_llm_requests",
+                                  "Windows sent to the LLM for a fresh description or answer",
+                                  value=a.llm_calls)
+        yield CounterMetricFamily("facestream_llm_shed",
+                                  "Windows the LLM engine shed because its queue was full "
+                                  "(they keep the track's last description)", value=a.llm_shed)
+        yield CounterMetricFamily("facestream_llm_failed",
+                                  "Windows whose LLM call failed (they go undescribed; the "
+                                  "worker logs a warning)",
+                                  value=a.llm_failed)
+        yield CounterMetricFamily("facestream_descriptions_reused",
+                                  "Windows that reused their track's last description",
+                                  value=a.descriptions_reused)
+        yield GaugeMetricFamily("facestream_llm_queued",
+                                "LLM requests waiting for a slot (in-process engine) or for "
+                                "their turn at the LLM server", value=engine.get("queued", 0))
+        yield GaugeMetricFamily("facestream_llm_running",
+                                "LLM requests being generated", value=engine.get("running", 0))
 
 
 def serve(metrics: WorkerMetrics, port: int, *, host: str = "0.0.0.0") -> ThreadingHTTPServer:

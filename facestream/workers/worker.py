@@ -257,6 +257,7 @@ class Worker:
         self._stop = threading.Event()
         self.report = WorkerReport()
         self.metrics = WorkerMetrics()
+        self.metrics.watch_language(self.models.analyzer)
         self._health_checked = -float("inf")
         self._face_stage = FaceStage(self.models.faces, settings,
                                      threads=worker_threads(settings))
