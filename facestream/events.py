@@ -103,6 +103,17 @@ class Described:
     fields: Mapping[str, Any] = field(default_factory=dict)   # event data it sets
 
 
+def _latencies(window: FaceWindow) -> dict[str, float]:
+    """``latency_ms``: from the window's last frame leaving the decoder to now (the event
+    being built); ``capture_latency_ms``, where the source's capture time is known (chunks
+    with ``fs-capture``): from the source producing that frame to now."""
+    now, last = time.time(), window.samples[-1]
+    out = {"latency_ms": round(max(0.0, now - last.arrival) * 1000, 1)}
+    if last.captured is not None:
+        out["capture_latency_ms"] = round(max(0.0, now - last.captured) * 1000, 1)
+    return out
+
+
 def face_analysis(window: FaceWindow, out: EncoderOutput, *, head_pose: dict[str, Any],
                   profile: str, components: Mapping[str, str], trigger: str | None,
                   time_epoch: float, answer: Described | None,
@@ -131,7 +142,7 @@ def face_analysis(window: FaceWindow, out: EncoderOutput, *, head_pose: dict[str
         "description_from_s": answer.answered_s if answer else None,
         "description_follows": follows,
         "model": {"profile": profile, "components": components},
-        "latency_ms": round(max(0.0, time.time() - window.samples[-1].arrival) * 1000, 1),
+        **_latencies(window),
     }
     if answer and answer.fields:
         _apply(data, answer.fields)
@@ -156,7 +167,7 @@ def face_description(window: FaceWindow, *, description: str, trigger: str | Non
         "description_trigger": trigger,
         "model": {"profile": profile, "components": dict(components)},
         "generation_ms": round(max(0.0, generation_ms), 1),
-        "latency_ms": round(max(0.0, time.time() - window.samples[-1].arrival) * 1000, 1),
+        **_latencies(window),
     }
     start = window.start_pts if window.start_pts is not None else f"{window.start_s:.3f}"
     return envelope(FACE_DESCRIPTION, stream_id=window.stream_id, subject=window.track_id,

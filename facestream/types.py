@@ -42,6 +42,7 @@ class DecodedFrame:
     time_s: float        # media seconds since the stream's first frame
     image: np.ndarray
     arrival: float       # time.time() when the frame came out of the decoder
+    captured: float | None = None   # wall clock (unix s) when the source produced it, if known
 
     def __post_init__(self) -> None:
         if self.image.ndim != 3 or self.image.shape[2] != 3 or self.image.dtype != np.uint8:
@@ -135,6 +136,7 @@ class FaceSample:
     landmarks: np.ndarray    # [68, 2] iBUG
     mesh: np.ndarray         # [468, 3]
     chips: FaceChips         # one face
+    captured: float | None = None   # wall clock (unix s) when the source produced the frame
 
     def __post_init__(self) -> None:
         _shape("FaceSample", "box", self.box, (4,))

@@ -17,7 +17,9 @@ Kafka headers: ``fs-stream``, ``fs-seq``, ``fs-part`` ("i/n", from 1), ``fs-code
 time 0 for the whole stream), ``fs-pts`` (first pts of the chunk), ``fs-size`` ("WxH"),
 ``fs-format``, ``fs-live`` ("1": a live source), ``fs-continued``, ``fs-unfinished``, and
 from the camera supervisor the stream's registered analysis rate and profile, ``fs-fps``
-(0.1..120) and ``fs-profile`` (workers of other profiles refuse the chunk).  Each is bounded
+(0.1..120) and ``fs-profile`` (workers of other profiles refuse the chunk), and
+``fs-capture``, the wall clock (unix seconds) at which the source produced the chunk's first
+frame, where the publisher knows it (live sources, paced files).  Each is bounded
 where it is parsed (the bounds below; docs/RELIABILITY.md).  A chunk larger than the
 broker's message limit is split into parts that :class:`PartAssembler` puts back together.
 """
@@ -28,7 +30,7 @@ import re
 import struct
 from dataclasses import dataclass, replace
 from fractions import Fraction
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from facestream.errors import bounded
 from facestream.ingest.sources import is_stream_id
@@ -180,6 +182,7 @@ class Chunk:
     unfinished: bool = False  # its last GOP goes on in the next chunk
     fps: float | None = None  # the stream's registered analysis rate (None: the worker's)
     profile: str | None = None  # the profile the stream is registered for (None: any)
+    capture: float | None = None  # unix s at which the source produced the first frame
 
     def headers(self) -> list[tuple[str, bytes]]:
         return [
@@ -193,7 +196,8 @@ class Chunk:
             ("fs-continued", b"1" if self.continued else b"0"),
             ("fs-unfinished", b"1" if self.unfinished else b"0"),
         ] + ([("fs-fps", f"{self.fps:g}".encode())] if self.fps is not None else []) + (
-            [("fs-profile", self.profile.encode())] if self.profile is not None else [])
+            [("fs-profile", self.profile.encode())] if self.profile is not None else []) + (
+            [("fs-capture", f"{self.capture:.3f}".encode())] if self.capture is not None else [])
 
     @property
     def start_s(self) -> float:
@@ -236,13 +240,19 @@ class Chunk:
             profile = _text(h, "fs-profile")
             if not re.fullmatch(r"[a-z0-9_-]{1,32}", profile):
                 raise ChunkError(f"fs-profile {_show(profile)}: not a profile name")
+        capture = None
+        if "fs-capture" in h:
+            text = _text(h, "fs-capture")
+            if not re.fullmatch(r"[0-9]{1,10}(\.[0-9]{1,6})?", text):
+                raise ChunkError(f"fs-capture {_show(text)}: not unix seconds like 1764570000.25")
+            capture = float(text)
         chunk = cls(stream_id=stream_id, seq=_int(h, "fs-seq", 0, MAX_SEQ), codec=codec,
                     extradata=h.get("fs-extradata") or b"", time_base=Fraction(num, den),
                     origin_pts=_int(h, "fs-origin-pts", NO_TS + 1, -NO_TS - 1),
                     first_pts=_int(h, "fs-pts", NO_TS + 1, -NO_TS - 1), width=width,
                     height=height, payload=bytes(value), part=part_i, parts=parts_n,
                     live=live, continued=continued, unfinished=unfinished, fps=fps,
-                    profile=profile)
+                    profile=profile, capture=capture)
         if not -MAX_MEDIA_S <= chunk.start_s <= MAX_MEDIA_S:
             raise ChunkError(f"fs-pts {chunk.first_pts} is {chunk.start_s:.3g} s of media "
                              f"time after fs-origin-pts; at most {MAX_MEDIA_S:.3g} s")
@@ -400,21 +410,23 @@ class PartAssembler:
 
 
 def gop_chunks(container, *, stream_id: str, min_chunk_s: float = 1.0,
-               max_chunk_s: float | None = None) -> Iterator[Chunk]:
+               max_chunk_s: float | None = None,
+               clock: Callable[[], float] | None = None) -> Iterator[Chunk]:
     """Cut a demuxed video stream into chunks of whole GOPs of at least ``min_chunk_s``.
 
     With ``max_chunk_s`` (live sources), a chunk also leaves once it holds ``max_chunk_s``
     of media without reaching a keyframe: ``unfinished``, and the next one ``continued``.
     A continued chunk ends at the next keyframe, so every GOP start is a chunk start.
-    Packets before the first keyframe are dropped (no decoder could use them).  Blocking:
-    reads the container as it goes.
+    With ``clock`` (a live source: ``time.time``), each chunk's ``capture`` is the clock when
+    its first packet came out of the demuxer.  Packets before the first keyframe are dropped
+    (no decoder could use them).  Blocking: reads the container as it goes.
     """
     stream = container.streams.video[0]
     ctx = stream.codec_context
     time_base = stream.time_base
     origin = stream.start_time
     extradata = bytes(ctx.extradata or b"")
-    seq, current, continued = 0, [], False
+    seq, current, continued, captured = 0, [], False, None
 
     def make(packets: list[Packet], *, unfinished: bool) -> Chunk:
         nonlocal origin
@@ -422,7 +434,7 @@ def gop_chunks(container, *, stream_id: str, min_chunk_s: float = 1.0,
         origin = first if origin is None else origin
         return Chunk(stream_id, seq, ctx.name, extradata, time_base, origin, first,
                      ctx.width, ctx.height, pack(packets), continued=continued,
-                     unfinished=unfinished)
+                     unfinished=unfinished, capture=captured)
 
     for av_packet in container.demux(stream):
         if av_packet.size == 0:
@@ -438,6 +450,8 @@ def gop_chunks(container, *, stream_id: str, min_chunk_s: float = 1.0,
                 yield make(current, unfinished=not cut)
                 seq += 1
                 current, continued = [], not cut
+        if not current and clock is not None:
+            captured = clock()
         current.append(packet)
     if current:
         yield make(current, unfinished=False)

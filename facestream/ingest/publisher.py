@@ -114,7 +114,7 @@ def ingest(spec: SourceSpec, settings: Settings, *, stream_id: str, realtime: bo
     report = IngestReport()
     own = publisher is None
     publisher = publisher or ChunkPublisher(settings)
-    started = time.monotonic()
+    started, started_epoch = time.monotonic(), time.time()
     last_seq = -1
     backoff = backoff or Backoff(settings.reconnect_attempts, settings.reconnect_backoff_s,
                                  settings.reconnect_backoff_max_s)
@@ -135,6 +135,10 @@ def ingest(spec: SourceSpec, settings: Settings, *, stream_id: str, realtime: bo
                     stop.wait(ahead)
                 else:
                     time.sleep(ahead)
+            if realtime and not spec.live:
+                # A paced file stands for a camera: its frame at media time t is "captured"
+                # at t after the start.
+                chunk = replace(chunk, capture=started_epoch + media_s)
             report.messages += publisher.publish(chunk, topic=topic)
             report.chunks += 1
             report.bytes += len(chunk.payload)
@@ -167,7 +171,8 @@ def _source_chunks(spec: SourceSpec, link: Reconnector, stream_id: str, report: 
     try:
         while True:
             try:
-                for chunk in gop_chunks(container, stream_id=stream_id, max_chunk_s=max_chunk_s):
+                for chunk in gop_chunks(container, stream_id=stream_id, max_chunk_s=max_chunk_s,
+                                        clock=time.time if spec.live else None):
                     shift = round(offset_s / chunk.time_base) if offset_s else 0
                     chunk = replace(chunk, seq=chunk.seq + base_seq,
                                     origin_pts=chunk.origin_pts - shift, live=spec.live)

@@ -510,11 +510,11 @@ class ChunkDecoder:
             packet.pts, packet.dts, packet.duration = p.pts, p.dts, p.duration
             packet.time_base = first.time_base
             for frame in ctx.decode(packet):
-                out += self._pick(frame, first)
+                out += self._pick(frame, first, chunk)
         if chunk.unfinished:
             self._open = (ctx, first)
         else:
-            out += self._flush(ctx, first)
+            out += self._flush(ctx, first, chunk)
         return out
 
     def _context(self, chunk):
@@ -534,13 +534,15 @@ class ChunkDecoder:
         self._open = None
         return self._flush(ctx, first)
 
-    def _flush(self, ctx, first) -> list[DecodedFrame]:
+    def _flush(self, ctx, first, current=None) -> list[DecodedFrame]:
         out: list[DecodedFrame] = []
         for frame in ctx.decode(None):
-            out += self._pick(frame, first)
+            out += self._pick(frame, first, current or first)
         return out
 
-    def _pick(self, frame, chunk) -> list[DecodedFrame]:
+    def _pick(self, frame, chunk, current) -> list[DecodedFrame]:
+        """The frame if the sampler takes it.  ``chunk`` is its GOP's first chunk (the time
+        base and bounds), ``current`` the chunk being decoded (its capture time)."""
         if frame.width > chunk.width or frame.height > chunk.height:
             # A chunk's header bounds what its frames may cost: a small message must not
             # decode to a frame of hundreds of megabytes.
@@ -556,4 +558,7 @@ class ChunkDecoder:
             return []
         image = frame.to_ndarray(format="rgb24")
         self.report.picked += 1
-        return [DecodedFrame(self.stream_id, self.report.picked - 1, pts, t, image, time.time())]
+        captured = (current.capture + max(0.0, t - current.start_s)
+                    if current.capture is not None else None)
+        return [DecodedFrame(self.stream_id, self.report.picked - 1, pts, t, image, time.time(),
+                             captured)]

@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 from facestream.errors import ConfigError
 
 _STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+_LATENCY_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30)
 
 
 class WorkerMetrics:
@@ -54,6 +55,14 @@ class WorkerMetrics:
                                      "Redis calls retried while it was unavailable", registry=r)
         self.stage_seconds = Histogram("facestream_stage_seconds", "Time spent per stage call",
                                        ["stage"], buckets=_STAGE_BUCKETS, registry=r)
+        self.event_latency = Histogram(
+            "facestream_event_latency_seconds", "From the source producing a window's last "
+            "frame to its analysis event being delivered, per stream (streams whose chunks "
+            "carry fs-capture)", ["stream"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.round_seconds = Histogram(
+            "facestream_round_seconds", "Wall seconds of one round: its chunks decoded and "
+            "their faces found, its windows analysed, its events delivered",
+            buckets=_STAGE_BUCKETS, registry=r)
         self.batch_windows = Histogram("facestream_batch_windows",
                                        "Windows per model batch (all streams)",
                                        buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)

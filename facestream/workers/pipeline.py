@@ -88,7 +88,8 @@ class StreamState:
             self._first_seen.setdefault(track.key, (frame.time_s, frame.pts, frame.arrival))
             self._last_pts[track.key] = frame.pts
             sample = FaceSample(frame.time_s, frame.pts, frame.arrival, faces.boxes[j],
-                                faces.landmarks[j], faces.mesh[j], faces.chips.take(j))
+                                faces.landmarks[j], faces.mesh[j], faces.chips.take(j),
+                                frame.captured)
             windows += self.windower.add(track, sample, self.frame_size)
         self.windower.discard_missing({t.key for t in self.tracker.active})
         ended = []

@@ -370,8 +370,9 @@ class Worker:
         after the round in progress; the messages not processed are read again."""
         queues = [(tp, list(records)) for tp, records in batch.items()]
         for step in range(max(len(records) for _, records in queues)):
-            self._finish(self._round([(tp, records[step]) for tp, records in queues
-                                      if step < len(records)]))
+            with self.metrics.round_seconds.time():
+                self._finish(self._round([(tp, records[step]) for tp, records in queues
+                                          if step < len(records)]))
             if self._stop.is_set():
                 return
             if self._rebalance_pending():
@@ -392,6 +393,11 @@ class Worker:
         # Per track: started, then its windows, then ended (a track ends in the round
         # that closes its last window).
         self._deliver(produced, acc.status)
+        delivered = time.time()
+        for _, window in acc.windows:
+            if window.samples[-1].captured is not None:
+                self.metrics.event_latency.labels(window.stream_id).observe(
+                    max(0.0, delivered - window.samples[-1].captured))
         self._write_snapshots(analysis)
         # Then the round's descriptions: its events are out while they are written, and
         # the checkpoint that follows covers them (a description not yet delivered is never

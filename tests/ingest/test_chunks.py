@@ -91,6 +91,11 @@ def _with(name, value):
     (_with("fs-codec", b"\xff"), None, "fs-codec .*: not ASCII"),
     (_with("fs-extradata", b"x" * (1 << 20 | 1)), None, "fs-extradata' is 1048577 bytes; at most 1048576"),
     (_with("fs-live", b"yes"), None, "fs-live b'yes': expected 0 or 1"),
+    (_with("fs-continued", b"2"), None, "fs-continued b'2': expected 0 or 1"),
+    (_with("fs-unfinished", b"true"), None, "fs-unfinished b'true': expected 0 or 1"),
+    (_with("fs-capture", b"-5"), None, "fs-capture '-5': not unix seconds"),
+    (_with("fs-capture", b"1e12"), None, "fs-capture '1e12': not unix seconds"),
+    (_with("fs-capture", b"12345678901.5"), None, "not unix seconds"),
     (lambda c: c.headers() + [("x-note", b"n" * 200_000)], None, "x-note' is 200000 bytes"),
     # stream ids are refused, never rewritten
     (_with("fs-stream", b"../wl"), None, "fs-stream '../wl': not a stream id"),
@@ -226,3 +231,58 @@ def test_corrupt_chunk_is_refused_by_the_decoder_and_the_next_one_decodes(sample
     start = float((chunks[1].first_pts - chunks[1].origin_pts) * chunks[1].time_base)
     assert len(frames) >= 25 and frames[0].time_s == pytest.approx(start, abs=0.05)
     assert all(f.image.std() > 10 for f in frames)      # real pictures, not grey mush
+
+
+def test_continuation_flags_and_the_capture_time_round_trip():
+    chunk = _chunk(payload=pack([Packet(3, 2, 1, False, b"delta")]), continued=True,
+                   unfinished=True, capture=1764570000.125)
+    back = parse_message(chunk.headers(), chunk.payload)
+    assert (back.continued, back.unfinished, back.capture) == (True, True, 1764570000.125)
+    assert back.packets()[0].data == b"delta"     # a continued chunk starts without a keyframe
+    plain = parse_message(_chunk().headers(), _chunk().payload)
+    assert (plain.continued, plain.unfinished, plain.capture) == (False, False, None)
+    with pytest.raises(ChunkError, match="does not start at a keyframe"):
+        parse_message(_chunk(payload=chunk.payload).headers(), chunk.payload).packets()
+
+
+@pytest.mark.parametrize("max_chunk_s", [0.2, 0.5, 1.0])
+def test_chunks_cut_within_a_gop_decode_to_the_same_frames(sample, max_chunk_s):
+    """A GOP sent as unfinished/continued chunks decodes, through one open decoder, to the
+    frames (and pictures) whole-GOP chunks give; each chunk's first packet is stamped with
+    the clock, and each frame's capture time follows it by its media time."""
+    path = sample("face_noface.mov")             # B-frames: reordering across chunk edges
+    with av.open(str(path)) as container:
+        whole = list(gop_chunks(container, stream_id="s"))
+    ticks = iter(range(1000, 10_000))
+    with av.open(str(path)) as container:
+        cut = list(gop_chunks(container, stream_id="s", max_chunk_s=max_chunk_s,
+                              clock=lambda: float(next(ticks))))
+    assert len(cut) > len(whole) and any(c.continued for c in cut)
+    assert [c.capture for c in cut] == [float(1000 + i) for i in range(len(cut))]
+    reference = ChunkDecoder("s", fps=10)
+    expected = [f for c in whole for f in reference.decode(c)]
+    decoder = ChunkDecoder("s", fps=10)
+    got = []
+    for chunk in cut:
+        frames = decoder.decode(parse_message(chunk.headers(), chunk.payload))
+        assert decoder.mid_gop == chunk.unfinished
+        for frame in frames:
+            # the chunk the frame came out of (or the one that closed its GOP)
+            assert frame.captured == pytest.approx(
+                chunk.capture + max(0.0, frame.time_s - chunk.start_s))
+        got += frames
+    assert [(f.pts, f.time_s) for f in got] == [(f.pts, f.time_s) for f in expected]
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(got, expected))
+
+
+def test_a_continued_chunk_with_no_open_gop_is_refused(sample):
+    with av.open(str(sample("face_noface.mov"))) as container:
+        cut = list(gop_chunks(container, stream_id="s", max_chunk_s=0.3))
+    decoder = ChunkDecoder("s", fps=10)
+    with pytest.raises(ChunkError, match="continues a GOP this decoder never started"):
+        decoder.decode(cut[1])
+    decoder.decode(cut[0])
+    decoder.abandon()
+    assert not decoder.mid_gop
+    with pytest.raises(ChunkError, match="never started"):
+        decoder.decode(cut[1])

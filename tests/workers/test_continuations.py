@@ -16,7 +16,7 @@ import pytest
 
 from facestream import events
 from facestream.config import Settings
-from facestream.ingest.chunks import Chunk, EndOfStream, gop_chunks
+from facestream.ingest.chunks import Chunk, EndOfStream, gop_chunks, parse_message
 from facestream.workers.worker import Worker
 from tests.helpers import MemoryProducer, MemorySink, Record
 
@@ -195,3 +195,46 @@ def test_a_continued_chunk_whose_gop_start_was_lost_is_dropped_not_dead_lettered
     later = [e for e in _events(sink) if e["type"] == events.FACE_ANALYSIS
              and e["data"]["window"]["start_s"] >= resumed_s]
     assert later and consumer.commits[-1] == len(records)
+
+
+def test_events_carry_the_latency_from_capture_and_the_worker_measures_it(clip, models):
+    """Chunks stamped with the source's capture time (``fs-capture``, here 30 s ago): each
+    analysis event says how long after capture it was built, and /metrics has the
+    per-stream latency of every window delivered."""
+    import time
+    from dataclasses import replace
+
+    records = _records(clip, max_chunk_s=0.3)
+    captured_at = time.time() - 30.0
+    stamped = []
+    for record in records:
+        chunk = parse_message(record.headers, record.value, key=record.key)
+        if isinstance(chunk, Chunk):
+            chunk = replace(chunk, capture=captured_at + chunk.start_s)
+            record = Record(TOPIC, 0, record.offset, b"cam", chunk.payload, chunk.headers())
+        stamped.append(record)
+    settings = Settings.load({"describe": False, "fps": FPS, "metrics_port": 0,
+                              "video_topic": TOPIC, "worker_threads": 1})
+    consumer, sink = StepConsumer(stamped), CheckpointStore()
+    worker = Worker(settings, models=models, consumer=consumer, sink=sink,
+                    dlq_producer=MemoryProducer())
+    before = time.time()
+    worker.run(until=lambda w: consumer.done)
+    after = time.time()
+    windows = [e for e in _events(sink) if e["type"] == events.FACE_ANALYSIS]
+    assert windows
+    for event in windows:
+        frame_captured = captured_at + event["data"]["window"]["end_s"]
+        latency_s = event["data"]["capture_latency_ms"] / 1000
+        assert before - frame_captured - 0.01 <= latency_s <= after - frame_captured + 0.01
+    validator = events.validator()
+    assert all(not list(validator.iter_errors(e)) for e in windows)
+    samples = {s.labels["stream"]: s.value for metric in worker.metrics.registry.collect()
+               if metric.name == "facestream_event_latency_seconds" for s in metric.samples
+               if s.name.endswith("_count")}
+    assert samples == {"cam": len(windows)}
+
+
+def test_without_a_capture_time_events_have_no_capture_latency(whole):
+    windows = [e for e in _events(whole[1]) if e["type"] == events.FACE_ANALYSIS]
+    assert windows and not any("capture_latency_ms" in e["data"] for e in windows)
