@@ -73,6 +73,9 @@ class StreamState:
         # Tracks that ended with no window left open (the media clock had closed their last
         # one): the analyzer forgets their memory after the round's windows.
         self.ended_tracks: set[str] = set()
+        # Descriptions asked for and not yet written (follow mode): checkpointed with the
+        # stream, so a worker that takes it over asks for them again (WindowAnalyzer.resume).
+        self.pending: list[_Job] = []
         self._first_seen: dict[int, tuple[float, int | None, float]] = {}
         self._last_pts: dict[int, int | None] = {}
 
@@ -133,9 +136,10 @@ class StreamState:
                                   time_epoch=self.event_time(time_s, arrival if last else first_arrival))
 
 
-@dataclass
+@dataclass(eq=False)
 class _Job:
-    """One window's description being written on the describer's thread.
+    """One window's description being written on the describer's thread (plain data: it is
+    checkpointed with its stream while pending).
 
     Its sentence reaches the track's memory once it is both written (``settled``) and
     ``installed`` (the analyzer has reached its window in the order of the windows), so a
@@ -143,6 +147,7 @@ class _Job:
 
     state: StreamState
     window: FaceWindow
+    output: EncoderOutput
     memory: TrackMemory
     answered: Answered            # the scheduler's reference for the track's next windows
     trigger: str | None
@@ -275,9 +280,32 @@ class WindowAnalyzer:
         for i in due:
             state, window = items[i]
             memory = state.memory.setdefault(window.track_id, TrackMemory())
-            jobs[i] = _Job(state, window, memory, Answered(signals[i], window.start_s),
-                           decisions[i].reason)
-        picked = [(items[i][1], outputs[i]) for i in due]
+            jobs[i] = _Job(state, window, outputs[i], memory,
+                           Answered(signals[i], window.start_s), decisions[i].reason)
+            state.pending.append(jobs[i])
+        self._write(list(jobs.values()))
+        return jobs
+
+    def resume(self, state: StreamState) -> None:
+        """Ask again for the descriptions ``state`` (restored from a checkpoint) was waiting
+        for, as one batch; until they are written, windows that would show them wait, as
+        they did on the worker that saved it.  Without a describer thread, they are
+        dropped (the tracks keep their last written descriptions)."""
+        jobs = [job for job in state.pending if not job.settled]
+        if self._pool is None or not jobs:
+            for job in jobs:
+                if job.memory.answered is job.answered:
+                    job.memory.answered = job.previous
+            state.pending = []
+            return
+        for job in jobs:
+            self._latest_job[(id(state), job.window.track_id)] = job
+        self._write(jobs)
+
+    def _write(self, jobs: list[_Job]) -> None:
+        """Hand ``jobs`` to the describer's thread as one batch."""
+        assert self._pool is not None and self.language is not None
+        picked = [(job.window, job.output) for job in jobs]
         language = self.language
 
         def write() -> tuple[list[Answer | None], float]:
@@ -285,9 +313,8 @@ class WindowAnalyzer:
             answers = language.answer(picked)
             return answers, time.monotonic() - started
 
-        self._jobs.append((self._pool.submit(write), list(jobs.values())))
-        self.llm_calls += len(due)
-        return jobs
+        self._jobs.append((self._pool.submit(write), jobs))
+        self.llm_calls += len(jobs)
 
     def _install(self, job: _Job) -> None:
         """The scheduler compares the track's next windows with ``job``'s from now on."""
@@ -318,6 +345,7 @@ class WindowAnalyzer:
             self.llm_shed += sum(a is None for a in answers)
         for job, answer in zip(jobs, answers):
             job.settled, job.answer = True, answer
+            job.state.pending = [j for j in job.state.pending if j is not job]
             if job.installed:
                 self._apply(job)
             if answer is None:

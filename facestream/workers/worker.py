@@ -15,7 +15,9 @@ Delivery is at-least-once, with the same event ids on redelivery:
 
 A worker that crashes between 1 and 3 leaves events that its successor writes again, with
 the same ids, because the successor resumes from the checkpoint (or, without one, from the
-committed offset with fresh state).  Messages that are not chunks, and chunks that do not
+committed offset with fresh state).  Descriptions (follow mode) are never waited for: each
+goes out in the first round (or idle poll) after it is written, and one still being written
+is part of its stream's checkpointed state, which a successor asks for again.  Messages that are not chunks, and chunks that do not
 decode, go to the dead-letter topic with the reason in header ``fs-error``; an error event
 is written and the worker goes on with its other streams.
 
@@ -276,7 +278,8 @@ class Worker:
 
     def run(self, *, until: Callable[["Worker"], bool] | None = None) -> WorkerReport:
         """Consume until :meth:`stop` is called or ``until(self)`` is true.  On stop, the
-        round in progress is finished, delivered and committed, then the group is left."""
+        round in progress is finished, delivered and committed, the descriptions being
+        written are waited for and delivered, then the group is left."""
         server = serve(self.metrics, self.settings.metrics_port) if self.settings.metrics_port else None
         try:
             while not self._stop.is_set() and not (until and until(self)):
@@ -284,8 +287,13 @@ class Worker:
                 self.metrics.ready = True           # joined the group
                 if batch:
                     self._process(batch)
+                else:
+                    self._flush_descriptions()
                 self._expire_parts()
                 self._observe_health()
+            # The descriptions still being written are delivered before the group is left
+            # (a worker killed instead leaves them to its successors: see _descriptions).
+            self._flush_descriptions(wait=True)
         finally:
             self._face_stage.close()
             if self._owns_models:
@@ -399,16 +407,36 @@ class Worker:
                 self.metrics.event_latency.labels(window.stream_id).observe(
                     max(0.0, delivered - window.samples[-1].captured))
         self._write_snapshots(analysis)
-        # Then the round's descriptions: its events are out while they are written, and
-        # the checkpoint that follows covers them (a description not yet delivered is never
-        # behind a committed offset).
-        if self.models.analyzer.describing:
-            with self.metrics.stage_seconds.labels("describe").time():
-                described = self.models.analyzer.completed(wait=True)
-            self._count_events(described)
-            self._deliver(described, {})
+        # Then the descriptions written meanwhile (this round's or earlier ones'): the
+        # worker does not wait for one (but for a window that shows it, see
+        # WindowAnalyzer).  One still being written is in its stream's checkpointed state,
+        # so a successor asks for it again (same event id).  A stream that ended has no
+        # state left to hold them: its round waits for every description.
+        self._descriptions(acc, wait=bool(acc.ended))
         self._checkpoint(acc)
         self._commit()
+
+    def _descriptions(self, acc: _Batch, *, wait: bool = False) -> None:
+        """Deliver the descriptions written since the last call (``wait``: all of them),
+        and mark their streams for the checkpoint that follows (no longer pending)."""
+        if not self.models.analyzer.follows:
+            return
+        described = self.models.analyzer.completed(wait=wait)
+        if not described:
+            return
+        self._count_events(described)
+        self._deliver(described, {})
+        for event in described:
+            stream_id = event["data"]["stream_id"]
+            if stream_id in self._owner:
+                acc.touched.setdefault(stream_id, self._owner[stream_id])
+
+    def _flush_descriptions(self, *, wait: bool = False) -> None:
+        """Between polls (idle) and on stop: deliver the descriptions written by now."""
+        acc = _Batch()
+        self._descriptions(acc, wait=wait)
+        if acc.touched:
+            self._checkpoint(acc)
 
     def _analyze(self, acc: _Batch) -> list[dict[str, Any]]:
         """The round's windows through the models in one batch.  Should the batch fail, each
@@ -832,6 +860,7 @@ class Worker:
             if restored is not None and restored.stream is not None:
                 stream = restored.stream
                 self.report.resumed += 1
+                self.models.analyzer.resume(stream.state)
             else:
                 stream = _Stream(*self._fresh(stream_id, fps))
             if restored is not None:

@@ -359,9 +359,11 @@ def test_registry_drives_the_publishers(isolated, models, sample):
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
     try:
-        wait(lambda: stream_status(settings, short).get("worker_state") == "ended", 90,
+        # (generous deadlines: a busy machine slows the paced publishers and the worker)
+        wait(lambda: stream_status(settings, short).get("worker_state") == "ended", 300,
               "the short registered stream to be published and analysed")
-        wait(lambda: stream_status(settings, long).get("worker_state") == "running", 120, "the long one")
+        wait(lambda: stream_status(settings, long).get("worker_state") == "running", 300,
+             "the long one")
         removed = run_cli("streams", "remove", long, env=env)
         assert removed.returncode == 0, removed.stderr
         wait(lambda: stream_status(settings, long).get("worker_state") == "ended", 120,

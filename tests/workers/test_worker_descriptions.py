@@ -1,7 +1,8 @@
-"""Descriptions in the Kafka worker (follow mode, the compact default): a round's analysis
-events go out first, its descriptions after them, and both before the checkpoint and commit
-that cover the round, so a worker killed in between loses no description.  In-memory
-transports (tests/helpers.py) so the order of calls is exact."""
+"""Descriptions in the Kafka worker (follow mode, the compact default): a description goes
+out after its window's analysis event, in the first round after it is written, and the
+worker never waits for one; one still being written is in its stream's checkpoint, so a
+successor asks for it again.  In-memory transports (tests/helpers.py), so the order of
+calls is exact."""
 
 from __future__ import annotations
 
@@ -59,3 +60,82 @@ def test_descriptions_follow_each_round_before_its_checkpoint(sample, models_wit
     texts = {e["data"]["window"]["start_s"]: e["data"]["description"] for e in embedded
              if e["type"] == events.FACE_DESCRIPTION}
     assert {d["window"]["start_s"]: d["description"] for d in described} == texts
+
+
+@pytest.mark.slow
+def test_a_description_still_being_written_is_checkpointed_and_a_successor_writes_it(
+        sample, monkeypatch):
+    """The worker does not wait for a description: with the describer held, the round that
+    asked for one is delivered, checkpointed (the checkpoint holds the description asked
+    for) and committed.  A worker that takes the stream over from that checkpoint (the
+    first one killed, as far as the checkpoint knows) asks for it again: the same
+    description event, by id and window, as the first worker delivers once let go."""
+    import threading
+    import time
+
+    from facestream.workers import checkpoint
+    from tests.workers.test_continuations import CheckpointStore, StepConsumer
+
+    clip = sample("WolfgangLanger_Pexels.mp4")
+    with av.open(str(clip)) as container:
+        chunks = list(gop_chunks(container, stream_id="cam"))
+    records = [Record("unit.video", 0, offset, b"cam", c.payload, c.headers())
+               for offset, c in enumerate(chunks)]
+    from facestream.workers.compose import Models
+
+    # Every window is described afresh: none shows (and so waits for) a held description.
+    settings = Settings.load({"describe": True, "metrics_port": 0, "video_topic": "unit.video",
+                              "worker_threads": 1, "llm_max_interval_s": 0})
+    models = Models.load(settings)
+    language = models.analyzer.language
+    held = threading.Event()
+    answer = language.answer
+    monkeypatch.setattr(language, "answer", lambda picked: (held.wait(300), answer(picked))[1])
+    def worker(consumer, store):
+        return Worker(settings, models=models, consumer=consumer, sink=store,
+                      dlq_producer=MemoryProducer())
+
+    def asked(store) -> list[dict]:
+        return [e for e in _events_of(store) if e["type"] == events.FACE_ANALYSIS
+                and e["data"]["description_follows"]]
+
+    def described(store) -> dict[str, dict]:
+        return {e["id"]: e for e in _events_of(store) if e["type"] == events.FACE_DESCRIPTION}
+
+    first_consumer, first_store = StepConsumer(records), CheckpointStore()
+    first = worker(first_consumer, first_store)
+    thread = threading.Thread(target=first.run, kwargs={"until": lambda w: bool(asked(first_store))})
+    thread.start()
+    try:
+        deadline = time.monotonic() + 300
+        while not (first_store.saves and first_consumer.commits and asked(first_store)):
+            assert time.monotonic() < deadline and thread.is_alive(), "no round went through"
+            held.wait(0.05)
+        processed = first_consumer.commits[-1]
+        saved = dict(first_store.blobs)
+        [blob] = saved.values()
+        pending = checkpoint.loads(blob).stream.state.pending
+        assert [job.window.start_s for job in pending] == [
+            e["data"]["window"]["start_s"] for e in asked(first_store)]
+        assert described(first_store) == {}
+    finally:
+        held.set()
+        thread.join(timeout=600)
+    written = described(first_store)
+    assert len(written) == len(pending) >= 1
+
+    second_store = CheckpointStore(saved)
+    second_consumer = StepConsumer(records[:processed])
+    report = worker(second_consumer, second_store).run(until=lambda w: second_consumer.done)
+    assert report.resumed == 1 and report.skipped == processed
+    again = described(second_store)
+    assert set(again) == set(written)
+    assert all(again[i]["data"]["window"] == written[i]["data"]["window"] for i in written)
+    assert all(again[i]["data"]["description"] for i in again)
+    # Delivered, the description is no longer in the stream's checkpoint.
+    assert checkpoint.loads(second_store.blobs[next(iter(saved))]).stream.state.pending == []
+    models.close()
+
+
+def _events_of(sink) -> list[dict]:
+    return [e for write in sink.writes for e in write]

@@ -131,7 +131,7 @@ def test_a_fault_in_the_face_stage_costs_the_chunk_not_the_worker(clip_chunks, m
 
 def test_a_fault_in_the_models_costs_one_stream_an_error_event(clip_chunks, models):
     class Analyzer:
-        describing = 0
+        follows = False
 
         def analyze(self, items):
             if any(w.stream_id == "bad" for _, w in items):
