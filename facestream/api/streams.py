@@ -98,15 +98,7 @@ class StreamView:
                 spec = StreamSpec.from_json(stream_id, value)
             except SpecError as exc:
                 log.warning("registry view: skipping %s", exc)
-        with self._lock:
-            if offset < self._own.get(stream_id, -1):
-                return                          # the API wrote this stream since
-            if spec is None:
-                self._specs.pop(stream_id, None)
-            else:
-                self._specs[stream_id] = spec
-            size = len(self._specs)
-        self._on_change(size)
+        self._set(stream_id, spec, offset, own=False)
 
     def specs(self) -> list[StreamSpec]:
         with self._lock:
@@ -129,11 +121,16 @@ class StreamView:
             if reason == "missing":
                 raise ApiError(404, f"no stream {stream_id}")
             offset = self._registry.put(spec, stream_id=stream_id)
-            self._apply_own(stream_id, spec, offset)
+            self._set(stream_id, spec, offset, own=True)
 
-    def _apply_own(self, stream_id: str, spec: StreamSpec | None, offset: int) -> None:
+    def _set(self, stream_id: str, spec: StreamSpec | None, offset: int, *, own: bool) -> None:
+        """The stream's spec (None: removed) as of record ``offset``: the API's own write
+        (``own``) at once, the topic's unless the API wrote the stream since."""
         with self._lock:
-            self._own[stream_id] = offset
+            if own:
+                self._own[stream_id] = offset
+            elif offset < self._own.get(stream_id, -1):
+                return
             if spec is None:
                 self._specs.pop(stream_id, None)
             else:

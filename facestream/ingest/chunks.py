@@ -137,6 +137,17 @@ def _pair(h: dict[str, bytes], name: str, sep: str) -> tuple[str, str]:
     return first, second
 
 
+def _decimal(h: dict[str, bytes], name: str, *, digits: int, example: str) -> float | None:
+    """An optional header holding a plain decimal (at most ``digits`` before the point and
+    6 after: no sign, no exponent); None when absent."""
+    if name not in h:
+        return None
+    text = _text(h, name)
+    if not re.fullmatch(rf"[0-9]{{1,{digits}}}(\.[0-9]{{1,6}})?", text):
+        raise ChunkError(f"{name} {_show(text)}: not {example}")
+    return float(text)
+
+
 def _flag(h: dict[str, bytes], name: str) -> bool:
     value = h.get(name, b"0")
     if value not in (b"0", b"1"):
@@ -227,25 +238,15 @@ class Chunk:
                                        ("fs-live", "fs-continued", "fs-unfinished"))
         if not value:
             raise ChunkError("empty payload")
-        fps = None
-        if "fs-fps" in h:
-            text = _text(h, "fs-fps")
-            if not re.fullmatch(r"[0-9]{1,3}(\.[0-9]{1,6})?", text):
-                raise ChunkError(f"fs-fps {_show(text)}: not a number like 10 or 2.5")
-            fps = float(text)
-            if not MIN_FPS <= fps <= MAX_FPS:
-                raise ChunkError(f"fs-fps {fps:g} is outside {MIN_FPS:g}..{MAX_FPS:g}")
+        fps = _decimal(h, "fs-fps", digits=3, example="a number like 10 or 2.5")
+        if fps is not None and not MIN_FPS <= fps <= MAX_FPS:
+            raise ChunkError(f"fs-fps {fps:g} is outside {MIN_FPS:g}..{MAX_FPS:g}")
         profile = None
         if "fs-profile" in h:
             profile = _text(h, "fs-profile")
             if not re.fullmatch(r"[a-z0-9_-]{1,32}", profile):
                 raise ChunkError(f"fs-profile {_show(profile)}: not a profile name")
-        capture = None
-        if "fs-capture" in h:
-            text = _text(h, "fs-capture")
-            if not re.fullmatch(r"[0-9]{1,10}(\.[0-9]{1,6})?", text):
-                raise ChunkError(f"fs-capture {_show(text)}: not unix seconds like 1764570000.25")
-            capture = float(text)
+        capture = _decimal(h, "fs-capture", digits=10, example="unix seconds like 1764570000.25")
         chunk = cls(stream_id=stream_id, seq=_int(h, "fs-seq", 0, MAX_SEQ), codec=codec,
                     extradata=h.get("fs-extradata") or b"", time_base=Fraction(num, den),
                     origin_pts=_int(h, "fs-origin-pts", NO_TS + 1, -NO_TS - 1),

@@ -9,12 +9,11 @@ import http.client
 import json
 import socket
 import threading
-import time
 import uuid
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-import pytest
+from tests.integration.helpers import wait
 
 
 def api_settings(isolated, **overrides):
@@ -100,12 +99,8 @@ def served(settings, **options) -> Iterator[Served]:
 
 
 def wait_for(predicate, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
+    """:func:`tests.integration.helpers.wait`, checked every 0.1 s (API calls are quick)."""
+    wait(predicate, timeout_s, what, every_s=0.1)
 
 
 class EventStream:

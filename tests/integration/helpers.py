@@ -51,12 +51,13 @@ def stream_status(settings, stream_id):
     return {k.decode(): v.decode() for k, v in raw.items()}
 
 
-def wait(predicate, timeout_s, what):
+def wait(predicate, timeout_s, what, *, every_s: float = 0.5):
+    """Until ``predicate()`` holds, checked every ``every_s``; fails after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if predicate():
             return
-        time.sleep(0.5)
+        time.sleep(every_s)
     pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
 
 
