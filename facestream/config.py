@@ -347,6 +347,17 @@ class Settings:
     facellava_top_p: float = field(default=1.0, metadata=_doc(
         "Nucleus sampling: with temperature > 0, draw only from the most likely tokens whose "
         "probabilities add up to this (1 = all tokens).", ge=0.01, le=1.0))
+    facellava_resize_antialias: bool = field(default=True, metadata=_doc(
+        "Antialias the image tower's bicubic resize of the 256² face crop to 224², as "
+        "torchvision >= 0.17 does by default on tensors (the reference installs torch 2.5.1, "
+        "so torchvision 0.20.1); false is torchvision < 0.17 (Video-LLaVA's 0.15.2).  Video "
+        "frames are never antialiased (pytorchvideo's ShortSideScale)."))
+    facellava_crop_rule: str = field(default="facestream", metadata=_doc(
+        "Where Face-LLaVA's face crop comes from.  facestream: each tracked face's own "
+        "detector box (full-range BlazeFace, float box); reference: the reference crop "
+        "tool's rule (short-range BlazeFace through MediaPipe's Tasks API, integer box, "
+        "exactly one face per frame), a face it does not cover keeping facestream's crop.",
+        choices=("facestream", "reference")))
     facellava_vision_backend: str = field(default="torch", metadata=_doc(
         "Runtime of the Face-LLaVA vision path (exports are cached under cache_dir/engines).",
         choices=("torch", "onnxruntime", "tensorrt")))

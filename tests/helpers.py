@@ -110,6 +110,14 @@ class MemoryProducer:
         pass
 
 
+def comparable(event: dict) -> tuple[str, str, str]:
+    """An event as two runs of the same input must agree on it: id, type and data, without
+    the fields that measure this run's timing (``latency_ms``, ``capture_latency_ms``)."""
+    data = {k: v for k, v in event["data"].items()
+            if k not in ("latency_ms", "capture_latency_ms")}
+    return event["id"], event["type"], json.dumps(data, sort_keys=True)
+
+
 def run_cli(*args: str, timeout: float = 600, env: dict | None = None,
             cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run the `facestream` command as a user would, capturing its output."""

@@ -34,10 +34,22 @@ def test_facellava_generation_defaults():
     assert s.facellava_landmarks is False and s.facellava_temperature == 0.1
 
 
+def test_facellava_preprocessing_defaults():
+    """The image resize antialiases as the reference's installed torchvision (0.20.1) does;
+    crops follow facestream's rule unless the reference crop tool's is asked for."""
+    s = Settings.load(environ={})
+    assert s.facellava_resize_antialias is True and s.facellava_crop_rule == "facestream"
+    s = Settings.load(environ={"FACESTREAM_FACELLAVA_RESIZE_ANTIALIAS": "false",
+                               "FACESTREAM_FACELLAVA_CROP_RULE": "reference"})
+    assert s.facellava_resize_antialias is False and s.facellava_crop_rule == "reference"
+
+
 @pytest.mark.parametrize("overrides, environ, message", [
     ({"facellava_landmarks": False, "facellava_vision_backend": "onnxruntime"}, {},
      "facellava_landmarks=false runs the projector alone"),
     ({"facellava_top_p": 0}, {}, "facellava_top_p=0.0: must be >= 0.01"),
+    ({"facellava_crop_rule": "tasks"}, {},
+     "facellava_crop_rule='tasks': must be one of facestream, reference"),
     ({"facellava_temperature": -1}, {}, "facellava_temperature=-1.0: must be >= 0"),
     ({"fsp": 3}, {}, "unknown setting 'fsp'; did you mean 'fps'"),
     ({"fps": 0}, {}, "fps=0.0: must be >= 0.1"),

@@ -84,7 +84,8 @@ class FaceLlavaAnswerer:
     def __init__(self, *, vision: Mapping[str, Any], tokens_per_frame: Mapping[str, int],
                  engine: GenerationBackend, tokenizer, tasks: Sequence[str], max_new_tokens: int,
                  components: Mapping[str, str], device: str | torch.device = "cpu",
-                 landmarks: bool = True, temperature: float = 0.0, top_p: float = 1.0) -> None:
+                 landmarks: bool = True, temperature: float = 0.0, top_p: float = 1.0,
+                 resize_antialias: bool = True) -> None:
         unknown = [t for t in tasks if t not in TASKS]
         if not tasks or unknown:
             raise ConfigError(f"facellava_tasks {','.join(tasks)!r}: expected a comma-separated "
@@ -97,6 +98,7 @@ class FaceLlavaAnswerer:
         self._landmarks = landmarks
         self._temperature = temperature
         self._top_p = top_p
+        self._resize_antialias = resize_antialias
         self._device = torch.device(device)
         self._prompts: dict[str, tuple[int, ...]] = {}
         for task in self.tasks:
@@ -165,7 +167,8 @@ class FaceLlavaAnswerer:
                      else [len(samples) // 2])
             crops = np.concatenate([samples[i].chips.square for i in picks])  # [F, 256, 256, 3]
             marks = np.concatenate([samples[i].chips.square_landmarks for i in picks])  # [F, 136]
-            frames = clip_pixels(crops, kind=kind)                             # [F, 3, 224, 224]
+            frames = clip_pixels(crops, kind=kind,                             # [F, 3, 224, 224]
+                                 antialias=self._resize_antialias)
             pixels.append(frames.transpose(1, 0, 2, 3) if kind == "video" else frames[0])
             landmarks.append(marks)
         batch_pixels = np.stack(pixels)        # video [W, 3, 8, 224, 224]; image [W, 3, 224, 224]
@@ -258,4 +261,5 @@ def load_stage(settings) -> FaceLlavaAnswerer:
                              components=components, device=device,
                              landmarks=settings.facellava_landmarks,
                              temperature=settings.facellava_temperature,
-                             top_p=settings.facellava_top_p)
+                             top_p=settings.facellava_top_p,
+                             resize_antialias=settings.facellava_resize_antialias)

@@ -4,7 +4,9 @@
   the age and gender nets were trained with, at 64² and 32² RGB;
 * expression chip: 64² grey, eyes levelled, a square around the face as FER2013 crops are;
 * Face-LLaVA crop (only when asked for): the reference's square crop at 256² RGB, with the
-  68 landmarks in that crop's pixel frame divided by 256 (what its landmark path reads).
+  68 landmarks in that crop's pixel frame divided by 256 (what its landmark path reads); its
+  region comes from facestream's detector box (:func:`square_region`) or from the reference
+  rule's integer box (:func:`reference_region`).
 
 All chips are made once, where the frame still exists, so windows only carry small arrays.
 """
@@ -136,20 +138,44 @@ def expression_chip(image: np.ndarray, ibug68: np.ndarray,
     return cv2.cvtColor(chip, cv2.COLOR_RGB2GRAY, dst=out)
 
 
-def square_crop(image: np.ndarray, box: np.ndarray,
-                ibug68: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Face-LLaVA's face crop and the landmarks in it: ([256, 256, 3] RGB, [136]).
+def square_region(box: np.ndarray, width: int, height: int) -> tuple[int, int, int, int]:
+    """facestream's rule for Face-LLaVA's crop: the region (x1, y1, x2, y2) of a ``width`` x
+    ``height`` frame cut for the detector box ``box`` ([x1, y1, x2, y2] float32 pixels).
 
-    As the reference's ``tools/crop_face.py`` cuts it (margin 0): a square of side
-    (w + h) / 2 from the detector box's top-left corner, clipped to the frame (so a face at
-    the border gives a non-square region, stretched to 256² as the reference stretches it).
-    ``box`` is the detector's [x1, y1, x2, y2]; ``ibug68`` [68, 2] frame pixels.  The
-    landmarks come back in the crop's pixel frame divided by 256, interleaved x0, y0, x1, ...
-    """
-    height, width = image.shape[:2]
+    As the reference's ``tools/crop_face.py`` cuts it (margin 0), on the float box: a square
+    of side (w + h) / 2 from the box's top-left corner, clipped to the frame (so a face at the
+    border gives a non-square region, stretched to 256² as the reference stretches it)."""
     side = ((box[2] - box[0]) + (box[3] - box[1])) / 2
     x1, y1 = int(max(0.0, box[0])), int(max(0.0, box[1]))
     x2, y2 = int(min(box[0] + side, width - 1)), int(min(box[1] + side, height - 1))
+    return x1, y1, x2, y2
+
+
+def reference_region(box: tuple[int, int, int, int], width: int,
+                     height: int) -> tuple[int, int, int, int]:
+    """The reference's rule: the region (x1, y1, x2, y2) ``tools/crop_face.py`` cuts for the
+    MediaPipe Tasks detector's integer box ``(x, y, w, h)`` in a ``width`` x ``height`` frame.
+
+    The square of side (w + h) / 2 from (x, y), with its margin at 0 percent; the tool clamps
+    that margin to the room around the box, so a box reaching past an edge of the frame by d
+    pixels gives a margin of -d, which moves the start in by d and the end back by d on both
+    axes.  Starts are clipped to 0, ends to the last row and column (end excluded)."""
+    x, y, w, h = box
+    margin = min(0, x, width - x - w, y, height - y - h)
+    side = (w + h) / 2
+    return (int(max(0, x - margin)), int(max(0, y - margin)),
+            int(min(x + side + margin, width - 1)), int(min(y + side + margin, height - 1)))
+
+
+def cut_square(image: np.ndarray, region: tuple[int, int, int, int],
+               ibug68: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Face-LLaVA's face crop of ``region`` (x1, y1, x2, y2; ends excluded, at least one pixel
+    kept) and the landmarks in it: ([256, 256, 3] RGB, [136]).
+
+    The region is stretched to 256² (OpenCV's bilinear resize, as the reference's).
+    ``ibug68`` [68, 2] frame pixels come back in the crop's pixel frame divided by 256,
+    interleaved x0, y0, x1, ..."""
+    x1, y1, x2, y2 = region
     x2, y2 = max(x2, x1 + 1), max(y2, y1 + 1)
     crop = cv2.resize(np.ascontiguousarray(image[y1:y2, x1:x2]), (FACELLAVA_CROP, FACELLAVA_CROP))
     scale = np.array([FACELLAVA_CROP / (x2 - x1), FACELLAVA_CROP / (y2 - y1)])
@@ -158,12 +184,13 @@ def square_crop(image: np.ndarray, box: np.ndarray,
 
 
 def make_chips(image: np.ndarray, landmarks68: np.ndarray,
-               square_boxes: np.ndarray | None = None) -> FaceChips:
+               square_regions: list[tuple[int, int, int, int]] | None = None) -> FaceChips:
     """Chips for every face: ``image`` [H, W, 3] RGB, ``landmarks68`` [N, 68, 2] pixels;
-    with ``square_boxes`` ([N, 4] detector boxes) also Face-LLaVA's 256² crops."""
+    with ``square_regions`` (one (x1, y1, x2, y2) per face: :func:`square_region` or
+    :func:`reference_region`) also Face-LLaVA's 256² crops."""
     if len(landmarks68) == 0:
         empty = FaceChips.empty()
-        if square_boxes is None:
+        if square_regions is None:
             return empty
         return FaceChips(empty.expression, empty.age, empty.gender,
                          np.zeros((0, FACELLAVA_CROP, FACELLAVA_CROP, 3), np.uint8),
@@ -178,8 +205,8 @@ def make_chips(image: np.ndarray, landmarks68: np.ndarray,
         dlib_chips(image, lm, (AGE_CHIP, GENDER_CHIP), out=[age[i], gender[i]])
         expression_chip(image, lm, out=expression[i])
     square = square_lm = None
-    if square_boxes is not None:
-        pairs = [square_crop(image, box, lm) for box, lm in zip(square_boxes, landmarks68)]
+    if square_regions is not None:
+        pairs = [cut_square(image, region, lm) for region, lm in zip(square_regions, landmarks68)]
         square = np.stack([c for c, _ in pairs])
         square_lm = np.stack([p for _, p in pairs])
     return FaceChips(expression, age, gender, square=square, square_landmarks=square_lm)

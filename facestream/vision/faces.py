@@ -6,22 +6,33 @@ on a square crop around *each* detection (so the face count is not capped by a w
 mesh's ``max_num_faces``).  A detection whose crop yields no mesh is dropped: it was rarely a
 face.  The 68 iBUG points are read off the mesh with a fixed index table.
 
+Face-LLaVA's 256² crops (``square_crops``) follow one of two rules (``crop_rule``):
+"facestream" cuts them from each face's detector box above; "reference" from the box of
+the reference's crop tool, which runs the short-range BlazeFace model through MediaPipe's
+Tasks API (integer boxes) and accepts a frame only when it finds exactly one face.  That box
+replaces the crop of the one face it overlaps (IoU >= ``REFERENCE_MATCH_IOU``); every other
+face keeps facestream's crop, counted by reason in :attr:`FaceAnalyzer.crop_fallbacks`.
+
 Not thread-safe (MediaPipe graphs keep state); one :class:`FaceAnalyzer` per thread.
 """
 
 from __future__ import annotations
 
 import os
+from collections import Counter
+from pathlib import Path
 
 import numpy as np
 
-from facestream.errors import AssetError
+from facestream.errors import AssetError, ConfigError
 from facestream.types import MESH_POINTS, FaceDetections
-from facestream.vision.crops import make_chips
+from facestream.vision.crops import make_chips, reference_region, square_region
 from facestream.vision.float32 import f32
 from facestream.vision.landmarks import ibug68_from_mesh
 
 CROP_SCALE = 1.6        # mesh crop side, in detection-box sides
+CROP_RULES = ("facestream", "reference")
+REFERENCE_MATCH_IOU = 0.3   # a reference box this close to a face's box is that face's
 
 # One face-mesh landmark as protobuf serialises it (mediapipe's NormalizedLandmark with x, y
 # and z set, nothing else), 17 bytes: the list's field key (1, length-delimited), the
@@ -69,11 +80,93 @@ def mesh_crop(box: list[float], width: int, height: int) -> tuple[int, int, int,
             int(min(width, cx + side / 2)), int(min(height, cy + side / 2)))
 
 
+def box_iou(a, b) -> float:
+    """Intersection over union of two boxes (x1, y1, x2, y2); 0 when either is empty."""
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    if w <= 0 or h <= 0:
+        return 0.0
+    inter = w * h
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+class ReferenceDetector:
+    """The reference crop tool's face detector: MediaPipe's Tasks ``FaceDetector`` with its
+    default options (score 0.5, suppression 0.3) on the short-range BlazeFace model.
+
+    The tool ships that model as ``tools/detector.tflite``; the copy inside the mediapipe
+    wheel (``modules/face_detection/face_detection_short_range.tflite``) gave the same boxes
+    on every frame of the sample media (docs/FACE_LLAVA.md), so nothing is downloaded.
+    Not thread-safe; :meth:`close` when done."""
+
+    def __init__(self) -> None:
+        try:
+            import mediapipe
+            from mediapipe.tasks.python import BaseOptions
+            from mediapipe.tasks.python.vision import FaceDetector, FaceDetectorOptions
+        except ImportError as exc:
+            raise AssetError(f"mediapipe is not usable ({exc}); install facestream's "
+                             "dependencies (`./dev setup`)") from None
+        model = (Path(mediapipe.__file__).parent / "modules" / "face_detection"
+                 / "face_detection_short_range.tflite")
+        if not model.is_file():
+            raise AssetError(f"mediapipe's short-range face model {model} is missing; "
+                             "reinstall mediapipe (`./dev setup`)")
+        self._mp = mediapipe
+        self._detector = FaceDetector.create_from_options(
+            FaceDetectorOptions(base_options=BaseOptions(model_asset_path=str(model))))
+
+    def detect(self, image: np.ndarray) -> list[tuple[int, int, int, int]]:
+        """Every face of an [H, W, 3] uint8 RGB frame as the tool reads it: integer
+        (x, y, w, h) pixel boxes, in the detector's order (unfiltered: any size, and
+        possibly reaching past the frame)."""
+        frame = self._mp.Image(image_format=self._mp.ImageFormat.SRGB,
+                               data=np.ascontiguousarray(image))
+        return [(d.bounding_box.origin_x, d.bounding_box.origin_y, d.bounding_box.width,
+                 d.bounding_box.height) for d in self._detector.detect(frame).detections]
+
+    def close(self) -> None:
+        self._detector.close()
+
+
+def reference_regions(image: np.ndarray, boxes: list[list[float]],
+                      found: list[tuple[int, int, int, int]]) -> tuple[list, list[str | None]]:
+    """Face-LLaVA crop regions under the reference rule for the faces whose detector boxes
+    are ``boxes`` ([x1, y1, x2, y2] each), given the reference detector's ``found`` boxes.
+
+    Returns (regions, reasons): per face, the reference region and None where the frame has
+    exactly one reference face and it overlaps this face best (IoU >= REFERENCE_MATCH_IOU);
+    else facestream's own region and why: "no face" (the reference finds none), "several
+    faces" (it finds more than one: the tool skips such a frame) or "other face" (its one
+    face is not this one)."""
+    height, width = image.shape[:2]
+    regions = [square_region(np.asarray(box, np.float32), width, height) for box in boxes]
+    if len(found) != 1:
+        reason = "no face" if not found else "several faces"
+        return regions, [reason] * len(boxes)
+    x, y, w, h = found[0]
+    ious = [box_iou(box, (x, y, x + w, y + h)) for box in boxes]
+    best = max(range(len(boxes)), key=ious.__getitem__, default=None)
+    reasons: list[str | None] = ["other face"] * len(boxes)
+    if best is not None and ious[best] >= REFERENCE_MATCH_IOU:
+        regions[best] = reference_region(found[0], width, height)
+        reasons[best] = None
+    return regions, reasons
+
+
 class FaceAnalyzer:
-    """Detect faces and compute their mesh, landmarks and chips.  Blocking, CPU."""
+    """Detect faces and compute their mesh, landmarks and chips.  Blocking, CPU.
+
+    ``square_crops`` adds Face-LLaVA's 256² crops under ``crop_rule`` (see the module's
+    docstring); :attr:`crop_fallbacks` counts, by reason, the faces that kept facestream's
+    crop under the reference rule."""
 
     def __init__(self, *, min_confidence: float = 0.5, min_face_px: int = 20,
-                 max_faces: int = 16, square_crops: bool = False) -> None:
+                 max_faces: int = 16, square_crops: bool = False,
+                 crop_rule: str = "facestream") -> None:
+        if crop_rule not in CROP_RULES:
+            raise ConfigError(f"Face-LLaVA crop rule {crop_rule!r}: expected one of "
+                              f"{', '.join(CROP_RULES)}")
         os.environ.setdefault("GLOG_minloglevel", "2")   # MediaPipe's C++ info logs
         try:
             from mediapipe.python.solutions import face_detection, face_mesh
@@ -91,18 +184,24 @@ class FaceAnalyzer:
         self._min_face_px = min_face_px
         self._max_faces = max_faces
         self._square_crops = square_crops     # Face-LLaVA's 256² crops (facellava profile)
+        self._reference = (ReferenceDetector() if square_crops and crop_rule == "reference"
+                           else None)
+        self.crop_fallbacks: Counter[str] = Counter()
 
     @classmethod
     def from_settings(cls, settings) -> "FaceAnalyzer":
         """The face stage as ``settings`` configure it (its profile decides the crops)."""
         return cls(min_confidence=settings.min_detection_confidence,
                    min_face_px=settings.min_face_px, max_faces=settings.max_faces,
-                   square_crops=settings.profile == "facellava")
+                   square_crops=settings.profile == "facellava",
+                   crop_rule=settings.facellava_crop_rule)
 
     def close(self) -> None:
         self._detector.close()
         self._close_detector.close()
         self._mesh.close()
+        if self._reference is not None:
+            self._reference.close()
 
     def detect_boxes(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Detector only: ([N, 4] boxes in pixels, [N] scores), float32, largest first."""
@@ -172,6 +271,17 @@ class FaceAnalyzer:
         # x and y as contiguous rows [N, 2, 468]: numpy's min over a strided axis costs 5x.
         xy = np.ascontiguousarray(mesh_a[:, :, :2].transpose(0, 2, 1))
         boxes = np.concatenate([xy.min(2), xy.max(2)], axis=1)
-        chips = make_chips(image, landmarks,
-                           np.array(kept, np.float32) if self._square_crops else None)
+        chips = make_chips(image, landmarks, self._square_regions(image, kept))
         return FaceDetections(boxes, np.array(scores, np.float32), mesh_a, landmarks, chips)
+
+    def _square_regions(self, image: np.ndarray, boxes: list[list[float]]) -> list | None:
+        """Face-LLaVA crop regions of the kept faces (None without ``square_crops``)."""
+        if not self._square_crops:
+            return None
+        if self._reference is None:
+            height, width = image.shape[:2]
+            return [square_region(box, width, height)
+                    for box in np.array(boxes, np.float32)]
+        regions, reasons = reference_regions(image, boxes, self._reference.detect(image))
+        self.crop_fallbacks.update(r for r in reasons if r is not None)
+        return regions

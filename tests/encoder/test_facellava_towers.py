@@ -410,12 +410,74 @@ def face_crop(sample):
     ("image", cv2.INTER_CUBIC),         # both without antialias, like a torch tensor resize
 ])
 def test_clip_pixels_matches_opencv_resize(face_crop, kind, interpolation):
-    got = clip_pixels(face_crop[None], kind=kind)
+    """Without antialias (video always; image as torchvision < 0.17 resizes tensors) the
+    resize is the plain bilinear / a = -0.75 bicubic OpenCV computes too."""
+    got = clip_pixels(face_crop[None], kind=kind, antialias=False)
     assert got.shape == (1, 3, 224, 224) and got.dtype == np.float32
     resized = cv2.resize(face_crop.astype(np.float32) / 255.0, (224, 224),
                          interpolation=interpolation)
     want = _normalise(resized).transpose(2, 0, 1)[None]
     np.testing.assert_allclose(got, want, atol=2e-4)    # an antialiased resize is ~0.2 off
+
+
+@pytest.fixture(scope="module")
+def pipeline_crops(sample):
+    """Face-LLaVA crops as the face stage cuts them from real frames: every 40th frame of
+    WolfgangLanger (one face) and the five faces of multi_face.jpg, [N, 256, 256, 3]."""
+    from facestream.scenes import load_rgb
+    from facestream.vision.faces import FaceAnalyzer
+
+    analyzer = FaceAnalyzer(square_crops=True)
+    crops = []
+    try:
+        capture = cv2.VideoCapture(str(sample("WolfgangLanger_Pexels.mp4")))
+        index = 0
+        while (frame := capture.read()[1]) is not None:
+            if index % 40 == 0:
+                crops.append(analyzer(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)).chips.square)
+            index += 1
+        capture.release()
+        crops.append(analyzer(load_rgb(sample("multi_face.jpg"))).chips.square)
+    finally:
+        analyzer.close()
+    crops = np.concatenate(crops)
+    assert len(crops) >= 15
+    return crops
+
+
+def _pillow_float_bicubic(crop: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Pillow's bicubic resize of each channel as a 32-bit float image ([0, 1], no rounding
+    or clamping): Pillow's filter (a = -0.5) widened by the downscale factor, which is what
+    torchvision >= 0.17 computes on tensors by default (PyTorch's antialiased bicubic)."""
+    planes = [np.asarray(Image.fromarray(crop[..., c].astype(np.float32) / 255.0)
+                         .resize((width, height), Image.BICUBIC)) for c in range(3)]
+    return np.stack(planes, axis=-1)
+
+
+def test_image_resize_antialiases_as_the_reference_pinned_torchvision(pipeline_crops):
+    """The reference (torch 2.5.1, so torchvision 0.20.1) resizes the image tower's tensor
+    with antialias on, its default since torchvision 0.17; clip_pixels' default does the same:
+    equal to Pillow's float bicubic (an implementation that shares no code with torch) on
+    real face crops, and far from the un-antialiased resize."""
+    got = clip_pixels(pipeline_crops)                                    # the default
+    want = np.stack([_normalise(_pillow_float_bicubic(c, 224, 224)).transpose(2, 0, 1)
+                     for c in pipeline_crops])
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    np.testing.assert_array_equal(got, clip_pixels(pipeline_crops, antialias=True))
+    sharp = clip_pixels(pipeline_crops, antialias=False)
+    assert np.abs(got - sharp).max() > 0.05          # measured on these frames: 0.3
+    # Video frames are never antialiased (pytorchvideo's ShortSideScale), whatever the flag.
+    np.testing.assert_array_equal(clip_pixels(pipeline_crops[:2], kind="video"),
+                                  clip_pixels(pipeline_crops[:2], kind="video", antialias=False))
+
+
+def test_antialiased_resize_of_a_non_square_crop(pipeline_crops):
+    """Short side to 224 then the centre crop, antialiased: 300x256 -> 262x224 -> rows 19..243."""
+    crop = cv2.resize(pipeline_crops[0], (256, 300), interpolation=cv2.INTER_AREA)
+    got = clip_pixels(crop[None])
+    scaled = _pillow_float_bicubic(crop, 224, 262)
+    want = _normalise(scaled[19:243]).transpose(2, 0, 1)[None]
+    np.testing.assert_allclose(got, want, atol=1e-4)
 
 
 def test_video_order_normalise_then_resize_is_the_same(face_crop):

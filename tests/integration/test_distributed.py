@@ -18,7 +18,7 @@ import pytest
 from facestream import events
 from facestream.config import Settings
 from facestream.ingest.chunks import Chunk, EndOfStream, Packet, gop_chunks, pack
-from tests.helpers import analyze_in_process, run_cli
+from tests.helpers import analyze_in_process, comparable, run_cli
 from tests.integration.helpers import (BOOTSTRAP, dlq_reasons, events_in_redis, free_port, http,
                                        metric, services_cli, stream_status, wait)
 
@@ -33,11 +33,6 @@ def _run_worker(settings, models, *, streams_to_end: int, timeout_s: float = 120
                         or time.monotonic() > deadline)
     assert report.streams_ended >= streams_to_end, f"worker timed out: {report}"
     return report
-
-
-def _comparable(event):
-    data = {k: v for k, v in event["data"].items() if k != "latency_ms"}
-    return event["id"], event["type"], json.dumps(data, sort_keys=True)
 
 
 def test_worker_events_equal_what_analyze_writes(isolated, models, sample, tmp_path):
@@ -59,7 +54,7 @@ def test_worker_events_equal_what_analyze_writes(isolated, models, sample, tmp_p
     for stream_id, path in clips.items():
         _, evs = analyze_in_process(path, models, tmp_path / stream_id, stream_id=stream_id)
         expected += evs
-    assert expected and sorted(map(_comparable, got)) == sorted(map(_comparable, expected))
+    assert expected and sorted(map(comparable, got)) == sorted(map(comparable, expected))
     per_stream = events_in_redis(settings, f"{settings.events_stream}:camB")
     assert per_stream and {e["data"]["stream_id"] for e in per_stream} == {"camB"}
     validator = events.validator()
@@ -218,7 +213,7 @@ def test_killed_worker_streams_move_with_no_window_lost_and_the_same_ids(isolate
     assert analysis_expected <= got_ids, f"{len(analysis_expected - got_ids)} windows lost"
     assert got_ids <= set(expected), "an event was written under an id analyze does not give it"
     for e in got:                                   # duplicates are the same event
-        assert _comparable(e) == _comparable(expected[e["id"]])
+        assert comparable(e) == comparable(expected[e["id"]])
 
 
 def _messages(topic: str) -> list:
@@ -289,7 +284,7 @@ def test_redis_outage_delays_events_but_loses_none(isolated, models, sample, tmp
     got = events_in_redis(settings, key)
     assert {e["id"] for e in got} == set(expected), "events lost or invented across the outage"
     for e in got:
-        assert _comparable(e) == _comparable(expected[e["id"]])
+        assert comparable(e) == comparable(expected[e["id"]])
 
 
 def test_broker_restart_is_ridden_out_by_publisher_and_worker(isolated, models, sample, tmp_path):
@@ -452,7 +447,7 @@ def test_three_workers_six_streams_each_stream_owned_once(isolated, models, samp
     # Each event exactly once: one owner per stream, nothing analysed twice or lost.
     assert sorted(e["id"] for e in got) == sorted(expected)
     for e in got:
-        assert _comparable(e) == _comparable(expected[e["id"]])
+        assert comparable(e) == comparable(expected[e["id"]])
 
 
 def test_chunks_of_an_ended_stream_are_refused_until_it_restarts(isolated, models, sample):
@@ -517,7 +512,7 @@ def test_threaded_worker_writes_what_a_one_thread_worker_writes(isolated, models
         report = _run_worker(own, models, streams_to_end=len(clips))
         assert report.dead_letters == 0 and report.dropped_chunks == 0
         # Per stream, in order: a stream's events do not depend on how polls batch messages.
-        written[threads] = {s: [_comparable(e) for e in
+        written[threads] = {s: [comparable(e) for e in
                                 events_in_redis(own, f"{own.events_stream}:{s}")]
                             for s in clips}
     assert all(written[1].values())

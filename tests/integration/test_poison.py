@@ -18,7 +18,7 @@ import pytest
 
 from facestream import events
 from facestream.ingest.chunks import EndOfStream, gop_chunks
-from tests.helpers import analyze_in_process
+from tests.helpers import analyze_in_process, comparable
 from tests.integration.helpers import BOOTSTRAP, events_in_redis, stream_status, wait
 
 pytestmark = pytest.mark.integration
@@ -177,9 +177,5 @@ def test_poison_messages_are_dead_lettered_and_the_workers_go_on(isolated, model
     _, expected = analyze_in_process(clip, models, tmp_path / "good", stream_id=sid("good"),
                                      fps=FPS)
     good_got = events_in_redis(settings, f"{settings.events_stream}:{sid('good')}")
-
-    def comparable(event):
-        data = {k: v for k, v in event["data"].items() if k != "latency_ms"}
-        return event["id"], event["type"], json.dumps(data, sort_keys=True)
 
     assert expected and sorted(map(comparable, good_got)) == sorted(map(comparable, expected))

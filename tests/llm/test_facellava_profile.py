@@ -71,23 +71,26 @@ IMAGE_PICKS = [5]
 TOKENS_PER_FRAME = {"image": 256, "video": 257}
 
 
-def reference_pixels(crops: np.ndarray, kind: str) -> torch.Tensor:
+def reference_pixels(crops: np.ndarray, kind: str, *, antialias: bool = True) -> torch.Tensor:
     """LanguageBind's processors on 256² crops: [0, 1], short side to 224 (video: bilinear,
-    image: bicubic; no antialias), nothing left to centre-crop, CLIP mean/std."""
+    never antialiased; image: bicubic, antialiased as torchvision >= 0.17 does by default, the
+    reference installing torch 2.5.1; ``antialias=False``: torchvision < 0.17), nothing left
+    to centre-crop, CLIP mean/std."""
     x = torch.from_numpy(crops.copy()).permute(0, 3, 1, 2).float() / 255.0
     x = torch.nn.functional.interpolate(x, size=(224, 224), align_corners=False,
-                                        mode="bilinear" if kind == "video" else "bicubic")
+                                        mode="bilinear" if kind == "video" else "bicubic",
+                                        antialias=antialias and kind == "image")
     return (x - CLIP_MEAN) / CLIP_STD                                    # [F, 3, 224, 224]
 
 
 def reference_visual(model, crops: np.ndarray, marks: np.ndarray | None,
-                     kind: str) -> torch.Tensor:
+                     kind: str, *, antialias: bool = True) -> torch.Tensor:
     """Tower -> fusion with the frames' landmarks (None: the projector alone, the released
     inference script's mode); frame t's tokens are rows t * P ..
     (t + 1) * P.  The tower and fusion modules have their own reference tests
     (test_facellava_towers, test_facellava_fusion); the order and shapes here are written
     from the public code, not taken from facestream's VisionPath."""
-    pixels = reference_pixels(crops, kind)
+    pixels = reference_pixels(crops, kind, antialias=antialias)
     if kind == "video":
         features = model.video_tower(pixels.permute(1, 0, 2, 3)[None])   # [1, F, 257, C]
     else:
@@ -189,6 +192,32 @@ def test_landmarks_change_the_visual_tokens_and_sampling_settings_reach_the_engi
     assert with_marks.visual.shape == without.visual.shape == (8 * 257, 64)
     assert not torch.allclose(with_marks.visual, without.visual)
     assert {(r.temperature, r.top_p) for r in submitted} == {(0.1, 0.9)}
+
+
+def test_resize_antialias_setting_reaches_the_image_tower(checkpoint, window, monkeypatch):
+    """``facellava_resize_antialias=false`` (torchvision < 0.17's resize) hands the engine the
+    image task's visual tokens of the un-antialiased bicubic resize, and they differ from the
+    default's (antialiased, the reference's pinned torchvision)."""
+    from facestream.llm.engine import Engine
+
+    submitted = []
+    real_generate = Engine.generate
+    monkeypatch.setattr(Engine, "generate",
+                        lambda self, requests: submitted.extend(requests)
+                        or real_generate(self, requests))
+    base = {"profile": "facellava", "facellava_checkpoint": str(checkpoint),
+            "facellava_tasks": "age", "facellava_max_new_tokens": NEW_TOKENS}
+    for antialias in (True, False):
+        load_stage(Settings.load({**base, "facellava_resize_antialias": antialias})).answer(
+            [(window, None)])
+    smooth, sharp = submitted
+    model = load_facellava(checkpoint, dtype=torch.float32)
+    crops = np.concatenate([window.samples[i].chips.square for i in IMAGE_PICKS])
+    marks = np.concatenate([window.samples[i].chips.square_landmarks for i in IMAGE_PICKS])
+    with torch.inference_mode():
+        want = reference_visual(model, crops, marks, "image", antialias=False)
+    torch.testing.assert_close(sharp.visual, want, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(smooth.visual, sharp.visual, rtol=1e-4, atol=1e-4)
 
 
 def test_remote_llm_tier_gives_the_same_answers(checkpoint, window):

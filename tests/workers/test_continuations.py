@@ -9,7 +9,6 @@ dead-letter producer; the integration tests run the same on the real services.
 
 from __future__ import annotations
 
-import json
 
 import av
 import pytest
@@ -18,7 +17,7 @@ from facestream import events
 from facestream.config import Settings
 from facestream.ingest.chunks import Chunk, EndOfStream, gop_chunks, parse_message
 from facestream.workers.worker import Worker
-from tests.helpers import MemoryProducer, MemorySink, Record
+from tests.helpers import MemoryProducer, MemorySink, Record, comparable
 
 FPS = 5.0
 TOPIC = "unit.video"
@@ -102,11 +101,6 @@ def _run(records, models, *, start: int = 0, store: CheckpointStore | None = Non
     return consumer, sink
 
 
-def _comparable(event: dict) -> tuple[str, str, str]:
-    data = {k: v for k, v in event["data"].items() if k != "latency_ms"}
-    return event["id"], event["type"], json.dumps(data, sort_keys=True)
-
-
 def _events(sink: MemorySink) -> list[dict]:
     return [e for write in sink.writes for e in write]
 
@@ -127,7 +121,7 @@ def test_continued_chunks_give_exactly_the_events_of_whole_gops(clip, models, wh
     _, sink = _run(records, models)
     expected = _events(whole[1])
     assert any(e["type"] == events.FACE_ANALYSIS for e in expected)
-    assert sorted(map(_comparable, _events(sink))) == sorted(map(_comparable, expected))
+    assert sorted(map(comparable, _events(sink))) == sorted(map(comparable, expected))
     assert not any(e["type"] == events.STREAM_ERROR for e in _events(sink))
 
 
@@ -163,9 +157,9 @@ def test_a_stream_moved_mid_gop_resumes_from_its_gop_start_with_the_same_ids(
     got = _events(first_sink) + _events(second_sink)
     by_id: dict[str, tuple] = {}
     for event in got:
-        seen = by_id.setdefault(event["id"], _comparable(event))
-        assert seen == _comparable(event), f"{event['id']} written twice, differently"
-    assert sorted(by_id.values()) == sorted(map(_comparable, _events(whole[1])))
+        seen = by_id.setdefault(event["id"], comparable(event))
+        assert seen == comparable(event), f"{event['id']} written twice, differently"
+    assert sorted(by_id.values()) == sorted(map(comparable, _events(whole[1])))
 
 
 def test_a_continued_chunk_whose_gop_start_was_lost_is_dropped_not_dead_lettered(clip, models):

@@ -7,7 +7,6 @@ call by call.  The reference for the events themselves is embedded ``analyze`` o
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 
 import av
@@ -17,7 +16,7 @@ from facestream import events
 from facestream.config import Settings
 from facestream.ingest.chunks import EndOfStream, gop_chunks
 from facestream.workers.worker import Worker, worker_threads
-from tests.helpers import analyze_in_process
+from tests.helpers import analyze_in_process, comparable
 from tests.helpers import MemoryProducer, MemorySink, OnePollConsumer, Record
 
 FPS = 5.0
@@ -65,11 +64,6 @@ def _run(batch: dict, models, threads: int):
     return report, consumer, sink, dlq
 
 
-def _comparable(event: dict) -> tuple[str, str, str]:
-    data = {k: v for k, v in event["data"].items() if k != "latency_ms"}
-    return event["id"], event["type"], json.dumps(data, sort_keys=True)
-
-
 @pytest.fixture(scope="module")
 def one_thread(batch, models):
     return _run(batch, models, threads=1)
@@ -90,7 +84,7 @@ def test_one_thread_worker_writes_what_analyze_writes(one_thread, models, sample
         expected += evs
     analysed = [e for e in got if e["type"] != events.STREAM_ERROR]
     assert any(e["type"] == events.FACE_ANALYSIS for e in expected)
-    assert sorted(map(_comparable, analysed)) == sorted(map(_comparable, expected))
+    assert sorted(map(comparable, analysed)) == sorted(map(comparable, expected))
 
 
 @pytest.mark.parametrize("threads", [2, 3])
@@ -100,8 +94,8 @@ def test_threaded_worker_delivers_exactly_what_one_thread_delivers(one_thread, b
     report, consumer, sink, dlq = _run(batch, models, threads=threads)
     assert report == report1
     # Same events, same ids, same order, in the same Redis writes (one per round).
-    assert ([[_comparable(e) for e in write] for write in sink.writes]
-            == [[_comparable(e) for e in write] for write in sink1.writes])
+    assert ([[comparable(e) for e in write] for write in sink.writes]
+            == [[comparable(e) for e in write] for write in sink1.writes])
     assert sink.saves == sink1.saves          # checkpoints: keys, offsets, TTLs, per round
     assert consumer.commits == consumer1.commits
     assert dlq.sent == dlq1.sent

@@ -5,18 +5,26 @@ Both of LanguageBind's processors (``languagebind/image/processing_image.py`` an
 short side to 224, centre-crop 224 and normalise with the OpenAI CLIP mean/std.  They differ in
 the resize:
 
-* image: torchvision ``Resize(224, BICUBIC)`` applied to a float tensor (after ``ToTensor``).
-  Under the torchvision Video-LLaVA pins (0.15.2) a tensor resize does not antialias, so this is
-  ``interpolate(mode="bicubic", align_corners=False)``, unclamped;
+* image: torchvision ``Resize(224, BICUBIC)`` applied to a float tensor (after ``ToTensor``),
+  so ``interpolate(mode="bicubic", align_corners=False)``, unclamped, with torchvision's
+  default ``antialias``.  That default changed in torchvision 0.17 from off to on for tensors.
+  The reference installs torch 2.5.1, whose torchvision is 0.20.1: antialiased (PyTorch's
+  antialiased bicubic is Pillow's filter, a = -0.5, widened by the downscale factor).  Off
+  (``antialias=False``: the plain a = -0.75 cubic) is what torchvision < 0.17 gives, as under
+  Video-LLaVA's 0.15.2 pin.  On facestream's real 256² face crops the two differ by up to
+  0.31 (mean 0.0045) in normalised units, about 20 (mean 0.3) 8-bit levels
+  (docs/FACE_LLAVA.md);
 * video: pytorchvideo ``ShortSideScale(224)``: ``interpolate(mode="bilinear",
-  align_corners=False)``, no antialias; the video processor normalises before resizing, which is
-  the same result (both interpolations are affine with weights summing to 1, so they commute
-  with the per-channel normalisation up to float rounding).
+  align_corners=False)``, never antialiased, whatever torchvision's version; the video
+  processor normalises before resizing, which is the same result (both interpolations are
+  affine with weights summing to 1, so they commute with the per-channel normalisation up to
+  float rounding).
 
 Both crop at ``round((side - 224) / 2)`` (Python's round, as torchvision's ``center_crop`` and
 ``CenterCropVideo`` compute it).  torch's interpolation is used here because the reference
-resizes float tensors with it; PIL or OpenCV would give different pixels.  For facestream's
-256x256 face crops the resize is 256 -> 224 and the crop is empty.
+resizes float tensors with it; OpenCV, or Pillow on uint8 (torchvision's path for a PIL image,
+rounded and clamped), would give other pixels.  For facestream's 256x256 face crops the resize
+is 256 -> 224 and the crop is empty.
 
 Video windows are sampled as the decord/opencv video backends do:
 ``np.linspace(0, n - 1, 8, dtype=int)`` over the window's frames.
@@ -43,12 +51,15 @@ def _resized_shape(height: int, width: int) -> tuple[int, int]:
     return CLIP_SIZE * height // width, CLIP_SIZE
 
 
-def clip_pixels(crops: np.ndarray, *, kind: str = "image") -> np.ndarray:
+def clip_pixels(crops: np.ndarray, *, kind: str = "image",
+                antialias: bool = True) -> np.ndarray:
     """``[N, H, W, 3]`` uint8 RGB crops -> ``[N, 3, 224, 224]`` float32 tower input.
 
     ``kind`` picks the reference resize: "image" (bicubic, for the image tower) or "video"
-    (bilinear, for the frames of the video tower).  Pure, thread-safe; an empty batch gives an
-    empty result.  InputError on anything but a 4-D uint8 RGB array.
+    (bilinear, for the frames of the video tower).  ``antialias`` applies to "image" only
+    (torchvision >= 0.17 when True, the reference's pinned version; < 0.17 when False); video
+    frames are never antialiased.  Pure, thread-safe; an empty batch gives an empty result.
+    InputError on anything but a 4-D uint8 RGB array.
     """
     if kind not in _RESIZE_MODE:
         raise InputError(f"clip_pixels kind must be 'image' or 'video', got {kind!r}")
@@ -65,7 +76,7 @@ def clip_pixels(crops: np.ndarray, *, kind: str = "image") -> np.ndarray:
     new_h, new_w = _resized_shape(height, width)
     if (new_h, new_w) != (height, width):
         x = F.interpolate(x, size=(new_h, new_w), mode=_RESIZE_MODE[kind], align_corners=False,
-                          antialias=False)                                   # [N, 3, h, w]
+                          antialias=antialias and kind == "image")           # [N, 3, h, w]
     top = int(round((new_h - CLIP_SIZE) / 2.0))
     left = int(round((new_w - CLIP_SIZE) / 2.0))
     x = x[:, :, top:top + CLIP_SIZE, left:left + CLIP_SIZE]                  # [N, 3, 224, 224]
