@@ -437,22 +437,30 @@ def gop_chunks(container, *, stream_id: str, min_chunk_s: float = 1.0,
                      ctx.width, ctx.height, pack(packets), continued=continued,
                      unfinished=unfinished, capture=captured)
 
-    for av_packet in container.demux(stream):
-        if av_packet.size == 0:
-            continue        # the demuxer's flush packet
-        packet = Packet(av_packet.pts, av_packet.dts, av_packet.duration or 0,
-                        av_packet.is_keyframe, bytes(av_packet))
-        if not current and not packet.keyframe and not continued:
-            continue
+    try:
+        for av_packet in container.demux(stream):
+            if av_packet.size == 0:
+                continue        # the demuxer's flush packet
+            packet = Packet(av_packet.pts, av_packet.dts, av_packet.duration or 0,
+                            av_packet.is_keyframe, bytes(av_packet))
+            if not current and not packet.keyframe and not continued:
+                continue
+            if current:
+                span = ((packet.dts or 0) - (current[0].dts or 0)) * time_base
+                cut = packet.keyframe and (continued or span >= min_chunk_s)
+                if cut or (max_chunk_s is not None and not packet.keyframe
+                           and span >= max_chunk_s):
+                    yield make(current, unfinished=not cut)
+                    seq += 1
+                    current, continued = [], not cut
+            if not current and clock is not None:
+                captured = clock()
+            current.append(packet)
+    except Exception:
+        # The source broke off (a camera's connection dropped: FFmpeg's error): what was read
+        # of the GOP still goes out, closing it, before the caller hears of the error.
         if current:
-            span = ((packet.dts or 0) - (current[0].dts or 0)) * time_base
-            cut = packet.keyframe and (continued or span >= min_chunk_s)
-            if cut or (max_chunk_s is not None and not packet.keyframe and span >= max_chunk_s):
-                yield make(current, unfinished=not cut)
-                seq += 1
-                current, continued = [], not cut
-        if not current and clock is not None:
-            captured = clock()
-        current.append(packet)
+            yield make(current, unfinished=False)
+        raise
     if current:
         yield make(current, unfinished=False)
