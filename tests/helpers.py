@@ -118,6 +118,35 @@ def comparable(event: dict) -> tuple[str, str, str]:
     return event["id"], event["type"], json.dumps(data, sort_keys=True)
 
 
+def one_poll_worker(messages, models, *, sink=None, topic: str = "unit.video", **settings):
+    """One poll of ``messages`` (chunks, end markers, or raw ``(key, value, headers)``) on
+    one partition through a :class:`~facestream.workers.worker.Worker` with in-memory
+    transports and ``settings`` (describe off, one thread by default); returns (report,
+    events written, dead-letter producer, worker, sink)."""
+    from kafka import TopicPartition
+
+    from facestream.config import Settings
+    from facestream.ingest.chunks import EndOfStream
+    from facestream.workers.worker import Worker
+
+    records = []
+    for offset, message in enumerate(messages):
+        if isinstance(message, tuple):
+            key, value, headers = message
+        elif isinstance(message, EndOfStream):
+            key, value, headers = message.stream_id.encode(), b"", message.headers()
+        else:
+            key, value, headers = message.stream_id.encode(), message.payload, message.headers()
+        records.append(Record(topic, 0, offset, key, value, headers))
+    consumer = OnePollConsumer({TopicPartition(topic, 0): records})
+    sink, dlq = sink or MemorySink(), MemoryProducer()
+    worker = Worker(Settings.load({"describe": False, "metrics_port": 0, "video_topic": topic,
+                                   "worker_threads": 1, **settings}),
+                    models=models, consumer=consumer, sink=sink, dlq_producer=dlq)
+    report = worker.run(until=lambda w: consumer.polls >= 2)
+    return report, [e for write in sink.writes for e in write], dlq, worker, sink
+
+
 def run_cli(*args: str, timeout: float = 600, env: dict | None = None,
             cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run the `facestream` command as a user would, capturing its output."""

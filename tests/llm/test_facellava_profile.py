@@ -170,18 +170,24 @@ def test_answers_are_what_hf_generate_gives_for_the_same_visual_tokens(checkpoin
     assert answer.description == answer.fields["answers"]["expression"]
 
 
+@pytest.fixture
+def submitted(monkeypatch) -> list:
+    """Every request the engine is asked to generate, as it is handed over."""
+    from facestream.llm.engine import Engine
+
+    asked: list = []
+    real_generate = Engine.generate
+    monkeypatch.setattr(Engine, "generate",
+                        lambda self, requests: asked.extend(requests)
+                        or real_generate(self, requests))
+    return asked
+
+
 def test_landmarks_change_the_visual_tokens_and_sampling_settings_reach_the_engine(
-        checkpoint, window, monkeypatch):
+        checkpoint, window, submitted):
     """The two modes hand the engine different visual tokens for the same window (so the
     landmark path really runs in one and not in the other); temperature / top_p settings
     go into every request."""
-    from facestream.llm.engine import Engine
-
-    submitted = []
-    real_generate = Engine.generate
-    monkeypatch.setattr(Engine, "generate",
-                        lambda self, requests: submitted.extend(requests)
-                        or real_generate(self, requests))
     base = {"profile": "facellava", "facellava_checkpoint": str(checkpoint),
             "facellava_tasks": "expression", "facellava_max_new_tokens": NEW_TOKENS,
             "facellava_temperature": 0.1, "facellava_top_p": 0.9}
@@ -194,17 +200,10 @@ def test_landmarks_change_the_visual_tokens_and_sampling_settings_reach_the_engi
     assert {(r.temperature, r.top_p) for r in submitted} == {(0.1, 0.9)}
 
 
-def test_resize_antialias_setting_reaches_the_image_tower(checkpoint, window, monkeypatch):
+def test_resize_antialias_setting_reaches_the_image_tower(checkpoint, window, submitted):
     """``facellava_resize_antialias=false`` (torchvision < 0.17's resize) hands the engine the
     image task's visual tokens of the un-antialiased bicubic resize, and they differ from the
     default's (antialiased, the reference's pinned torchvision)."""
-    from facestream.llm.engine import Engine
-
-    submitted = []
-    real_generate = Engine.generate
-    monkeypatch.setattr(Engine, "generate",
-                        lambda self, requests: submitted.extend(requests)
-                        or real_generate(self, requests))
     base = {"profile": "facellava", "facellava_checkpoint": str(checkpoint),
             "facellava_tasks": "age", "facellava_max_new_tokens": NEW_TOKENS}
     for antialias in (True, False):

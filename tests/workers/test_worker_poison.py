@@ -16,8 +16,7 @@ from facestream import events
 from facestream.config import Settings
 from facestream.ingest.chunks import EndOfStream, gop_chunks
 from facestream.workers.dead_letters import MAX_REASON, dead_letter
-from facestream.workers.worker import Worker
-from tests.helpers import MemoryProducer, MemorySink, OnePollConsumer, Record
+from tests.helpers import Record, one_poll_worker
 
 FPS = 5.0
 TOPIC = "unit.video"
@@ -30,27 +29,9 @@ def clip_chunks(sample):
 
 
 def _run(messages, models, **settings):
-    """One poll of ``messages`` ((chunk or marker or raw (key, value, headers)), ...) on one
-    partition through a worker; returns (report, events, dead letters, worker)."""
-    from kafka import TopicPartition
-
-    records = []
-    for offset, message in enumerate(messages):
-        if isinstance(message, tuple):
-            key, value, headers = message
-        elif isinstance(message, EndOfStream):
-            key, value, headers = message.stream_id.encode(), b"", message.headers()
-        else:
-            key, value, headers = message.stream_id.encode(), message.payload, message.headers()
-        records.append(Record(TOPIC, 0, offset, key, value, headers))
-    consumer = OnePollConsumer({TopicPartition(TOPIC, 0): records})
-    sink, dlq = MemorySink(), MemoryProducer()
-    worker = Worker(Settings.load({"describe": False, "fps": FPS, "metrics_port": 0,
-                                   "video_topic": TOPIC, "worker_threads": 1, **settings}),
-                    models=models, consumer=consumer, sink=sink, dlq_producer=dlq)
-    report = worker.run(until=lambda w: consumer.polls >= 2)
-    written = [e for write in sink.writes for e in write]
-    return report, written, dlq, worker
+    """One poll of ``messages`` through a worker; returns (report, events, dead letters,
+    worker)."""
+    return one_poll_worker(messages, models, topic=TOPIC, fps=FPS, **settings)[:4]
 
 
 def _errors(written):

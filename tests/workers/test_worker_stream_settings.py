@@ -13,10 +13,8 @@ import numpy as np
 import pytest
 
 from facestream import events
-from facestream.config import Settings
 from facestream.ingest.chunks import EndOfStream, gop_chunks
-from facestream.workers.worker import Worker
-from tests.helpers import MemoryProducer, MemorySink, OnePollConsumer, Record
+from tests.helpers import MemorySink, one_poll_worker
 
 TOPIC = "unit.video"
 
@@ -38,19 +36,11 @@ def clip_chunks(sample):
 
 
 def _run(chunks, models, sink=None, **settings):
-    from kafka import TopicPartition
-
-    messages = [*chunks, EndOfStream("cam", chunks[-1].seq)]
-    records = [Record(TOPIC, 0, offset, m.stream_id.encode(),
-                      b"" if isinstance(m, EndOfStream) else m.payload, m.headers())
-               for offset, m in enumerate(messages)]
-    consumer = OnePollConsumer({TopicPartition(TOPIC, 0): records})
-    sink, dlq = sink or MemorySink(), MemoryProducer()
-    worker = Worker(Settings.load({"describe": False, "fps": 10.0, "metrics_port": 0,
-                                   "video_topic": TOPIC, "worker_threads": 1, **settings}),
-                    models=models, consumer=consumer, sink=sink, dlq_producer=dlq)
-    report = worker.run(until=lambda w: consumer.polls >= 2)
-    written = [e for write in sink.writes for e in write]
+    """The chunks of stream "cam" and its end through a worker at 10 fps; returns (report,
+    events, dead letters, sink)."""
+    report, written, dlq, _, sink = one_poll_worker(
+        [*chunks, EndOfStream("cam", chunks[-1].seq)], models, sink=sink, topic=TOPIC,
+        fps=10.0, **settings)
     return report, written, dlq, sink
 
 
