@@ -352,6 +352,11 @@ class Settings:
         "torchvision >= 0.17 does by default on tensors (the reference installs torch 2.5.1, "
         "so torchvision 0.20.1); false is torchvision < 0.17 (Video-LLaVA's 0.15.2).  Video "
         "frames are never antialiased (pytorchvideo's ShortSideScale)."))
+    facellava_quantization: str = field(default="none", metadata=_doc(
+        "Weights of Face-LLaVA's language model: none (--dtype: fp16 about 14 GB) or nf4 "
+        "(4-bit NF4 through bitsandbytes, about 4 GB, as the released inference script "
+        "loads it; needs bitsandbytes and a CUDA device).  The towers and the fusion stage "
+        "stay in --dtype.", choices=("none", "nf4")))
     facellava_crop_rule: str = field(default="facestream", metadata=_doc(
         "Where Face-LLaVA's face crop comes from.  facestream: each tracked face's own "
         "detector box (full-range BlazeFace, float box); reference: the reference crop "

@@ -218,7 +218,9 @@ def load_stage(settings) -> FaceLlavaAnswerer:
     model = load_facellava(settings.facellava_checkpoint,
                            image_tower=settings.facellava_image_tower or None,
                            video_tower=settings.facellava_video_tower or None,
-                           dtype=dtype, device=device, load_llm=not remote)
+                           dtype=dtype, device=device, load_llm=not remote,
+                           quantization=(None if settings.facellava_quantization == "none"
+                                         else settings.facellava_quantization))
     tasks = settings.facellava_task_list
     kinds = sorted({task_media(t) for t in tasks})
     vision, per_frame = {}, {}

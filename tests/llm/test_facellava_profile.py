@@ -310,3 +310,21 @@ def test_bad_facellava_settings_are_one_line_errors(args, message, checkpoint, t
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_quantization_setting_reaches_the_loader(checkpoint, monkeypatch):
+    """``facellava_quantization=nf4`` asks the loader for NF4 (here: bitsandbytes hidden, so
+    the loader's one-line refusal); ``none`` loads in --dtype."""
+    import importlib.util
+
+    from facestream.encoder.facellava import checkpoint as checkpoint_module
+    from facestream.errors import AssetError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(checkpoint_module.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    base = {"profile": "facellava", "facellava_checkpoint": str(checkpoint),
+            "facellava_tasks": "expression", "facellava_max_new_tokens": NEW_TOKENS}
+    with pytest.raises(AssetError, match="bitsandbytes not installed"):
+        load_stage(Settings.load({**base, "facellava_quantization": "nf4"}))
+    assert load_stage(Settings.load({**base, "facellava_quantization": "none"})) is not None
