@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from facestream.errors import ConfigError
-from facestream.vocabulary import PROFILES, TASKS
+from facestream.vocabulary import PROFILES, TASKS, task_media
 
 ENV_PREFIX = "FACESTREAM_"
 # FACESTREAM_* variables that are not settings (the names without the prefix).  Any other
@@ -336,6 +336,12 @@ class Settings:
         "Longest Face-LLaVA answer, in tokens; generation stops earlier at end-of-sequence "
         "(the reasoning answers run to about 100-200 tokens; the reference script allows "
         "1024).  Prompt + answer must fit llm_max_seq_len.", ge=4, le=1024))
+    facellava_video_window_s: float = field(default=3.0, metadata=_doc(
+        "Seconds of a track the video tasks (expression, deepfake) look at, ending at the "
+        "window's last frame: 8 frames spread over them, as the reference spreads 8 over a "
+        "face clip; the track's earlier windows are kept thinned to 16 samples (one per "
+        "slot of this / 16 s).  0, or any length up to window_s: the window's own frames.",
+        ge=0, le=10))
     facellava_landmarks: bool = field(default=True, metadata=_doc(
         "Face-LLaVA mode.  true: each frame's 68 landmarks go through the landmark projector "
         "and face-region cross-attention (the paper's model, as trained and evaluated); "
@@ -410,6 +416,16 @@ class Settings:
     @property
     def facellava_task_list(self) -> tuple[str, ...]:
         return tuple(t.strip() for t in self.facellava_tasks.split(",") if t.strip())
+
+    @property
+    def facellava_clip_s(self) -> float:
+        """Seconds of a track Face-LLaVA's video tasks look at when that reaches back past
+        the analysis window; 0 when the window's own samples are what they see (another
+        profile, no video task asked, or ``facellava_video_window_s`` <= ``window_s``)."""
+        if (self.profile != "facellava" or self.facellava_video_window_s <= self.window_s
+                or not any(task_media(t) == "video" for t in self.facellava_task_list)):
+            return 0.0
+        return self.facellava_video_window_s
 
     @property
     def webhook_url_list(self) -> tuple[str, ...]:

@@ -148,13 +148,19 @@ class FaceSample:
 
 @dataclass(frozen=True, eq=False)
 class FaceWindow:
-    """A track's samples over one window.  ``samples`` is never empty and is time-ordered."""
+    """A track's samples over one window.  ``samples`` is never empty and is time-ordered.
+
+    ``clip``: what Face-LLaVA's video tasks look at when it reaches back past the window
+    (``facellava_video_window_s``): the track's samples over that many seconds up to the
+    window's last sample, thinned, time-ordered, ending with that sample; empty when the
+    window's own samples are the clip."""
 
     stream_id: str
     track_id: str
     samples: tuple[FaceSample, ...]
     frame_size: tuple[int, int]        # (width, height) of the source frames
     final: bool = False                # the track ended with this window
+    clip: tuple[FaceSample, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.samples:
@@ -162,6 +168,10 @@ class FaceWindow:
         times = [s.time_s for s in self.samples]
         if times != sorted(times):
             raise ValueError(f"window of track {self.track_id}: samples out of time order")
+        clip_times = [s.time_s for s in self.clip]
+        if clip_times and (clip_times != sorted(clip_times) or clip_times[-1] != times[-1]):
+            raise ValueError(f"window of track {self.track_id}: its clip is out of time order "
+                             "or does not end with the window")
         width, height = self.frame_size
         if width <= 0 or height <= 0:
             raise ValueError(f"window of track {self.track_id}: frame size {self.frame_size}")

@@ -44,7 +44,25 @@ def test_facellava_preprocessing_defaults():
     assert s.facellava_resize_antialias is False and s.facellava_crop_rule == "reference"
 
 
+@pytest.mark.parametrize("overrides, clip_s", [
+    ({}, 3.0),                                              # the default: 3 s
+    ({"facellava_tasks": "age,deepfake", "facellava_video_window_s": 4}, 4.0),
+    ({"facellava_tasks": "age,attributes"}, 0.0),           # no video task asked
+    ({"facellava_video_window_s": 0}, 0.0),                 # the analysis window
+    ({"facellava_video_window_s": 2, "window_s": 2}, 0.0),  # no longer than the window
+    ({"profile": "compact"}, 0.0),
+])
+def test_facellava_video_window(overrides, clip_s):
+    """Face-LLaVA's video tasks reach back ``facellava_video_window_s`` (default 3 s) only
+    in the facellava profile, with a video task asked, and past the analysis window."""
+    s = Settings.load({"profile": "facellava", "facellava_checkpoint": "ckpt", **overrides},
+                      environ={})
+    assert s.facellava_video_window_s == overrides.get("facellava_video_window_s", 3.0)
+    assert s.facellava_clip_s == clip_s
+
+
 @pytest.mark.parametrize("overrides, environ, message", [
+    ({"facellava_video_window_s": -1}, {}, "facellava_video_window_s=-1.0: must be >= 0"),
     ({"facellava_landmarks": False, "facellava_vision_backend": "onnxruntime"}, {},
      "facellava_landmarks=false runs the projector alone"),
     ({"facellava_top_p": 0}, {}, "facellava_top_p=0.0: must be >= 0.01"),

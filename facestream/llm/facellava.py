@@ -6,8 +6,10 @@ Per call, over windows of any number of tracks and streams:
    projector -> face-region landmark cross-attention) with their landmarks, or through the
    projector alone with ``landmarks=False`` (the released inference script's mode), all
    windows in one batch per tower: video tasks see 8 frames sampled uniformly from the
-   window (the reference's ``linspace`` sampling; a window with fewer samples repeats some),
-   image tasks the window's middle frame.  Crops and landmarks are the ones the face stage
+   window's clip (the reference's ``linspace`` sampling over a face clip; fewer samples
+   repeat some): the track's last ``facellava_video_window_s`` seconds, thinned
+   (``FaceWindow.clip``), or the window's own samples when it has no clip; image tasks the
+   window's middle frame.  Crops and landmarks are the ones the face stage
    cut for this profile (``FaceChips.square`` / ``square_landmarks``: 256² crops,
    landmarks / 256).
 2. **language** — one generation request per (window, task), every request of the call
@@ -35,7 +37,7 @@ from facestream.llm import parsers
 from facestream.llm.backends import make_engine
 from facestream.llm.prompts import STOP, build_prompt, tokenize_prompt
 from facestream.llm.requests import GenerationBackend, GenerationRequest
-from facestream.types import Answer, FaceWindow
+from facestream.types import Answer, FaceSample, FaceWindow
 from facestream.vocabulary import TASKS, task_media
 
 IMAGE_TOKEN_ID = -200        # LLaVA's IMAGE_TOKEN_INDEX: a placeholder no vocabulary holds
@@ -159,14 +161,12 @@ class FaceLlavaAnswerer:
         are passed only in the landmarks mode)."""
         pixels, landmarks = [], []
         for window in windows:
-            samples = window.samples
-            if samples[0].chips.square is None:
+            if window.samples[0].chips.square is None:
                 raise ConfigError("windows carry no Face-LLaVA crops: the face stage must run "
                                   "with square_crops=True for the facellava profile")
-            picks = (uniform_indices(len(samples), VIDEO_FRAMES) if kind == "video"
-                     else [len(samples) // 2])
-            crops = np.concatenate([samples[i].chips.square for i in picks])  # [F, 256, 256, 3]
-            marks = np.concatenate([samples[i].chips.square_landmarks for i in picks])  # [F, 136]
+            picked = video_frames(window) if kind == "video" else [image_frame(window)]
+            crops = np.concatenate([s.chips.square for s in picked])        # [F, 256, 256, 3]
+            marks = np.concatenate([s.chips.square_landmarks for s in picked])  # [F, 136]
             frames = clip_pixels(crops, kind=kind,                             # [F, 3, 224, 224]
                                  antialias=self._resize_antialias)
             pixels.append(frames.transpose(1, 0, 2, 3) if kind == "video" else frames[0])
@@ -177,6 +177,18 @@ class FaceLlavaAnswerer:
             tokens = self._vision[kind](batch_pixels,                              # [W, N, hidden]
                                         batch_marks if self._landmarks else None)
         return tokens.to(self._device)
+
+
+def video_frames(window: FaceWindow) -> list[FaceSample]:
+    """The 8 samples a video task sees: spread uniformly over the window's clip (its own
+    samples when it has none), first and last included."""
+    clip = window.clip or window.samples
+    return [clip[i] for i in uniform_indices(len(clip), VIDEO_FRAMES)]
+
+
+def image_frame(window: FaceWindow) -> FaceSample:
+    """The sample an image task sees: the window's middle one."""
+    return window.samples[len(window.samples) // 2]
 
 
 def torch_vision(path, *, device: str | torch.device, dtype: torch.dtype):

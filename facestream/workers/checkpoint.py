@@ -20,8 +20,9 @@ from typing import Any
 
 # 2: the stream's chunk order (facestream.workers.ordering) in its state;
 # 3: the pickled classes moved (facestream.types, facestream.vision) and their modules with them;
-# 4: streams carry their last checkpoint between GOPs (live sources' unfinished chunks).
-VERSION = 4
+# 4: streams carry their last checkpoint between GOPs (live sources' unfinished chunks);
+# 5: windows carry a clip, streams the tracks' clips (facellava_video_window_s).
+VERSION = 5
 _ALLOWED_PREFIXES = ("facestream.", "numpy", "collections", "fractions", "builtins", "copyreg",
                      "_codecs")
 

@@ -39,7 +39,7 @@ from facestream.types import (Answer, DecodedFrame, EncoderOutput, FaceDetection
                               FaceWindow, LanguageStage, WindowEncoder)
 from facestream.vision.tracker import Track, Tracker
 from facestream.workers.scheduler import REUSE, Answered, ChangeScheduler, CheapSignals, Decision
-from facestream.workers.windows import Windower
+from facestream.workers.windows import ClipHistory, Windower
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,8 @@ class StreamState:
                                max_lost_s=settings.track_max_lost_s,
                                min_iou=settings.track_min_iou)
         self.windower = Windower(stream_id, window_s=settings.window_s)
+        # Face-LLaVA's video tasks reaching back past the window: the tracks' recent samples.
+        self.clips = ClipHistory(settings.facellava_clip_s) if settings.facellava_clip_s else None
         self.memory: dict[str, TrackMemory] = {}     # live tracks only
         self.frame_size = (0, 0)
         self.last_time_s = 0.0
@@ -99,11 +101,11 @@ class StreamState:
         for track in update.ended:
             windows += self._close(track)
             ended.append(self._track_event(events.TRACK_ENDED, track, frame.arrival, last=True))
-        return started, windows, ended
+        return started, self._clipped(windows), ended
 
     def advance(self, media_s: float) -> list[FaceWindow]:
         """The stream's media clock reached ``media_s``: the windows that ended by then."""
-        return self.windower.advance(media_s, self.frame_size)
+        return self._clipped(self.windower.advance(media_s, self.frame_size))
 
     def finish(self) -> tuple[list[FaceWindow], list[dict[str, Any]]]:
         """End of stream: every open window and the end of every track."""
@@ -112,13 +114,21 @@ class StreamState:
         for track in self.tracker.finish():
             windows += self._close(track)
             ended.append(self._track_event(events.TRACK_ENDED, track, now, last=True))
-        return windows, ended
+        return self._clipped(windows), ended
 
     def _close(self, track: Track) -> list[FaceWindow]:
         closed = self.windower.close(track, self.frame_size)
         if not closed and track.track_id is not None:
             self.ended_tracks.add(track.track_id)
+            if self.clips is not None:
+                self.clips.forget(track.track_id)
         return closed
+
+    def _clipped(self, windows: list[FaceWindow]) -> list[FaceWindow]:
+        """Closed windows, in order, each with its Face-LLaVA video clip where one is kept."""
+        if self.clips is None:
+            return windows
+        return [self.clips.attach(w) for w in windows]
 
     def event_time(self, media_s: float, fallback_epoch: float) -> float:
         return self.wall_origin + media_s if self.wall_origin is not None else fallback_epoch

@@ -7,12 +7,25 @@ passes its end (:meth:`Windower.advance`, from the last frame decoded, picked or
 the latest when the track's next sample lands past it; either way it holds the same samples,
 since every later frame lies after its end.  A tentative track's samples are kept and go into its
 first window once it is confirmed; a track that never confirms leaves nothing behind.
+
+Face-LLaVA's video tasks may look further back than the window (``facellava_video_window_s``):
+a :class:`ClipHistory`, fed the closed windows, gives each its ``clip`` from a thinned copy of
+the track's recent samples.
 """
 
 from __future__ import annotations
 
-from facestream.types import FaceSample, FaceWindow
+import dataclasses
+
+import numpy as np
+
+from facestream.types import FaceChips, FaceSample, FaceWindow
 from facestream.vision.tracker import Track
+
+# Samples a clip keeps over its span: one per slot of span / CLIP_SLOTS seconds, twice the 8
+# frames Face-LLaVA's video tower takes, so that 8 picked uniformly from them fall within a
+# slot of evenly spaced times, and a slot the face missed costs no repeated frame.
+CLIP_SLOTS = 16
 
 
 class Windower:
@@ -80,3 +93,58 @@ class Windower:
               final: bool = False) -> FaceWindow:
         assert track.track_id is not None
         return FaceWindow(self._stream_id, track.track_id, tuple(samples), frame_size, final)
+
+
+class ClipHistory:
+    """Each track's clip for Face-LLaVA's video tasks: its samples over the last ``span_s``
+    seconds, fed the track's closed windows in order.  Not thread-safe.
+
+    The rule, so that a clip depends only on the track's samples (not on when windows closed,
+    nor on a worker restarting from a checkpoint, which carries this object): media time is
+    cut into slots of ``span_s / CLIP_SLOTS`` seconds from 0; a window's clip is the last
+    sample of each slot, over the samples kept from the track's earlier windows and the
+    window's own, later than ``span_s`` before the window's last sample.  That clip is what
+    the track keeps for its next window (at most ``CLIP_SLOTS + 1`` samples, their chips
+    copied out of their frames' arrays); a track's last window takes it away.  A window
+    whose clip holds none of the track's earlier samples (the track's first window) gets no
+    ``clip``: its own samples, unthinned, are what the video tasks see, as with no history."""
+
+    def __init__(self, span_s: float) -> None:
+        self._span_s = span_s
+        self._slot_s = span_s / CLIP_SLOTS
+        self._kept: dict[str, tuple[FaceSample, ...]] = {}
+
+    def attach(self, window: FaceWindow) -> FaceWindow:
+        """``window`` with its clip; the clip is kept for the track's next window."""
+        earlier = (self._kept.pop(window.track_id, ()) if window.final
+                   else self._kept.get(window.track_id, ()))
+        slots: dict[int, FaceSample] = {}
+        for sample in (*earlier, *window.samples):       # time order: slots only grow
+            slots[int((sample.time_s + 1e-9) // self._slot_s)] = sample
+        start = window.end_s - self._span_s + 1e-6
+        clip = tuple(s for s in slots.values() if s.time_s > start)
+        if not window.final:
+            self._kept[window.track_id] = tuple(_own(s) for s in clip)
+        reaches_back = clip[0].time_s < window.start_s
+        return dataclasses.replace(window, clip=clip) if reaches_back else window
+
+    def forget(self, track_id: str) -> None:
+        """The track ended with no window left open."""
+        self._kept.pop(track_id, None)
+
+    @property
+    def kept(self) -> int:
+        """Samples held for the tracks' next windows."""
+        return sum(len(clip) for clip in self._kept.values())
+
+
+def _own(sample: FaceSample) -> FaceSample:
+    """``sample`` with chips of its own: a kept sample must not hold its frame's chips of
+    every face alive (``FaceChips.take`` gives views of them)."""
+    chips = sample.chips
+    arrays = (chips.expression, chips.age, chips.gender, chips.square, chips.square_landmarks)
+    if not any(a is not None and isinstance(a.base, np.ndarray) and a.base.size > a.size
+               for a in arrays):
+        return sample
+    return dataclasses.replace(sample, chips=FaceChips(
+        *(None if a is None else a.copy() for a in arrays)))

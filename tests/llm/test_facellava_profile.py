@@ -13,11 +13,13 @@ from facestream import events
 from facestream.config import Settings
 from facestream.encoder.facellava import load_facellava
 from facestream.ingest.sources import parse_source
-from facestream.llm.facellava import answer_fields, load_stage
+from facestream.llm.facellava import answer_fields, load_stage, video_frames
 from facestream.retry import Backoff
 from facestream.types import FaceSample, FaceWindow
 from facestream.vision.decode import Decoder
 from facestream.vision.faces import FaceAnalyzer
+from facestream.workers.pipeline import StreamState
+from facestream.workers.windows import CLIP_SLOTS
 from tests.helpers import check_events_file, read_events, run_cli
 from tests.tiny_facellava import write_tiny_checkpoint
 
@@ -49,6 +51,31 @@ def window(sample):
         decoder.close()
         analyzer.close()
     return FaceWindow("w", "t1", tuple(samples), (640, 360))
+
+
+@pytest.fixture(scope="module")
+def track_windows(sample, checkpoint):
+    """The first four windows of WolfgangLanger's face (10 fps, 1 s windows, its first 4.5 s)
+    from the stream stage with the video window at 3 s and at 0: {3.0: windows, 0.0: windows}."""
+    base = {"profile": "facellava", "facellava_checkpoint": str(checkpoint)}
+    states = {span: StreamState("w", Settings.load({**base, "facellava_video_window_s": span}))
+              for span in (3.0, 0.0)}
+    windows: dict[float, list[FaceWindow]] = {span: [] for span in states}
+    analyzer = FaceAnalyzer(square_crops=True)
+    decoder = Decoder(parse_source(str(sample("WolfgangLanger_Pexels.mp4"))), stream_id="w",
+                      fps=10.0, backoff=Backoff(0, 0.0, 0.0))
+    try:
+        for frame in decoder.frames():
+            if frame.time_s > 4.45:
+                break
+            faces = analyzer(frame.image)
+            for span, state in states.items():
+                windows[span] += state.observe(frame, faces)[1]
+    finally:
+        decoder.close()
+        analyzer.close()
+    assert [len(w.samples) for w in windows[3.0]] == [10, 10, 10, 10]
+    return windows
 
 
 # The reference side of the chain test, written out here from the public Face-LLaVA code
@@ -217,6 +244,60 @@ def test_resize_antialias_setting_reaches_the_image_tower(checkpoint, window, su
         want = reference_visual(model, crops, marks, "image", antialias=False)
     torch.testing.assert_close(sharp.visual, want, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(smooth.visual, sharp.visual, rtol=1e-4, atol=1e-4)
+
+
+def test_video_tasks_see_frames_spread_over_the_video_window(checkpoint, track_windows,
+                                                            submitted):
+    """With ``facellava_video_window_s`` 3, the fourth window's (3.0 … 3.9 s) expression
+    question gets the visual tokens of 8 frames spread over the 3 s up to its last frame, not
+    only over its own second; its age question still gets the window's middle frame."""
+    window = track_windows[3.0][3]
+    picked = video_frames(window)
+    times = [s.time_s for s in picked]
+    slot = 3.0 / CLIP_SLOTS
+    assert times == sorted(set(times)) and times[-1] == window.end_s
+    assert window.end_s - 3.0 < times[0] <= window.end_s - 3.0 + slot + 0.1
+    assert times[0] < window.start_s - 1.5                  # two windows back
+    # evenly spread: each within a slot and a frame of 8 evenly spaced times over the 3 s
+    evenly = np.linspace(window.end_s - 3.0, window.end_s, 8)
+    assert np.abs(np.array(times) - evenly).max() <= slot + 0.1
+    stage = load_stage(Settings.load({
+        "profile": "facellava", "facellava_checkpoint": str(checkpoint),
+        "facellava_tasks": "expression,age", "facellava_max_new_tokens": NEW_TOKENS}))
+    stage.answer([(window, None)])
+    video, image = submitted
+    model = load_facellava(checkpoint, dtype=torch.float32)
+    middle = window.samples[len(window.samples) // 2]
+    with torch.inference_mode():
+        for request, frames, kind in ((video, picked, "video"), (image, [middle], "image")):
+            crops = np.concatenate([s.chips.square for s in frames])
+            marks = np.concatenate([s.chips.square_landmarks for s in frames])
+            torch.testing.assert_close(request.visual,
+                                       reference_visual(model, crops, marks, kind),
+                                       rtol=1e-5, atol=1e-5)
+
+
+def test_a_zero_video_window_gives_the_windows_own_frames(checkpoint, track_windows,
+                                                          submitted):
+    """``facellava_video_window_s=0``: the video question gets 8 frames of the window's own 10
+    (the picks before the setting existed); the image question's tokens are those it gets
+    with a 3 s video window (the same window, the same middle frame)."""
+    own, reaching = track_windows[0.0][3], track_windows[3.0][3]
+    assert own.clip == () and reaching.clip
+    assert [s.time_s for s in own.samples] == [s.time_s for s in reaching.samples]
+    assert video_frames(own) == [own.samples[i] for i in VIDEO_PICKS]
+    base = {"profile": "facellava", "facellava_checkpoint": str(checkpoint),
+            "facellava_tasks": "expression,age", "facellava_max_new_tokens": NEW_TOKENS}
+    load_stage(Settings.load(base)).answer([(own, None), (reaching, None)])
+    own_video, own_image, reaching_video, reaching_image = submitted
+    model = load_facellava(checkpoint, dtype=torch.float32)
+    crops = np.concatenate([own.samples[i].chips.square for i in VIDEO_PICKS])
+    marks = np.concatenate([own.samples[i].chips.square_landmarks for i in VIDEO_PICKS])
+    with torch.inference_mode():
+        want = reference_visual(model, crops, marks, "video")
+    torch.testing.assert_close(own_video.visual, want, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(reaching_video.visual, own_video.visual, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(reaching_image.visual, own_image.visual, rtol=0, atol=0)
 
 
 def test_remote_llm_tier_gives_the_same_answers(checkpoint, window):
