@@ -22,7 +22,10 @@ The pipeline.  Each stream is published by ``ingest()`` of its camera URL (an ``
 source is live, so ``chunk_max_s`` applies; ``reconnect_attempts=0``: the publisher ends the
 stream when its camera closes).  before = ``chunk_max_s=0`` (a chunk leaves once its whole GOP
 is in), after = ``chunk_max_s=0.5`` (the default: every 0.5 s of video, as ``fs-unfinished``
-and ``fs-continued`` chunks).  One ``Worker`` (``--no-describe``, ``FACESTREAM_FPS=5``,
+and ``fs-continued`` chunks).  ``--baseline previous`` makes before the worker as it was
+before windows closed at the end of a chunk's last frame and rounds were bounded: 0.5 s
+chunks, the media clock at the last frame's time (``ChunkDecoder._tick`` swapped for the
+measurement) and ``round_max_s=0``, so the ratio is that of those two changes.  One ``Worker`` (``--no-describe``, ``FACESTREAM_FPS=5``,
 ``worker_threads`` default, metrics endpoint off) runs in a thread of this process with its
 models loaded once and consumes a topic of the measurement's own (6 partitions), with its
 own consumer group and Redis keys, created before and deleted after.
@@ -54,6 +57,7 @@ estimate first.  ``--quick``: 1 and 4 streams, 2 and 4 s GOPs, one round (2.5 mi
 
     .venv/bin/python bench/bench_latency.py [--streams 1,4,8] [--gops 1,2,4] [--rounds N]
                                             [--seconds S] [--quick] [--start-services]
+                                            [--baseline gop|previous]
 
 Kafka and Redis: as ``bench/bench_distributed.py`` (``--start-services``, else the pair
 FACESTREAM_KAFKA_BOOTSTRAP and FACESTREAM_REDIS_URL name; see bench/services.py).  The
@@ -67,6 +71,7 @@ import os
 os.environ.setdefault("GLOG_minloglevel", "2")     # MediaPipe's C++ info logs
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import http.server  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
@@ -91,6 +96,7 @@ from facestream.errors import SourceDropped  # noqa: E402
 from facestream.ingest.publisher import ingest  # noqa: E402
 from facestream.ingest.sources import parse_source  # noqa: E402
 from facestream.runtime import tune_allocator  # noqa: E402
+from facestream.vision.decode import ChunkDecoder  # noqa: E402
 
 from bench_distributed import (CLIP, FPS, PARTITIONS, forget,  # noqa: E402
                                measurement_settings, ratio_text, run_worker, spread,
@@ -98,6 +104,7 @@ from bench_distributed import (CLIP, FPS, PARTITIONS, forget,  # noqa: E402
 from services import Endpoints, fresh_topic, services  # noqa: E402
 
 SIDES = {"before": 0.0, "after": 0.5}          # side -> chunk_max_s
+BASELINES = ("gop", "previous")                 # --baseline: what before is
 GOPS = (1.0, 2.0, 4.0)
 STREAMS = (1, 4, 8)
 SECONDS = 12.0
@@ -293,14 +300,42 @@ class Run:
         return float(np.percentile(self.latencies, q)) if self.latencies else float("nan")
 
 
+def side_settings(side: str, baseline: str) -> dict:
+    """The settings a side's measurement changes (``--baseline previous``: before is 0.5 s
+    chunks with unbounded rounds, and the previous close rule, see :func:`close_rule`)."""
+    if side == "before" and baseline == "previous":
+        return {"chunk_max_s": SIDES["after"], "round_max_s": 0.0}
+    return {"chunk_max_s": SIDES[side]}
+
+
+@contextlib.contextmanager
+def close_rule(previous: bool):
+    """With ``previous``, the worker's decoders keep the media clock at the last frame's
+    time (the rule before it became the end of that frame) while the block runs."""
+    if not previous:
+        yield
+        return
+    tick = ChunkDecoder._tick
+
+    def frame_time(decoder: ChunkDecoder, pts: int, t: float, chunk) -> None:
+        decoder.clock_s = t
+
+    ChunkDecoder._tick = frame_time
+    try:
+        yield
+    finally:
+        ChunkDecoder._tick = tick
+
+
 def measure(endpoints: Endpoints, models, pool: Executor, recording: Recording, *,
-            streams: int, side: str) -> Run:
+            streams: int, side: str, baseline: str = "gop") -> Run:
     tag = f"lat-{uuid.uuid4().hex[:8]}"
-    settings = replace(measurement_settings(endpoints, tag), chunk_max_s=SIDES[side])
+    settings = replace(measurement_settings(endpoints, tag), **side_settings(side, baseline))
     publishing = replace(settings, reconnect_attempts=0)
     ids = stream_ids(tag, streams)
     offset = time.time() - time.monotonic()
-    with fresh_topic(endpoints.kafka_bootstrap, settings.video_topic, partitions=PARTITIONS):
+    with fresh_topic(endpoints.kafka_bootstrap, settings.video_topic, partitions=PARTITIONS), \
+            close_rule(side == "before" and baseline == "previous"):
         (starts, late), report, seconds, cpu_s = run_worker(
             settings, models, streams,
             feed=lambda: pool.submit(publish_cameras, recording, publishing, ids).result())
@@ -411,9 +446,9 @@ def print_report(runs: list[Run], gops: list[float], streams: list[int]) -> None
         print(f"  {target.text()}")
 
 
-def run_json(run: Run) -> dict:
+def run_json(run: Run, baseline: str) -> dict:
     return {"gop_s": run.gop_s, "streams": run.streams, "side": run.side,
-            "chunk_max_s": SIDES[run.side], "completed": run.completed,
+            **side_settings(run.side, baseline), "completed": run.completed,
             "events": len(run.latencies), "p50_s": round(run.percentile(50), 3),
             "p95_s": round(run.percentile(95), 3), "max_s": round(run.percentile(100), 3),
             "end_s_off": run.end_s_off, "unknown_pts": run.unknown_pts,
@@ -466,6 +501,10 @@ def main() -> None:
                         help="streams 1,4, GOPs 2,4, one round (explicit options win)")
     parser.add_argument("--start-services", action="store_true",
                         help="start a private Kafka and Redis even if the environment names some")
+    parser.add_argument("--baseline", choices=BASELINES, default="gop",
+                        help="before = whole GOPs (gop, the default), or 0.5 s chunks as the "
+                             "worker handled them before windows closed at a frame's end and "
+                             "rounds were bounded (previous)")
     args = parser.parse_args()
     preset = QUICK if args.quick else {"streams": list(STREAMS), "gops": list(GOPS), "rounds": 2}
     streams = args.streams or preset["streams"]
@@ -500,7 +539,7 @@ def main() -> None:
 
         def once(gop_s: float, count: int, side: str) -> Run:
             result = measure(endpoints, models, pool, recordings[gop_s], streams=count,
-                             side=side)
+                             side=side, baseline=args.baseline)
             print(f"  GOP {gop_s:g} s, {count} streams, {side}: {len(result.latencies)} "
                   f"events, p50 {result.percentile(50):.2f} s, p95 {result.percentile(95):.2f}"
                   f" s, dropped {result.dropped}, load {result.load:.2f}", flush=True)
@@ -530,8 +569,11 @@ def main() -> None:
           f"Redis {endpoints.redis_url}; {os.cpu_count()} cores, load average (1/5/15 min) "
           f"before {'/'.join(f'{x:.2f}' for x in load_before)}, after "
           f"{'/'.join(f'{x:.2f}' for x in load_after)}; {time.monotonic() - started:.0f} s")
-    print(f"before = chunk_max_s {SIDES['before']:g} (whole GOPs), after = chunk_max_s "
-          f"{SIDES['after']:g}; warm-up run of each side, then {rounds} interleaved rounds: "
+    before = (f"chunk_max_s {SIDES['after']:g}, windows closed at the last frame's time, "
+              "round_max_s 0 (the previous worker)" if args.baseline == "previous"
+              else f"chunk_max_s {SIDES['before']:g} (whole GOPs)")
+    print(f"before = {before}, after = chunk_max_s {SIDES['after']:g}, round_max_s "
+          f"{base.round_max_s:g}; warm-up run of each side, then {rounds} interleaved rounds: "
           "median (min-max); ratio = median / median of before (min-max of the per-round "
           "ratios); latency = Redis entry time - camera time of the window's last frame")
     print_report(runs, gops, streams)
@@ -539,7 +581,8 @@ def main() -> None:
           f"{CLOCK_STEP_LIMIT_S:g} s during them: {len(discarded)}")
     print("RESULT " + json.dumps({
         "clip": CLIP, "fps": FPS, "seconds": args.seconds, "rounds": rounds,
-        "streams": streams, "gops": gops, "sides": SIDES,
+        "streams": streams, "gops": gops, "baseline": args.baseline,
+        "sides": {side: side_settings(side, args.baseline) for side in SIDES},
         "kafka_bootstrap": endpoints.kafka_bootstrap, "services_started": endpoints.started,
         "cores": os.cpu_count(), "wall_s": round(time.monotonic() - started, 1),
         "load_average_before": [round(x, 2) for x in load_before],
@@ -550,8 +593,8 @@ def main() -> None:
                      "value_s": round(t.value_s, 3), "met": t.met,
                      "by_round": [round(v, 3) for v in t.by_round]}
                     for t in targets(runs, streams)],
-        "runs": [run_json(r) for r in runs],
-        "discarded_runs": [run_json(r) for r in discarded]}))
+        "runs": [run_json(r, args.baseline) for r in runs],
+        "discarded_runs": [run_json(r, args.baseline) for r in discarded]}))
 
 
 if __name__ == "__main__":

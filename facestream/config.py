@@ -224,6 +224,13 @@ class Settings:
         "Threads a worker decodes chunks and finds faces on (one MediaPipe face stage "
         "each); 0 = min(2, CPU cores); 1 = everything on the consuming thread.",
         ge=0, le=64))
+    round_max_s: float = field(default=0.5, metadata=_doc(
+        "A worker's round delivers the events of the streams whose chunks are ready once "
+        "it has run this many seconds, and a stream still being decoded or searched for "
+        "faces carries its chunk (and its next messages) over to a later round instead of "
+        "holding the others' events back; 0 waits for every chunk of the round.  Only with "
+        "worker_threads > 1 (one thread does each chunk as it is admitted).",
+        ge=0, le=600))
     registry_topic: str = field(default="facestream.streams", metadata=_doc(
         "Compacted topic of stream specs, keyed by stream id."))
     registry_schemes: str = field(default="rtsp,rtsps,http,https,rtmp,srt", metadata=_doc(

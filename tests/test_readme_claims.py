@@ -179,7 +179,8 @@ def test_readme_defaults_are_the_defaults(monkeypatch):
     """The defaults README states: analysis rate 10, 1 s windows, the compact profile,
     the cache in ~/.cache/facestream, Kafka at localhost:9092, topics facestream.video and
     facestream.dlq, consumer group facestream-workers, Redis at redis://localhost:6379/0,
-    the Redis stream facestream:events, a 10 s session timeout, metrics on port 9400."""
+    the Redis stream facestream:events, a 10 s session timeout, metrics on port 9400, rounds
+    bounded at 0.5 s."""
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     s = Settings.load(environ={})
     assert (s.fps, s.window_s, s.profile) == (10.0, 1.0, "compact")
@@ -191,6 +192,7 @@ def test_readme_defaults_are_the_defaults(monkeypatch):
     assert s.events_stream == "facestream:events"
     assert s.kafka_session_timeout_ms == 10_000
     assert s.metrics_port == 9400
+    assert s.round_max_s == 0.5
 
 
 def test_a_misspelt_environment_setting_is_refused(sample, tmp_path):

@@ -470,16 +470,32 @@ class ChunkDecoder:
     (a live source sending its GOP as it comes), the decoder stays open (:attr:`mid_gop`)
     and the ``continued`` chunks that follow feed it; the open decoder is never pickled, so
     a stream is checkpointed only between GOPs.  Not thread-safe.
+
+    :attr:`clock_s` is the stream's media clock: the end of the last frame decoded (picked
+    or not), its time plus its duration (the packet's, from the container), so that every
+    frame decoded after it lies at or after the clock.  Where that cannot be relied on, the
+    clock is the frame's time alone, which every later frame lies after by presentation
+    order: a frame whose duration is unknown (0), and every frame of a stream once one of
+    its frames came before the previous one ended (durations that overrun the next frame:
+    variable frame rate stamped with a nominal rate).
     """
 
     def __init__(self, stream_id: str, *, fps: float) -> None:
         self.stream_id = stream_id
         self.report = DecodeReport()
         self.sampler = FrameSampler(fps)
+        self.clock_s = 0.0
+        self.durations_hold = True       # no frame yet came before the previous one ended
         self._open: tuple[Any, Any] | None = None     # (codec context, its GOP's first chunk)
+        self._durations: dict[int, int] = {}          # the open GOP's packets: pts -> duration
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_open": None}
+        return {**self.__dict__, "_open": None, "_durations": {}}
+
+    def __setstate__(self, state: dict) -> None:
+        # A checkpoint from before the clock was a frame's end: its clock is the last time.
+        self.__dict__.update({"clock_s": state["report"].last_time_s, "durations_hold": True,
+                              "_durations": {}, **state})
 
     @property
     def mid_gop(self) -> bool:
@@ -504,11 +520,14 @@ class ChunkDecoder:
         else:
             out += self._drain()      # a GOP left open: its source restarted mid-GOP
             ctx, first = self._context(chunk), chunk
+            self._durations = {}
         self._open = None
         for p in chunk.packets():
             packet = av.Packet(p.data)
             packet.pts, packet.dts, packet.duration = p.pts, p.dts, p.duration
             packet.time_base = first.time_base
+            if p.pts is not None:
+                self._durations[p.pts] = p.duration
             for frame in ctx.decode(packet):
                 out += self._pick(frame, first, chunk)
         if chunk.unfinished:
@@ -554,6 +573,7 @@ class ChunkDecoder:
         t = float((pts - chunk.origin_pts) * chunk.time_base)
         self.report.decoded += 1
         self.report.last_time_s = t
+        self._tick(pts, t, chunk)
         if not self.sampler.take(t):
             return []
         image = frame.to_ndarray(format="rgb24")
@@ -562,3 +582,13 @@ class ChunkDecoder:
                     if current.capture is not None else None)
         return [DecodedFrame(self.stream_id, self.report.picked - 1, pts, t, image, time.time(),
                              captured)]
+
+    def _tick(self, pts: int, t: float, chunk) -> None:
+        """Move :attr:`clock_s` to the end of the frame at ``pts`` (time ``t``); ``chunk``
+        is its GOP's first chunk.  The end is computed in the time base, so a next frame
+        at exactly ``pts + duration`` is at exactly the clock, not a rounding error before."""
+        if t < self.clock_s - 1e-9:
+            self.durations_hold = False
+        duration = self._durations.pop(pts, 0)
+        self.clock_s = (float((pts + duration - chunk.origin_pts) * chunk.time_base)
+                        if duration > 0 and self.durations_hold else t)

@@ -59,6 +59,10 @@ class WorkerMetrics:
             "facestream_event_latency_seconds", "From the source producing a window's last "
             "frame to its analysis event being delivered, per stream (streams whose chunks "
             "carry fs-capture)", ["stream"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.carried_chunks = Counter(
+            "facestream_carried_chunks", "Chunks still in the face stage when a round "
+            "delivered its events after round_max_s (each counts once per round it waits)",
+            registry=r)
         self.round_seconds = Histogram(
             "facestream_round_seconds", "Wall seconds of one round: its chunks decoded and "
             "their faces found, its windows analysed, its events delivered",

@@ -3,9 +3,10 @@ since the last window become one :class:`FaceWindow`.
 
 Windows are laid on each track's own grid, starting at its first detection, so the same
 stream always yields the same windows.  A window closes as soon as the stream's media clock
-passes its end (:meth:`Windower.advance`, from the last frame decoded, picked or not), or at
-the latest when the track's next sample lands past it; either way it holds the same samples,
-since every later frame lies after its end.  A tentative track's samples are kept and go into its
+reaches its end (:meth:`Windower.advance`: the end of the last frame decoded, picked or not,
+so with the chunk that holds the window's last frame), or at the latest when the track's
+next sample lands past it; either way it holds the same samples, since every later frame
+lies at or after the clock, hence at or after the window's end, in the next window.  A tentative track's samples are kept and go into its
 first window once it is confirmed; a track that never confirms leaves nothing behind.
 
 Face-LLaVA's video tasks may look further back than the window (``facellava_video_window_s``):
@@ -53,9 +54,9 @@ class Windower:
         return closed
 
     def advance(self, media_s: float, frame_size: tuple[int, int]) -> list[FaceWindow]:
-        """The stream's media clock reached ``media_s`` (a frame at that time was decoded):
-        close every confirmed track's window that ends at or before it.  The track's grid
-        goes on, with no samples until its next one."""
+        """The stream's media clock reached ``media_s`` (every frame decoded from now on lies
+        at or after it: ``ChunkDecoder.clock_s``): close every confirmed track's window that
+        ends at or before it.  The track's grid goes on, with no samples until its next one."""
         closed: list[FaceWindow] = []
         for key, (track, samples, grid_start) in list(self._open.items()):
             if (track.track_id is None or not samples

@@ -25,6 +25,14 @@ The two stages that cost most per frame, decoding a chunk and finding its faces,
 ``worker_threads`` threads (:class:`FaceStage`); everything else (offsets, stream states,
 dead letters, events, checkpoints, commits) stays on the consuming thread, in message order,
 so a threaded worker writes exactly the events, ids and checkpoints a single-threaded one does.
+
+A round never waits long for a slow stream: its chunks are observed in the order they come
+out of the face stage (a stream's own in order), and once the round has run
+``round_max_s`` the events of the streams ready so far are delivered while a stream whose
+chunk is still in the face stage carries it over, with its next messages, to a later round.
+Such a stream is not checkpointed, and its partition's commit stays at or before its last
+checkpoint, until the chunk's events are delivered; each stream's events, ids and order are
+those of an unbounded round, only the rounds they go out in differ.
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ import os
 import queue
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -134,10 +142,10 @@ class _Decoded:
 
     frames: list                   # Future[_Seen], in presentation order
     seconds: float                 # wall seconds decoding took
-    media_s: float                 # media time of the last frame decoded, picked or not
+    media_s: float                 # the stream's media clock after it (ChunkDecoder.clock_s)
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(eq=False)
 class _InFlight:
     """A chunk admitted on the consuming thread and handed to the face stage."""
 
@@ -146,6 +154,21 @@ class _InFlight:
     record: Any
     decoded: Future                # Future[_Decoded]
     acc: _Batch                    # its message's share of the round
+    settled: bool = False          # observed into ``acc``
+    failure: str | None = None     # why it was not analysed (dead-lettered when joined)
+
+    def pending(self) -> list[Future]:
+        """The futures observing it would wait on: its decoding, else its frames not done
+        (none once it failed)."""
+        if not self.decoded.done():
+            return [self.decoded]
+        if self.decoded.exception() is not None:
+            return []
+        return [f for f in self.decoded.result().frames if not f.done()]
+
+    def ready(self) -> bool:
+        """Whether observing it would not block."""
+        return not self.pending()
 
 
 class FaceStage:
@@ -201,7 +224,7 @@ class FaceStage:
         frames = decoder.decode(chunk)
         seconds = time.perf_counter() - start
         return _Decoded([self._run(self._faces, frame) for frame in frames], seconds,
-                        decoder.report.last_time_s)
+                        decoder.clock_s)
 
     def _faces(self, frame: DecodedFrame) -> _Seen:
         analyzer = self._analyzers.get()
@@ -271,6 +294,12 @@ class Worker:
         self._captions: dict[str, dict[str, str]] = {}   # stream id -> track id -> label
         self._snapshot_at: dict[str, float] = {}         # stream id -> last snapshot taken
         self._snapshots: dict[str, tuple] = {}           # stream id -> (image, boxes) due
+        # Rounds: chunks in the face stage (stream id -> its one chunk there), the messages'
+        # shares not delivered yet (message order, each with its chunk, if any), and the
+        # messages of a stream with a chunk still there (held back, in order).
+        self._in_flight: dict[str, _InFlight] = {}
+        self._shares: list[tuple[_Batch, _InFlight | None]] = []
+        self._held: dict[str, list] = {}                 # stream id -> [(tp, record)]
         self.consumer.subscribe([self.topic], listener=_rebalance_listener(self))
 
     def stop(self) -> None:
@@ -278,19 +307,24 @@ class Worker:
 
     def run(self, *, until: Callable[["Worker"], bool] | None = None) -> WorkerReport:
         """Consume until :meth:`stop` is called or ``until(self)`` is true.  On stop, the
-        round in progress is finished, delivered and committed, the descriptions being
-        written are waited for and delivered, then the group is left."""
+        round in progress is finished, delivered and committed, and so are the chunks and
+        messages rounds carried over, the descriptions being written are waited for and
+        delivered, then the group is left."""
         server = serve(self.metrics, self.settings.metrics_port) if self.settings.metrics_port else None
         try:
             while not self._stop.is_set() and not (until and until(self)):
-                batch = self.consumer.poll(timeout_ms=500, max_records=32)
+                carried = self._carried()
+                batch = self.consumer.poll(timeout_ms=0 if carried else 500, max_records=32)
                 self.metrics.ready = True           # joined the group
                 if batch:
                     self._process(batch)
+                elif carried:
+                    self._rounds([])                # what came out of the face stage
                 else:
                     self._flush_descriptions()
                 self._expire_parts()
                 self._observe_health()
+            self._drain()
             # The descriptions still being written are delivered before the group is left
             # (a worker killed instead leaves them to its successors: see _descriptions).
             self._flush_descriptions(wait=True)
@@ -355,6 +389,12 @@ class Worker:
         for stream_id in gone:
             self._streams.pop(stream_id, None)
             del self._owner[stream_id]
+            self._in_flight.pop(stream_id, None)     # left behind by a rebalance in a poll
+        self._held = {s: [(tp, r) for tp, r in held if tp not in lost]
+                      for s, held in self._held.items()}
+        self._held = {s: held for s, held in self._held.items() if held}
+        self._shares = [(share, job) for share, job in self._shares
+                        if job is None or job.stream.state.stream_id not in gone]
         self._assembler.forget(gone)
 
     def _rebalance_pending(self) -> bool:
@@ -375,19 +415,38 @@ class Worker:
         """A poll's messages in rounds: one message from each partition per round, so every
         round batches the models across streams and its events go out a chunk after its
         video came in, not after the whole poll.  A rebalance (or a stop) ends the poll
-        after the round in progress; the messages not processed are read again."""
+        after the round in progress; the messages not processed are read again (on a
+        rebalance, the chunks carried over are finished first: their streams may move)."""
         queues = [(tp, list(records)) for tp, records in batch.items()]
         for step in range(max(len(records) for _, records in queues)):
-            with self.metrics.round_seconds.time():
-                self._finish(self._round([(tp, records[step]) for tp, records in queues
-                                          if step < len(records)]))
+            self._rounds([(tp, records[step]) for tp, records in queues
+                          if step < len(records)])
             if self._stop.is_set():
                 return
             if self._rebalance_pending():
                 for tp, records in queues:
                     if step + 1 < len(records) and tp in self.consumer.assignment():
                         self.consumer.seek(tp, records[step + 1].offset)
+                self._drain()
                 return
+
+    def _rounds(self, records: list) -> None:
+        """One round: admit ``records``, deliver what is ready (a round of no new message
+        that has nothing to deliver ends there)."""
+        start = time.perf_counter()
+        acc = self._round(records)
+        if records or acc.touched or acc.before:
+            self._finish(acc)
+            self.metrics.round_seconds.observe(time.perf_counter() - start)
+
+    def _carried(self) -> bool:
+        """Whether chunks or messages wait for a later round."""
+        return bool(self._shares or self._held)
+
+    def _drain(self) -> None:
+        """Rounds until nothing is carried over (before a stop or a rebalance)."""
+        while self._carried():
+            self._rounds([])
 
     def _finish(self, acc: _Batch) -> None:
         """Analyse a round's windows, deliver its events and status, checkpoint, commit."""
@@ -468,52 +527,85 @@ class Worker:
         return out
 
     def _round(self, records: list) -> _Batch:
-        """One message per partition.  Each is admitted here in order and its chunk handed
-        to the face stage; the chunks' frames are observed here, oldest chunk first, while
-        later ones are in the face stage, each into its own message's share; the shares are
-        joined in message order, then the parts given up meanwhile are dead-lettered.  The
-        result is what processing the messages one after the other would give (with one
-        thread, it is how they are processed)."""
-        shares: list[_Batch] = []
-        in_flight: dict[str, _InFlight] = {}        # stream id -> its chunk in the face stage
-        for tp, record in records:
+        """One message per partition, after the messages held back for streams whose chunk
+        left the face stage since.  Each is admitted here in order and its chunk handed to
+        the face stage; the chunks' frames are observed here as they come out of it (a
+        stream's own in order), each into its own message's share.  With ``round_max_s``,
+        a stream whose chunk is still there when the round has run that long carries it
+        over, and so do its next messages (held back).  The shares ready are joined in
+        message order (a failed chunk dead-lettered there), then the parts given up
+        meanwhile are dead-lettered.  For each stream, the result is what processing the
+        messages one after the other would give (with one thread, it is how they are
+        processed)."""
+        bound = self.settings.round_max_s
+        deadline = time.monotonic() + bound if bound else None
+        held = [pair for stream_id in [s for s in self._held if s not in self._in_flight]
+                for pair in self._held.pop(stream_id)]
+        for tp, record in held + records:
+            stream_id = _attributed(record)
+            job = self._in_flight.get(stream_id)
+            if stream_id in self._held or (bound and job is not None and not job.ready()):
+                self._held.setdefault(stream_id, []).append((tp, record))
+                continue
             self.report.messages += 1
             self.metrics.messages.inc()
-            shares.append(_Batch())
-            job = self._admit(tp, record, shares[-1], in_flight)
+            share = _Batch()
+            job = self._admit(tp, record, share)
+            self._shares.append((share, job))
             if job is not None:
-                in_flight[job.stream.state.stream_id] = job
-            if len(in_flight) > self._face_stage.lookahead:
-                self._settle(in_flight, next(iter(in_flight)))      # the oldest
-        while in_flight:
-            self._settle(in_flight, next(iter(in_flight)))
+                self._in_flight[job.stream.state.stream_id] = job
+            self._settle_ready(keep=self._face_stage.lookahead)
+        self._settle_ready(deadline=deadline)
+        self.metrics.carried_chunks.inc(len(self._in_flight))
         acc = _Batch()
-        for share in shares:
+        waiting = []
+        for share, job in self._shares:
+            if job is not None and not job.settled:
+                waiting.append((share, job))
+                continue
+            if job is not None and job.failure is not None:
+                self._dead_letter(job.record, job.chunk.stream_id, job.failure, share)
             acc.extend(share)
+        self._shares = waiting
         self._orphans(acc)
         return acc
 
-    def _settle(self, in_flight: dict[str, _InFlight], stream_id: str) -> None:
-        """Observe the stream's chunk still in the face stage, if any, before its next
-        message is looked at (two messages of one stream in one round: rare, but possible)."""
-        job = in_flight.pop(stream_id, None)
+    def _settle_ready(self, *, keep: int = 0, deadline: float | None = None) -> None:
+        """Observe chunks as they come out of the face stage (the first admitted of those
+        ready first) until at most ``keep`` are left in it, waiting for one when none is
+        ready; with ``deadline`` (``time.monotonic``), waiting no longer than that."""
+        while len(self._in_flight) > keep:
+            job = next((j for j in self._in_flight.values() if j.ready()), None)
+            if job is not None:
+                self._settle(job.stream.state.stream_id)
+                continue
+            timeout = None if deadline is None else deadline - time.monotonic()
+            if timeout is not None and timeout <= 0:
+                return
+            wait([f for j in self._in_flight.values() for f in j.pending()], timeout,
+                 return_when=FIRST_COMPLETED)
+
+    def _settle(self, stream_id: str) -> None:
+        """Observe the stream's chunk still in the face stage, if any (waiting for it),
+        before its next message is looked at."""
+        job = self._in_flight.pop(stream_id, None)
         if job is not None:
             self._observe(job)
 
-    def _admit(self, tp, record, acc: _Batch,
-               in_flight: dict[str, _InFlight]) -> _InFlight | None:
+    def _admit(self, tp, record, acc: _Batch) -> _InFlight | None:
         """Everything about a message but decoding and faces; the chunk to decode, if any.
         Whatever the message holds, it ends here processed, waiting for its other parts, or
         dead-lettered."""
-        self._consumed[tp] = record.offset + 1
+        # A message held back is admitted after later ones of its partition.
+        self._consumed[tp] = max(self._consumed.get(tp, 0), record.offset + 1)
         stream_id = _attributed(record)
         try:
             message = parse_message(record.headers, record.value, key=record.key)
         except ChunkError as exc:
-            self._settle(in_flight, stream_id)
+            self._settle(stream_id)
             self._dead_letter(record, stream_id, f"not a chunk: {exc}", acc)
             return None
-        self._settle(in_flight, message.stream_id)
+        self._settle(message.stream_id)
         try:
             return self._take(tp, record, message, acc)
         except _ENVIRONMENT:
@@ -641,8 +733,10 @@ class Worker:
 
     def _observe(self, job: _InFlight) -> None:
         """Wait for a chunk's frames and faces (blocking) and track them.  A chunk that does
-        not decode, or whose frames break the face stage or the tracker, is dead-lettered;
-        frames tracked before the failure stay tracked."""
+        not decode, or whose frames break the face stage or the tracker, is dead-lettered
+        when its share is joined (so in message order); frames tracked before the failure
+        stay tracked."""
+        job.settled = True
         stream, acc = job.stream, job.acc
         try:
             decoded = job.decoded.result()
@@ -660,14 +754,14 @@ class Worker:
                 acc.windows += [(stream.state, w) for w in closed]
                 acc.after += ended
                 self.report.frames += 1
-            # Every frame of the chunk is decoded: windows that ended by its last frame
-            # close now, not when their track's next sample comes (a chunk later, or more).
+            # Every frame of the chunk is decoded: windows that end by the end of its last
+            # frame close now, not when their track's next sample comes (a chunk later, or
+            # more): with the chunk that holds their last frame.
             acc.windows += [(stream.state, w) for w in stream.state.advance(decoded.media_s)]
         except _ENVIRONMENT:
             raise
         except Exception as exc:
-            self._dead_letter(job.record, job.chunk.stream_id,
-                              f"chunk {job.chunk.seq} does not decode: {_reason(exc)}", acc)
+            job.failure = f"chunk {job.chunk.seq} does not decode: {_reason(exc)}"
 
     # -- what the worker adds to a stream's status, and its snapshot --------------------------
 
@@ -790,8 +884,8 @@ class Worker:
         saves: dict[str, tuple[bytes, int | None]] = {}
         for stream_id in acc.touched:
             stream = self._streams.get(stream_id)
-            if stream is None:
-                continue
+            if stream is None or self._busy(stream_id):
+                continue           # its last checkpoint stands until its chunk is delivered
             if stream.decoder.mid_gop:
                 # Not a place to resume from: the last one between GOPs stands.
                 if stream.clean is not None and stream.clean[1] is not None:
@@ -819,7 +913,9 @@ class Worker:
     def _commit(self) -> None:
         """Commit each partition up to the messages processed, but not past the first part
         of a chunk still being put together (it is in no checkpoint's state yet), nor past
-        the start of a GOP still open (its stream's checkpoint is from before it)."""
+        the start of a GOP still open (its stream's checkpoint is from before it), nor past
+        the last checkpoint of a stream whose chunk a round carried over, nor past a message
+        held back."""
         from kafka import OffsetAndMetadata
 
         positions = {}
@@ -830,8 +926,10 @@ class Worker:
                        for record in self._assembler.tokens(stream_id)]
             waiting += [self._streams[stream_id].clean[0]
                         for stream_id, owner in self._owner.items() if owner == tp
-                        and self._streams[stream_id].decoder.mid_gop
+                        and (self._busy(stream_id) or self._streams[stream_id].decoder.mid_gop)
                         and self._streams[stream_id].clean is not None]
+            waiting += [record.offset for held in self._held.values()
+                        for owner, record in held if owner == tp]
             positions[tp] = OffsetAndMetadata(min([self._consumed[tp], *waiting]), "", -1)
         if not positions:
             return
@@ -846,6 +944,12 @@ class Worker:
             log.warning("offset commit skipped: %s", bounded(str(exc), 200))
 
     # -- streams ---------------------------------------------------------------------------
+
+    def _busy(self, stream_id: str) -> bool:
+        """Whether the stream has a chunk in the face stage: its decoder in use on another
+        thread, its next offset past what was delivered.  (Its messages held back are not
+        taken yet: its next offset is before them.)"""
+        return stream_id in self._in_flight
 
     def _checkpoint_key(self, stream_id: str) -> str:
         # Offsets belong to a topic: the same stream id on another topic is another stream.

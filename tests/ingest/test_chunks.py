@@ -275,6 +275,59 @@ def test_chunks_cut_within_a_gop_decode_to_the_same_frames(sample, max_chunk_s):
     assert all(np.array_equal(a.image, b.image) for a, b in zip(got, expected))
 
 
+def _clocks(chunks, durations=lambda p: p.duration) -> list[tuple[float, bool, list[float]]]:
+    """After each chunk: the media clock, whether the stream's durations still hold, and
+    the times of the frames it gave (all of them: 1000 fps picks every frame), with the
+    packets' durations set by ``durations``."""
+    decoder = ChunkDecoder("s", fps=1000)
+    out = []
+    for chunk in chunks:
+        payload = pack([Packet(p.pts, p.dts, durations(p), p.keyframe, p.data)
+                        for p in chunk.packets()])
+        frames = decoder.decode(Chunk(**{**chunk.__dict__, "payload": payload}))
+        out.append((decoder.clock_s, decoder.durations_hold, [f.time_s for f in frames]))
+    return out
+
+
+@pytest.mark.parametrize("clip, max_chunk_s, constant_rate", [
+    ("WolfgangLanger_Pexels.mp4", 0.5, True),
+    ("face_noface.mov", 0.3, False)])       # 30 fps, then 24 fps: one frame comes early
+def test_the_media_clock_is_the_end_of_the_last_frame_and_no_later_frame_precedes_it(
+        sample, clip, max_chunk_s, constant_rate):
+    """After each chunk the clock is never after a frame decoded later (what keeps a window
+    that closes on it holding the same samples).  While the stream's durations hold, it is
+    the end of the chunk's last frame (time + the packet's duration), and at most chunk
+    edges exactly the next frame's time (what closes a window with the chunk that holds its
+    last frame); once a frame came before the previous one ended (the rate change), it is
+    the last frame's time."""
+    with av.open(str(sample(clip))) as container:
+        cut = list(gop_chunks(container, stream_id="s", max_chunk_s=max_chunk_s))
+    assert any(c.continued for c in cut)
+    steps = _clocks(cut)
+    assert all(hold for _, hold, _ in steps) == constant_rate
+    ahead = exact = 0
+    for k, (clock, hold, times) in enumerate(steps[:-1]):
+        later = [t for _, _, ts in steps[k + 1:] for t in ts]
+        assert clock <= min(later), f"chunk {k}: clock {clock} after a later frame"
+        if times:
+            assert clock > times[-1] if hold else clock == times[-1]
+            ahead += hold
+            exact += hold and clock == min(later)
+    assert ahead >= 5 and exact >= ahead // 2
+
+
+def test_without_durations_or_with_durations_that_overrun_the_clock_is_the_frame_time(sample):
+    """Unknown durations (0), or durations longer than the gap to the next frame (here
+    twice the real ones, as a variable rate stamped with a nominal one can be): the clock
+    is the last frame's time, the rule that holds whatever the durations (from the second
+    frame on, for the overrun: it shows when that frame comes before the first one ends)."""
+    with av.open(str(sample("WolfgangLanger_Pexels.mp4"))) as container:
+        cut = list(gop_chunks(container, stream_id="s", max_chunk_s=0.5))
+    for durations in (lambda p: 0, lambda p: 2 * p.duration):
+        steps = _clocks(cut, durations)
+        assert all(clock == times[-1] for clock, _, times in steps if times)
+
+
 def test_a_continued_chunk_with_no_open_gop_is_refused(sample):
     with av.open(str(sample("face_noface.mov"))) as container:
         cut = list(gop_chunks(container, stream_id="s", max_chunk_s=0.3))

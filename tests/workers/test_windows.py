@@ -62,16 +62,27 @@ def test_a_window_closes_when_the_media_clock_passes_its_end():
     assert early == [(9, 0.3, 10, False), (12, 1.3, 2, True)]
     late = _track_windows(times)
     assert late == [(10, 0.3, 10, False), (12, 1.3, 2, True)]
+    # The chunk ends with the window's last frame (1.2 s, lasting 0.1 s): the clock is its
+    # end, 1.3 s, which is the window's end, so the window closes with that chunk.
+    at_end = _track_windows(times, clock_at=[(9, times[9] + 0.1)])
+    assert at_end == early
 
 
-def test_the_media_clock_never_closes_an_empty_window_nor_changes_which_samples_go_where():
+@pytest.mark.parametrize("gap_choices", [(0.1, 0.1, 0.1, 0.7, 1.6, 2.3),
+                                         (0.033, 0.1, 0.27, 0.7, 1.6, 2.3)])  # off the 0.1 s grid
+def test_the_media_clock_never_closes_an_empty_window_nor_changes_which_samples_go_where(
+        gap_choices):
     rng = np.random.default_rng(7)
     for _ in range(200):
-        gaps = rng.choice([0.1, 0.1, 0.1, 0.7, 1.6, 2.3], size=30)
+        gaps = rng.choice(gap_choices, size=30)
         times = list(np.round(0.2 + np.cumsum(gaps), 6))
         clock_at = [(i, times[i] + float(rng.uniform(0, 2.5))) for i in range(len(times) - 1)
                     if rng.random() < 0.4]
-        clock_at = [(i, min(t, times[i + 1] - 1e-3)) for i, t in clock_at]   # clocks only pass decoded frames
+        # A clock never passes a frame not yet decoded: at most the next frame's time.  Half
+        # the time it is exactly that: the end of frame i, its time plus its duration
+        # (ChunkDecoder.clock_s), when no frame lies between (often a window's end here).
+        clock_at = [(i, times[i + 1] if rng.random() < 0.5 else min(t, times[i + 1] - 1e-3))
+                    for i, t in clock_at]
         with_clock = _track_windows(times, clock_at=clock_at)
         without = _track_windows(times)
         assert [w[1:3] for w in with_clock] == [w[1:3] for w in without]
