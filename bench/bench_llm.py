@@ -32,7 +32,9 @@ prompts:
     from facestream it imports only ``facestream.llm.engine`` and ``facestream.llm.requests``.
 ``--model-shape tiny``: the same code path with a toy shape, for a CPU check.
 
-Every row is printed as a table line and as a ``JSON {...}`` line.
+Every row is printed as a table line and as a ``JSON {...}`` line; the shaped models' last
+line is ``RESULT {json}`` (shape, device, answer tokens, every row: what bench/gpu_check.sh's
+summary reads).
 
     .venv/bin/python bench/bench_llm.py [--quick] [--threads N]   # CPU, ~3 min on 2 cores
     python bench/bench_llm.py --device cuda --model-shape 7b --quick
@@ -423,8 +425,12 @@ def main() -> None:
     dtype = getattr(torch, args.dtype or ("float16" if device.type == "cuda" else "float32"))
     default = (1, 4, 16, 64) if args.quick else (1, 2, 4, 8, 16, 32, 64)
     batches = tuple(int(b) for b in args.batches.split(",")) if args.batches else default
-    shape_bench(shape_name=args.model_shape, device=device, dtype=dtype, batches=batches,
-                answer_tokens=args.answer_tokens)
+    rows = shape_bench(shape_name=args.model_shape, device=device, dtype=dtype,
+                       batches=batches, answer_tokens=args.answer_tokens)
+    answer_tokens = args.answer_tokens or SHAPES[args.model_shape].answer_tokens
+    print("RESULT " + json.dumps({"bench": "llm_shape", "shape": args.model_shape,
+                                  "device": str(device), "answer_tokens": answer_tokens,
+                                  "rows": rows}))
 
 
 if __name__ == "__main__":

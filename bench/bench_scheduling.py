@@ -154,14 +154,22 @@ def collect(path: Path, settings: Settings,
     return state, [b for b in batches if b]
 
 
-def replay(state: StreamState, batches: list[list[FaceWindow]], encoder: MemoEncoder,
-           settings: Settings) -> dict:
-    """Run the batches through a fresh analyzer; count fresh decisions and caught changes."""
+def decisions(state: StreamState, batches: list[list[FaceWindow]], encoder: MemoEncoder,
+              settings: Settings) -> tuple[list[dict], int]:
+    """Run the batches through a fresh analyzer: (its analysis events' data in order, LLM
+    requests it would have sent)."""
     counter = CountingDescriber()
     analyzer = WindowAnalyzer(encoder, counter,
                               scheduler=ChangeScheduler(Thresholds.from_settings(settings)))
     state.memory = {}
     events = [e["data"] for batch in batches for e in analyzer.analyze([(state, w) for w in batch])]
+    return events, counter.requests
+
+
+def replay(state: StreamState, batches: list[list[FaceWindow]], encoder: MemoEncoder,
+           settings: Settings) -> dict:
+    """Run the batches through a fresh analyzer; count fresh decisions and caught changes."""
+    events, calls = decisions(state, batches, encoder, settings)
     per_track: dict[str, list[dict]] = {}
     for data in events:
         per_track.setdefault(data["track_id"], []).append(data)
@@ -172,26 +180,36 @@ def replay(state: StreamState, batches: list[list[FaceWindow]], encoder: MemoEnc
                 changes += 1
                 caught += any(not w["description_reused"] for w in windows[k:k + 2])
     triggers = Counter(d["description_trigger"] for d in events if not d["description_reused"])
-    return {"windows": len(events), "tracks": len(per_track), "calls": counter.requests,
+    return {"windows": len(events), "tracks": len(per_track), "calls": calls,
             "label_changes": changes, "caught": caught, "triggers": dict(triggers)}
+
+
+def load_models(settings: Settings) -> tuple[FaceAnalyzer, CompactEncoder]:
+    """The face stage and the compact encoder, as the default settings build them."""
+    faces = FaceAnalyzer(min_confidence=settings.min_detection_confidence,
+                         min_face_px=settings.min_face_px, max_faces=settings.max_faces)
+    return faces, CompactEncoder(settings.cache_dir, backend=settings.encoder_backend,
+                                 threads=settings.threads)
+
+
+def sample_clips(settings: Settings, faces: FaceAnalyzer, tmp: Path) -> dict[str, Path]:
+    """The three clips: the sample clip, and the two synthetic ones written into ``tmp``."""
+    samples = settings.cache_dir / "samples"
+    return {"WolfgangLanger": samples / "WolfgangLanger_Pexels.mp4",
+            "crossing": crossing_clip(samples, faces, tmp),
+            "switching": switching_clip(samples, faces, tmp)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.parse_args()
     base = Settings.load({"describe": False})
-    samples = base.cache_dir / "samples"
-    faces = FaceAnalyzer(min_confidence=base.min_detection_confidence,
-                         min_face_px=base.min_face_px, max_faces=base.max_faces)
-    encoder = CompactEncoder(base.cache_dir, backend=base.encoder_backend, threads=base.threads)
+    faces, encoder = load_models(base)
     print("Counting the scheduler's decisions (LLM requests that would be sent); the LLM does "
           "not run.  Baseline: a fresh description for every window (every-window).")
     results: dict[str, dict[str, dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        clips = {"WolfgangLanger": samples / "WolfgangLanger_Pexels.mp4",
-                 "crossing": crossing_clip(samples, faces, Path(tmp)),
-                 "switching": switching_clip(samples, faces, Path(tmp))}
-        for name, path in clips.items():
+        for name, path in sample_clips(base, faces, Path(tmp)).items():
             state, batches = collect(path, base, faces)
             memo = MemoEncoder(encoder)
             results[name] = {config: replay(state, batches, memo,

@@ -1,16 +1,41 @@
 #!/usr/bin/env bash
-# The GPU checks in one short run (a machine with one CUDA device, torch + transformers
-# installed, no network): the CUDA-marked tests, then the vision-path benchmark (ViT-L +
-# fusion, fp16).  The engine's 7B-shaped benchmark is `bench/bench_llm.py --device cuda
-# --model-shape 7b` (a few minutes on its own).  Output goes to $OUT (or ./gpu-out).
+# Every GPU check and benchmark in one run of under 8 minutes (a machine with one CUDA
+# device, torch + transformers installed, no network), each part under its own time limit
+# (the limits sum to 460 s):
+#   gpu, versions   the device and the library versions
+#   gpu-tests       the CUDA-marked tests (every test file that marks one pytest.mark.gpu)
+#   vision-image    the Face-LLaVA vision path (ViT-L + fusion, fp16), image crops, eager /
+#                   compiled / ONNX Runtime (where its CUDA provider is installed)
+#   vision-video    the same, 8-frame video windows, eager
+#   llm-7b          the engine's 7B-shaped benchmark at batch 64 with 64-token answers
+# then a summary table (bench/gpu_summary.py): one line per part, ok / fail / timeout and
+# its key figures, and the line `gpu-windows-per-s: N`.  Each part's output goes to
+# $OUT/<part>.txt (or ./gpu-out), the table to $OUT/summary.txt.
 set -uo pipefail
 out=${OUT:-gpu-out}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
-python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" | tee -a "$out/gpu.txt"
-timeout 120 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_engine.py tests/test_export.py 2>&1 | tail -15 | tee "$out/gpu-tests.txt"
-timeout 150 python3 bench/bench_vision.py --device cuda --shape vitl --kind image --dtype fp16 \
-    --batches 1,2,4,8,16,32,64 --backends eager,compiled,onnxruntime --seconds 0.5 2>&1 | tee "$out/bench-vision-image.txt"
-timeout 60 python3 bench/bench_vision.py --device cuda --shape vitl --kind video --dtype fp16 \
-    --batches 1,2,4,8,16 --backends eager --seconds 0.5 2>&1 | tee "$out/bench-vision-video.txt"
+: > "$out/parts.tsv"
+
+part() {    # name, limit in seconds, command...: output to the terminal and $out/<name>.txt
+    local name=$1 limit=$2 start=$SECONDS rc
+    shift 2
+    echo "== $name (limit ${limit} s)"
+    timeout --kill-after=5 "$limit" "$@" 2>&1 | tee "$out/$name.txt"
+    rc=${PIPESTATUS[0]}
+    printf '%s\t%s\t%s\t%s\n' "$name" "$rc" "$((SECONDS - start))" "$limit" >> "$out/parts.tsv"
+}
+
+mapfile -t gpu_tests < <(grep -rlF --include='*.py' 'pytest.mark.gpu' tests | sort)
+part gpu 10 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+part versions 20 python3 -c "import torch, transformers
+print('torch', torch.__version__, 'transformers', transformers.__version__)"
+part gpu-tests 150 python3 -m pytest -q -m gpu -p no:cacheprovider "${gpu_tests[@]}"
+part vision-image 120 python3 bench/bench_vision.py --device cuda --shape vitl --kind image \
+    --dtype fp16 --batches 1,4,16,64 --backends eager,compiled,onnxruntime --seconds 0.5
+part vision-video 40 python3 bench/bench_vision.py --device cuda --shape vitl --kind video \
+    --dtype fp16 --batches 1,4,16 --backends eager --seconds 0.5
+part llm-7b 120 python3 bench/bench_llm.py --device cuda --model-shape 7b --batches 64 \
+    --answer-tokens 64
+echo "== summary"
+python3 bench/gpu_summary.py "$out" | tee "$out/summary.txt"

@@ -118,27 +118,32 @@ def comparable(event: dict) -> tuple[str, str, str]:
     return event["id"], event["type"], json.dumps(data, sort_keys=True)
 
 
-def one_poll_worker(messages, models, *, sink=None, topic: str = "unit.video", **settings):
+def one_poll_worker(messages, models, *, sink=None, topic: str = "unit.video",
+                    partition_per_stream: bool = False, **settings):
     """One poll of ``messages`` (chunks, end markers, or raw ``(key, value, headers)``) on
-    one partition through a :class:`~facestream.workers.worker.Worker` with in-memory
-    transports and ``settings`` (describe off, one thread by default); returns (report,
-    events written, dead-letter producer, worker, sink)."""
+    one partition (``partition_per_stream``: each key on a partition of its own, so every
+    round takes a message of each stream) through a :class:`~facestream.workers.worker.Worker`
+    with in-memory transports and ``settings`` (describe off, one thread by default); returns
+    (report, events written, dead-letter producer, worker, sink)."""
     from kafka import TopicPartition
 
     from facestream.config import Settings
     from facestream.ingest.chunks import EndOfStream
     from facestream.workers.worker import Worker
 
-    records = []
-    for offset, message in enumerate(messages):
+    records: dict[int, list[Record]] = {} if partition_per_stream else {0: []}
+    partitions: dict[bytes | None, int] = {}
+    for message in messages:
         if isinstance(message, tuple):
             key, value, headers = message
         elif isinstance(message, EndOfStream):
             key, value, headers = message.stream_id.encode(), b"", message.headers()
         else:
             key, value, headers = message.stream_id.encode(), message.payload, message.headers()
-        records.append(Record(topic, 0, offset, key, value, headers))
-    consumer = OnePollConsumer({TopicPartition(topic, 0): records})
+        partition = partitions.setdefault(key, len(partitions)) if partition_per_stream else 0
+        queue = records.setdefault(partition, [])
+        queue.append(Record(topic, partition, len(queue), key, value, headers))
+    consumer = OnePollConsumer({TopicPartition(topic, p): queue for p, queue in records.items()})
     sink, dlq = sink or MemorySink(), MemoryProducer()
     worker = Worker(Settings.load({"describe": False, "metrics_port": 0, "video_topic": topic,
                                    "worker_threads": 1, **settings}),
