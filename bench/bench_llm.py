@@ -32,12 +32,25 @@ prompts:
     from facestream it imports only ``facestream.llm.engine`` and ``facestream.llm.requests``.
 ``--model-shape tiny``: the same code path with a toy shape, for a CPU check.
 
-Every row is printed as a table line and as a ``JSON {...}`` line; the shaped models' last
-line is ``RESULT {json}`` (shape, device, answer tokens, every row: what bench/gpu_check.sh's
-summary reads).
+``--decode-step`` (with a random-weight shape: ``7b`` on cuda, ``135m`` (SmolLM2-135M's
+    shape) or ``tiny`` on CPU): the engine's decode step alone.  For each batch size, one
+    engine holds that many windows (prefilled once), every slot running and none joining;
+    each timed run is ``--steps`` calls of ``Engine.step``, i.e. decode + token choice + the
+    host reading and accepting the tokens.  Variants, on the same engine and cache: the
+    static path eagerly (``static``), the static path replaying CUDA graphs (``graphs``,
+    cuda only), and the path it replaced (``rebuilt``: Python lists and fresh tensors every
+    step, exactly ``max(slot) + 1`` rows and the exact key span).  All are warmed up (graphs
+    captured), then ``--rounds`` rounds run each variant once, in turn; medians of ms per
+    step and the ratio ``rebuilt`` / variant.
+
+Every row is printed as a table line and as a ``JSON {...}`` line; the shaped models' and
+``--decode-step``'s last line is ``RESULT {json}`` (shape, device, every row: what
+bench/gpu_check.sh's summary reads).
 
     .venv/bin/python bench/bench_llm.py [--quick] [--threads N]   # CPU, ~3 min on 2 cores
     python bench/bench_llm.py --device cuda --model-shape 7b --quick
+    python bench/bench_llm.py --decode-step --model-shape 135m --batches 1,8 --threads 1
+    python bench/bench_llm.py --decode-step --device cuda --model-shape 7b
 """
 
 from __future__ import annotations
@@ -57,6 +70,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from facestream.llm.engine import Engine  # noqa: E402
+from facestream.llm.kv_cache import decode_step  # noqa: E402
 from facestream.llm.requests import GenerationRequest  # noqa: E402
 
 QUESTIONS = (
@@ -95,6 +109,8 @@ class Shape:
 SHAPES = {
     "7b": Shape(hidden=4096, layers=32, heads=32, kv_heads=32, intermediate=11008,
                 vocab=32000, visual_tokens=2056, answer_tokens=64),
+    "135m": Shape(hidden=576, layers=30, heads=9, kv_heads=3, intermediate=1536,
+                  vocab=49152, visual_tokens=0, answer_tokens=32),    # SmolLM2-135M's shape
     "tiny": Shape(hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128, vocab=512,
                   visual_tokens=24, answer_tokens=8),
 }
@@ -389,6 +405,102 @@ def shape_bench(*, shape_name: str, device: torch.device, dtype: torch.dtype,
     return rows
 
 
+# ---- the decode step alone -------------------------------------------------------------
+
+class SwitchableEngine(Engine):
+    """The engine with its decode path picked per step (``variant``): "static" (its own,
+    eager), "graphs" (its own, CUDA graphs) or "rebuilt" (the path the static one replaced,
+    kept here as the baseline)."""
+
+    variant = "static"
+
+    def _decode(self, active: list[int]):
+        if self.variant != "rebuilt":
+            self._decoder.cuda_graphs = self.variant == "graphs"
+            return super()._decode(active)
+        self._placed = [None] * self._max_batch      # the static path re-places every slot
+        n = active[-1] + 1
+        tokens, positions = [0] * n, [0] * n
+        for b in active:
+            running = self._slots[b]
+            tokens[b], positions[b] = running.tokens[-1], running.length
+        logits = decode_step(self._parts, self._cache,
+                             torch.tensor(tokens, device=self.device),
+                             torch.tensor(positions, device=self.device),
+                             span=max(positions) + 1)                  # [n, V]
+        for b in active:
+            self._slots[b].length += 1
+        if len(active) < n:
+            logits = logits[torch.tensor(active, device=self.device)]
+        return self._sample(active, logits)
+
+
+def decode_step_bench(*, shape_name: str, device: torch.device, dtype: torch.dtype,
+                      batches: tuple[int, ...], steps: int, rounds: int) -> list[dict]:
+    """ms per decode step of each variant of :class:`SwitchableEngine`, interleaved; returns
+    the rows it prints."""
+    shape = SHAPES[shape_name]
+    cuda = device.type == "cuda"
+    variants = ("rebuilt", "static", "graphs") if cuda else ("rebuilt", "static")
+    model = random_llama(shape, device=device, dtype=dtype)
+    windows = make_windows(shape, max(batches), device=device, dtype=dtype)
+    budget = steps * (rounds + 1) * len(variants) + 2          # tokens per request
+    max_seq_len = max(len(w.ids) for w in windows) + budget
+    print(f"decode step, LLaMA shape {shape_name} ({shape.layers} layers, hidden "
+          f"{shape.hidden}), random {str(dtype).removeprefix('torch.')} weights on {device}; "
+          f"contexts of {min(len(w.ids) for w in windows)}-{max_seq_len} tokens, {steps} "
+          f"steps per run, {rounds} interleaved rounds; torch threads "
+          f"{torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f}", flush=True)
+    print(f"{'batch':>5} {'variant':<9}{'ms/step':>9}{'spread':>16}{'rebuilt/this':>14}")
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
+    def run(engine: SwitchableEngine, variant: str) -> float:
+        """ms per step over ``steps`` steps of ``variant``."""
+        engine.variant = variant
+        sync()
+        start = time.perf_counter()
+        for _ in range(steps):
+            engine.step()
+        sync()
+        return (time.perf_counter() - start) * 1000 / steps
+
+    rows = []
+    for batch in batches:
+        engine = SwitchableEngine(model, None, max_batch=batch, max_seq_len=max_seq_len,
+                                  image_token_id=IMAGE_TOKEN_ID)
+        for i, w in enumerate(windows[:batch]):
+            engine.submit(GenerationRequest(f"d{i}", w.ids, visual=w.visual,
+                                            max_new_tokens=budget, ignore_eos=True))
+        engine.step()                                           # prefill all, one decode
+        for variant in variants:                                # warm-up, graphs captured
+            run(engine, variant)
+        measured: dict[str, list[float]] = {variant: [] for variant in variants}
+        for _ in range(rounds):
+            for variant in variants:
+                measured[variant].append(run(engine, variant))
+        engine.close()
+        del engine
+        if cuda:
+            torch.cuda.empty_cache()
+        base = statistics.median(measured["rebuilt"])
+        for variant, values in measured.items():
+            ms = statistics.median(values)
+            row = {"bench": "llm_decode_step", "shape": shape_name, "device": str(device),
+                   "batch": batch, "variant": variant, "ms_per_step": round(ms, 3),
+                   "rounds": [round(v, 3) for v in values],
+                   "ratio_rebuilt_vs_this": round(base / ms, 3),
+                   "load_average": round(os.getloadavg()[0], 2)}
+            rows.append(row)
+            print(f"{batch:>5} {variant:<9}{ms:>9.2f}"
+                  f"{f'{min(values):.2f}-{max(values):.2f}':>16}{base / ms:>14.2f}",
+                  flush=True)
+            emit(row)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
@@ -405,6 +517,11 @@ def main() -> None:
                         help="shaped models: tokens per answer (default: the shape's, 64 for 7b)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="CPU: interleaved rounds of every run (medians reported)")
+    parser.add_argument("--decode-step", action="store_true",
+                        help="time the engine's decode step alone, static path vs the "
+                             "rebuilt-per-step one (and CUDA graphs on cuda)")
+    parser.add_argument("--steps", type=int, default=20,
+                        help="--decode-step: steps per timed run")
     parser.add_argument("--model-dir", type=Path, default=default_model_dir())
     parser.add_argument("--threads", type=int, default=0,
                         help="torch intra-op threads (0: torch's default); on a busy shared "
@@ -412,6 +529,22 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.decode_step:
+        if args.model_shape == "smollm2":
+            parser.error("--decode-step runs a random-weight shape: --model-shape 135m or "
+                         "tiny on cpu, 7b on cuda")
+        device = torch.device(args.device)
+        dtype = getattr(torch, args.dtype or ("float16" if device.type == "cuda"
+                                              else "float32"))
+        default = (1, 8, 64) if device.type == "cuda" else (1, 4, 8)
+        batches = tuple(int(b) for b in args.batches.split(",")) if args.batches else default
+        rows = decode_step_bench(shape_name=args.model_shape, device=device, dtype=dtype,
+                                 batches=batches, steps=max(1, args.steps // 2 if args.quick
+                                                            else args.steps),
+                                 rounds=max(1, args.rounds))
+        print("RESULT " + json.dumps({"bench": "llm_decode_step", "shape": args.model_shape,
+                                      "device": args.device, "rows": rows}), flush=True)
+        return
     if args.model_shape == "smollm2":
         if args.device != "cpu":
             parser.error("--model-shape smollm2 is the CPU benchmark; use 7b on cuda")

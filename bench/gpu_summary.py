@@ -58,6 +58,12 @@ def figures(text: str) -> str:
         rate = {r["run"]: r["windows_per_s"] for r in found["rows"] if r["batch"] == batch}
         return (f"{found['shape']} shape, {found['answer_tokens']}-token answers, batch "
                 f"{batch}: engine {rate.get('engine')} windows/s, HF {rate.get('hf')}")
+    if found is not None and found.get("bench") == "llm_decode_step":   # bench_llm.py
+        batch = max((r["batch"] for r in found["rows"]), default=None)
+        if batch is None:
+            return "no rows"
+        return f"{found['shape']} shape, decode step at batch {batch}: " + ", ".join(
+            f"{r['variant']} {r['ms_per_step']} ms" for r in found["rows"] if r["batch"] == batch)
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     tests = [line for line in lines if PYTEST_SUMMARY.search(line)]
     if tests:

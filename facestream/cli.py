@@ -640,7 +640,8 @@ def _llm_serve(args: argparse.Namespace) -> int:
                                       host=args.host, port=args.port,
                                       max_batch=settings.llm_max_batch,
                                       max_seq_len=settings.llm_max_seq_len,
-                                      queue_size=settings.llm_queue_size)
+                                      queue_size=settings.llm_queue_size,
+                                      cuda_graphs=settings.llm_cuda_graphs)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     server.start()

@@ -402,6 +402,10 @@ class Settings:
     llm_queue_size: int = field(default=256, metadata=_doc(
         "Requests waiting for a slot; when full, the oldest non-urgent one is shed and "
         "counted.", ge=1, le=100_000))
+    llm_cuda_graphs: bool = field(default=True, metadata=_doc(
+        "On CUDA, replay the LLM engine's decode step from CUDA graphs, one captured per "
+        "batch and key-span bucket on its first use; false runs every step eagerly.  No "
+        "effect on the CPU."))
 
     # Remote LLM tier (facestream.llm.remote): the same requests sent to an OpenAI-compatible
     # server that accepts prompt embeddings (vLLM with --enable-prompt-embeds, or

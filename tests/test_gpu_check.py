@@ -38,7 +38,7 @@ def summarise(out, parts: list[tuple[str, int, str]]) -> list[str]:
 def test_the_script_parses_and_its_limits_sum_under_8_minutes():
     subprocess.run(["bash", "-n", str(SCRIPT)], check=True)
     limits = [int(n) for n in re.findall(r"^part \S+ (\d+) ", SCRIPT.read_text(), re.M)]
-    assert len(limits) == 6 and sum(limits) < 480, limits
+    assert len(limits) == 7 and sum(limits) < 480, limits
 
 
 @pytest.mark.slow
@@ -49,6 +49,9 @@ def test_the_summary_reads_the_benchmarks_outputs(tmp_path):
     vision = run("bench/bench_vision.py", "--device", "cpu", "--shape", "tiny",
                  "--kind", "video", "--batches", "1,2", "--backends", "eager", "--seconds", "0.05")
     assert vision.returncode == 0, vision.stderr
+    decode = run("bench/bench_llm.py", "--decode-step", "--device", "cpu", "--model-shape",
+                 "tiny", "--batches", "2", "--steps", "2", "--rounds", "1")
+    assert decode.returncode == 0, decode.stderr
     # The engine's batch-64 windows/s as its JSON row says it (not the RESULT line).
     [engine] = [row for row in (json.loads(line[5:]) for line in llm.stdout.splitlines()
                                 if line.startswith("JSON "))
@@ -60,6 +63,7 @@ def test_the_summary_reads_the_benchmarks_outputs(tmp_path):
         ("vision-image", 124, vision.stdout.split("RESULT")[0]),   # cut off by its limit
         ("vision-video", 0, vision.stdout),
         ("llm-7b", 0, llm.stdout),
+        ("llm-decode", 0, decode.stdout),
     ])
     rows = {line.split()[0]: line for line in lines[1:]}
     assert "ok" in rows["gpu"] and "NVIDIA H200" in rows["gpu"]
@@ -70,6 +74,12 @@ def test_the_summary_reads_the_benchmarks_outputs(tmp_path):
     assert f"eager {video[0]['windows_per_s']} video windows/s at batch 2" in rows["vision-video"]
     assert f"engine {engine['windows_per_s']} windows/s" in rows["llm-7b"]
     assert "64-token answers, batch 64" in rows["llm-7b"]
+    steps = {row["variant"]: row["ms_per_step"] for row in
+             (json.loads(line[5:]) for line in decode.stdout.splitlines()
+              if line.startswith("JSON ")) if row.get("batch") == 2}
+    assert set(steps) == {"static", "rebuilt"}
+    assert (f"decode step at batch 2: " + ", ".join(f"{v} {ms} ms" for v, ms in steps.items())
+            in rows["llm-decode"])
     assert [line for line in lines if "gpu-windows-per-s" in line] == [
         f"gpu-windows-per-s: {engine['windows_per_s']}"]
 

@@ -7,6 +7,9 @@ finishes frees its slot at once; the next step can hand it to a queued request w
 others carry on.  The KV cache (:mod:`facestream.llm.kv_cache`) is allocated once, sized
 ``max_batch x max_seq_len``, and reused; a shared prompt prefix (the system prompt) is
 computed once at construction and copied into a slot instead of being prefilled again.
+The decode step has static shapes per batch and key-span bucket, keeps its inputs on the
+device and, on CUDA, replays a CUDA graph (:mod:`facestream.llm.decoder`); greedy tokens
+are chosen on the device, and the host reads them once per step.
 
 Which requests are refused, queued, shed (``stats["shed"]`` counts them) and admitted is
 decided in :mod:`facestream.llm.admission`; slots, the loop and results are
@@ -24,8 +27,9 @@ import torch
 
 from facestream.errors import ConfigError
 from facestream.llm.admission import shares_prefix
+from facestream.llm.decoder import StaticDecoder
 from facestream.llm.detokenize import TextTail
-from facestream.llm.kv_cache import LlamaParts, SlotKVCache, decode_step, embed_prompt, prefill
+from facestream.llm.kv_cache import LlamaParts, SlotKVCache, embed_prompt, prefill
 from facestream.llm.slots import Running, SlotEngine, check_sizes
 
 
@@ -36,11 +40,13 @@ class Engine(SlotEngine):
 
     ``device``/``dtype`` default to the model's; if given, the model is moved there.
     ``tokenizer`` may be None (token ids only: results have empty text and requests may not
-    use stop strings)."""
+    use stop strings).  ``cuda_graphs``: on CUDA, replay the decode step from CUDA graphs
+    (setting ``llm_cuda_graphs``); no effect elsewhere."""
 
     def __init__(self, model, tokenizer, *, max_batch: int, max_seq_len: int,
                  queue_size: int = 256, image_token_id: int | None = None,
-                 prefix_ids: tuple[int, ...] = (), device=None, dtype=None) -> None:
+                 prefix_ids: tuple[int, ...] = (), device=None, dtype=None,
+                 cuda_graphs: bool = True) -> None:
         check_sizes(max_batch=max_batch, max_seq_len=max_seq_len, queue_size=queue_size)
         param = next(model.parameters())
         self.device = torch.device(device) if device is not None else param.device
@@ -59,6 +65,10 @@ class Engine(SlotEngine):
                                            dtype=self.dtype)
         self._prefix_ids = tuple(prefix_ids)
         self._prefix = self._compute_prefix() if prefix_ids else None
+        self._decoder = StaticDecoder(self._parts, self._cache, max_batch=max_batch,
+                                      max_seq_len=max_seq_len, cuda_graphs=cuda_graphs)
+        self._placed: list[Running | None] = [None] * max_batch   # what the decoder feeds
+        self._sampled: list[int] = []       # placed slots whose requests sample
 
     # ---- internals --------------------------------------------------------------------
 
@@ -111,22 +121,41 @@ class Engine(SlotEngine):
         return self._sample([slot for slot, _ in admitted], torch.stack(last_logits))
 
     def _decode(self, active: list[int]) -> list[tuple[int, str]]:
-        """One token for every running slot; slots ``0..max(active)`` go through the step,
-        holes among them are fed a dummy token at position 0 and ignored."""
-        n = active[-1] + 1
-        tokens, positions = [0] * n, [0] * n
-        for b in active:
+        """One token for every running slot through the static step (slots ``0..bucket-1``;
+        the ones not running are parked and ignored); greedy rows are chosen on the device,
+        and the host reads the chosen tokens once (to accept them)."""
+        self._place(active)
+        span = max(self._slots[b].length for b in active) + 1
+        logits = self._decoder.step(rows=active[-1] + 1, span=span)     # [bucket, V]
+        chosen = logits.argmax(dim=-1)                                  # [bucket]
+        for b in self._sampled:
             running = self._slots[b]
-            tokens[b], positions[b] = running.tokens[-1], running.length
-        logits = decode_step(self._parts, self._cache,
-                             torch.tensor(tokens, device=self.device),
-                             torch.tensor(positions, device=self.device),
-                             span=max(positions) + 1)                  # [n, V]
+            request = running.queued.request
+            chosen[b] = draw(logits[b], request.temperature, running.state,
+                             top_p=request.top_p)
+        self._decoder.advance(chosen)
         for b in active:
             self._slots[b].length += 1
-        if len(active) < n:
-            logits = logits[torch.tensor(active, device=self.device)]
-        return self._sample(active, logits)
+        on_host = chosen.tolist()                                       # host sync
+        return self._accept(active, [on_host[b] for b in active])
+
+    def _place(self, active: list[int]) -> None:
+        """Tell the decoder about the requests that joined since the last step (their last
+        token and position) and park the slots of those that left; nothing when none did."""
+        placed = self._placed
+        joined = [b for b in active if placed[b] is not self._slots[b]]
+        left = [b for b, running in enumerate(placed)
+                if running is not None and self._slots[b] is not running and b not in joined]
+        if not joined and not left:
+            return
+        for b in left:
+            placed[b] = None
+        for b in joined:
+            placed[b] = self._slots[b]
+        self._decoder.place(joined + left,
+                            [self._slots[b].tokens[-1] for b in joined] + [0] * len(left),
+                            [self._slots[b].length for b in joined] + [None] * len(left))
+        self._sampled = [b for b in active if self._slots[b].queued.request.temperature > 0]
 
     def _sample(self, slots: list[int], logits: torch.Tensor) -> list[tuple[int, str]]:
         """Sample one token per slot (logits: [len(slots), V]) and accept them."""
@@ -160,12 +189,19 @@ def sample(logits: torch.Tensor, temperatures: list[float],
     tokens = logits.argmax(dim=-1)                                  # [B]
     for row, (temperature, generator) in enumerate(zip(temperatures, generators)):
         if temperature > 0:
-            probs = torch.softmax(logits[row].float() / temperature, dim=-1)   # [V]
-            top_p = 1.0 if top_ps is None else top_ps[row]
-            if top_p < 1:
-                probs = nucleus(probs, top_p)
-            tokens[row] = torch.multinomial(probs, 1, generator=generator)[0]
+            tokens[row] = draw(logits[row], temperature, generator,
+                               top_p=1.0 if top_ps is None else top_ps[row])
     return tokens
+
+
+def draw(logits: torch.Tensor, temperature: float, generator: torch.Generator | None, *,
+         top_p: float = 1.0) -> torch.Tensor:
+    """One token drawn from ``softmax(logits / temperature)``, restricted to the nucleus
+    ``top_p``, on the logits' device (no host sync).  logits: [V] -> [] long"""
+    probs = torch.softmax(logits.float() / temperature, dim=-1)    # [V]
+    if top_p < 1:
+        probs = nucleus(probs, top_p)
+    return torch.multinomial(probs, 1, generator=generator)[0]
 
 
 def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:

@@ -265,7 +265,8 @@ def load_stage(settings) -> FaceLlavaAnswerer:
                          prefix_ids=FaceLlavaAnswerer.prefix_ids(model.tokenizer),
                          max_batch=settings.llm_max_batch, max_seq_len=settings.llm_max_seq_len,
                          queue_size=settings.llm_queue_size, timeout_s=settings.llm_timeout_s,
-                         max_in_flight=settings.llm_max_in_flight)
+                         max_in_flight=settings.llm_max_in_flight,
+                         cuda_graphs=settings.llm_cuda_graphs)
     mode = model.fusion.config.cross_attn_type if settings.facellava_landmarks else "projector"
     components = {"face_llava": f"{model.path.name}/{mode}",
                   "vision_backend": settings.facellava_vision_backend}

@@ -7,7 +7,9 @@ place.  A slot's valid length lives with the caller (the engine), never in the t
 * :func:`prefill` runs the prompt of one request (optionally after a prefix already copied
   into its slot) and returns the logits of its last position;
 * :func:`decode_step` runs one new token for each of the slots ``0..n-1`` at once, every
-  slot at its own position, attending only to its own valid positions.
+  slot at its own position, attending only to its own valid positions.  Its shapes depend
+  only on ``n`` and the key span, and it never reads device values on the host, so a
+  CUDA graph can capture it (:mod:`facestream.llm.decoder`).
 
 Both use the model's own modules (embedding, projections, norms, MLP, lm_head) and its own
 rotary table, and mirror transformers' Llama numerics (RMSNorm in fp32, cos/sin cast to the
@@ -146,8 +148,11 @@ def decode_step(parts: LlamaParts, cache: SlotKVCache, tokens: torch.Tensor,
                 positions: torch.Tensor, *, span: int) -> torch.Tensor:
     """One token for each slot ``0..n-1``: slot ``b`` reads ``tokens[b]`` at position
     ``positions[b]``, writes its key/value there and attends to positions ``0..positions[b]``.
-    ``span`` (a host int, ``>= max(positions) + 1``) bounds the keys read, so the step does
-    not sync to find it.  Unused slots may be fed any token at position 0.
+    ``span`` (a host int) bounds the keys read, so the step does not sync to find it; a
+    slot whose position is ``>= span`` writes its key/value but its output is meaningless.
+    Unused slots may be fed any token at a position that holds nothing worth keeping.
+    The mask is additive (0 / -inf in the cache's dtype, one row per slot), which fused
+    attention kernels take; the CPU kernels turn a bool mask into the same one.
 
     tokens: [n] long, positions: [n] long -> logits: [n, vocab]"""
     n = tokens.shape[0]
@@ -155,7 +160,9 @@ def decode_step(parts: LlamaParts, cache: SlotKVCache, tokens: torch.Tensor,
     cos = parts.cos[positions][:, None, None]                       # [n, 1, 1, D]
     sin = parts.sin[positions][:, None, None]
     keys = torch.arange(span, device=tokens.device)
-    mask = (keys[None, :] <= positions[:, None])[:, None, None]     # [n, 1, 1, span]
+    blocked = keys[None, :] > positions[:, None]                    # [n, span]
+    mask = torch.zeros(blocked.shape, dtype=cache.k.dtype, device=tokens.device) \
+        .masked_fill_(blocked, float("-inf"))[:, None, None]         # [n, 1, 1, span]
     x = parts.embed(tokens)[:, None]                                # [n, 1, hidden]
     for i, layer in enumerate(parts.layers):
         q, k, v = _project(parts, layer, x, cos=cos, sin=sin)       # k, v: [n, KV, 1, D]
@@ -182,8 +189,7 @@ def _project(parts: LlamaParts, layer: nn.Module, x: torch.Tensor, *, cos: torch
 def _attend_and_mlp(layer: nn.Module, x: torch.Tensor, q: torch.Tensor, keys: torch.Tensor,
                     values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """The rest of the layer.  x: [B, T, hidden]; q: [B, H, T, D]; keys, values:
-    [B, KV, S, D]; mask: [B|1, 1, T, S] bool, True = may attend (None: causal, T == S)
-    -> [B, T, hidden]"""
+    [B, KV, S, D]; mask: [B|1, 1, T, S] (:func:`_attend`'s) or None -> [B, T, hidden]"""
     x = x + layer.self_attn.o_proj(_attend(q, keys, values, mask))
     return x + layer.mlp(layer.post_attention_layernorm(x))
 
@@ -199,9 +205,11 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     """Grouped-query attention.  With a mask, the ``G`` query heads that share a key/value
     head become ``G`` extra query rows of it, so keys are never repeated (head ``h`` uses kv
     head ``h // G``, as transformers' ``repeat_kv`` does); without one (a prompt with no
-    past, T == S) attention is causal.
+    past, T == S) attention is causal.  The mask is bool (True = may attend) or additive
+    (0 / -inf, q's dtype); with one query token it broadcasts over the ``G`` rows as is,
+    so no copy of it is made per layer.
 
-    q: [B, H, T, D]; k, v: [B, KV, S, D]; mask: [B|1, 1, T, S] bool or None -> [B, T, H * D]"""
+    q: [B, H, T, D]; k, v: [B, KV, S, D]; mask: [B|1, 1, T, S] or None -> [B, T, H * D]"""
     batch, n_heads, n_tokens, head_dim = q.shape
     n_kv, span = k.shape[1], k.shape[2]
     groups = n_heads // n_kv
@@ -211,8 +219,9 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                              enable_gqa=groups > 1)
         return out.transpose(1, 2).reshape(batch, n_tokens, n_heads * head_dim)
     q = q.reshape(batch, n_kv, groups * n_tokens, head_dim)         # [B, KV, G*T, D]
-    mask = mask[:, :, None].expand(mask.shape[0], 1, groups, n_tokens, span)
-    mask = mask.reshape(mask.shape[0], 1, groups * n_tokens, span)  # [B|1, 1, G*T, S]
+    if n_tokens > 1:                # row g*T + t of a kv head is its query head g's token t
+        mask = mask[:, :, None].expand(mask.shape[0], 1, groups, n_tokens, span)
+        mask = mask.reshape(mask.shape[0], 1, groups * n_tokens, span)  # [B|1, 1, G*T, S]
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     return out.reshape(batch, n_heads, n_tokens, head_dim).transpose(1, 2) \
               .reshape(batch, n_tokens, n_heads * head_dim)

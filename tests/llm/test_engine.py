@@ -2,7 +2,9 @@
 real SmolLM2-135M-Instruct weights (fp32, CPU): mixed prompt lengths, requests joining a
 running batch, a shared-prefix cache, visual-token splices, stop strings, seeded sampling,
 shedding.  A small random LLaMA with confident logits runs the same comparison on CPU and,
-marked gpu, on CUDA in fp32, fp16 and bf16 (no model files needed there)."""
+marked gpu, on CUDA in fp32, fp16 and bf16 (no model files needed there), and drives the
+static decode step across batch and key-span buckets as requests join and leave (on CUDA
+with its CUDA graphs on and off)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,12 @@ import threading
 import pytest
 import torch
 
+from facestream.config import Settings
+from facestream.llm import decoder
+from facestream.llm.backends import make_engine
+from facestream.llm.decoder import StaticDecoder, batch_bucket, span_bucket
 from facestream.llm.engine import Engine, nucleus, sample
+from facestream.llm.kv_cache import LlamaParts, SlotKVCache
 from facestream.llm.requests import GenerationRequest, GenerationResult, QueueFull, RequestError
 from tests.helpers import REPO
 
@@ -304,18 +311,33 @@ def test_background_loop_serves_threads(smol, prompts, reference):
         engine.submit(greedy(0, prompts[0]))
 
 
-def test_bench_shape_path_runs_on_cpu(monkeypatch):
+@pytest.fixture
+def bench(monkeypatch):
+    """bench/bench_llm.py as a module."""
+    spec = importlib.util.spec_from_file_location("bench_llm", REPO / "bench" / "bench_llm.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_llm", module)      # its dataclasses look it up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_shape_path_runs_on_cpu(bench):
     """bench_llm.py's 7B-shape path (random weights, visual placeholders, HF batched
     baseline) with the tiny shape, so it is known to run before it reaches a GPU."""
-    spec = importlib.util.spec_from_file_location("bench_llm", REPO / "bench" / "bench_llm.py")
-    bench = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "bench_llm", bench)       # its dataclasses look it up
-    spec.loader.exec_module(bench)
     rows = bench.shape_bench(shape_name="tiny", device=torch.device("cpu"),
                              dtype=torch.float32, batches=(1, 3))
     assert [(r["batch"], r["run"]) for r in rows] == [(1, "engine"), (1, "hf"),
                                                       (3, "engine"), (3, "hf")]
     assert all(r["tokens_per_s"] > 0 and r["greedy_agree"] == 1.0 for r in rows)
+
+
+def test_bench_decode_step_mode_runs_on_cpu(bench):
+    """bench_llm.py --decode-step with the tiny shape: both CPU variants timed per batch."""
+    rows = bench.decode_step_bench(shape_name="tiny", device=torch.device("cpu"),
+                                   dtype=torch.float32, batches=(1, 3), steps=2, rounds=1)
+    assert [(r["batch"], r["variant"]) for r in rows] == [
+        (1, "rebuilt"), (1, "static"), (3, "rebuilt"), (3, "static")]
+    assert all(r["ms_per_step"] > 0 for r in rows)
 
 
 def random_llama(*, device: str, dtype: torch.dtype, std: float = 0.08):
@@ -372,6 +394,116 @@ def test_random_llama_greedy_equals_hf_generate(device, dtype):
         engine.step()
     got = [f.result().token_ids for f in first + rest]
     assert got == expected
+
+
+# ---- the static decode step: buckets, parking, CUDA graphs ------------------------------
+
+JOIN_LENGTHS = (5, 23, 61, 9, 40, 14, 30)     # prompt tokens
+JOIN_NEW = (16, 3, 6, 10, 4, 9, 7)            # answer tokens: they leave at different steps
+
+
+def joining_case(device: str, dtype: torch.dtype):
+    """:func:`random_llama`, seven prompts and HF generate's answers to each, alone."""
+    model = random_llama(device=device, dtype=dtype)
+    generator = torch.Generator().manual_seed(2)
+    prompts = [tuple(torch.randint(3, 1000, (n,), generator=generator).tolist())
+               for n in JOIN_LENGTHS]
+    expected = [hf_generate(model, ids=p, new=n) for p, n in zip(prompts, JOIN_NEW)]
+    return model, prompts, expected
+
+
+def join_and_leave(engine: Engine, prompts) -> list[tuple[int, ...]]:
+    """Three requests start, three join two steps later (into the slot one has freed and
+    above), the last a step after that; answers of different lengths make the batch grow,
+    then shrink to slot 0 alone.  The token ids of each, in prompt order."""
+    requests = [GenerationRequest(f"j{i}", p, max_new_tokens=n)
+                for i, (p, n) in enumerate(zip(prompts, JOIN_NEW))]
+    futures = [engine.submit(r) for r in requests[:3]]
+    engine.step()
+    engine.step()
+    futures += [engine.submit(r) for r in requests[3:6]]
+    engine.step()
+    futures.append(engine.submit(requests[6]))
+    while not all(f.done() for f in futures):
+        engine.step()
+    return [f.result().token_ids for f in futures]
+
+
+def test_batch_and_span_buckets():
+    assert [batch_bucket(n, 12) for n in (1, 2, 3, 5, 8, 9, 12)] == [1, 2, 4, 8, 8, 12, 12]
+    assert [span_bucket(n, 1000) for n in (1, 16, 17, 100, 128, 129, 300, 999)] == [
+        16, 16, 32, 128, 128, 256, 384, 1000]
+    assert span_bucket(70, 96) == 96
+
+
+def test_batch_crossing_buckets_equals_hf_generate(monkeypatch):
+    """Requests join and leave, so the static step runs at several batch and key-span
+    buckets (seen through the real decode_step), with parked slots below and above the
+    running ones; every answer equals HF generate's for that request alone."""
+    model, prompts, expected = joining_case("cpu", torch.float32)
+    shapes, decode_step = [], decoder.decode_step
+
+    def recording(parts, cache, tokens, positions, *, span):
+        shapes.append((tokens.shape[0], span))
+        return decode_step(parts, cache, tokens, positions, span=span)
+
+    monkeypatch.setattr(decoder, "decode_step", recording)
+    engine = Engine(model, None, max_batch=8, max_seq_len=96)
+    assert join_and_leave(engine, prompts) == expected
+    assert {rows for rows, _ in shapes} == {1, 2, 4, 8}
+    assert {span for _, span in shapes} == {32, 64, 96}
+
+
+def test_parked_rows_leave_the_cache_untouched(tiny_model):
+    """A step over 4 rows with one running slot: the parked slots' keys and values are
+    unchanged except at the parking position, the running one's only at its position."""
+    parts = LlamaParts.from_model(tiny_model, max_seq_len=16)
+    cache = SlotKVCache.allocate(parts, slots=4, max_seq_len=16, device=torch.device("cpu"),
+                                 dtype=torch.float32)
+    with torch.inference_mode():
+        cache.k.normal_()
+        cache.v.normal_()
+        before_k, before_v = cache.k.clone(), cache.v.clone()
+        static = StaticDecoder(parts, cache, max_batch=4, max_seq_len=16, cuda_graphs=True)
+        static.place([2], [7], [5])
+        assert static.step(rows=3, span=6).shape == (4, 64)
+    for after, before in ((cache.k, before_k), (cache.v, before_v)):
+        changed = (after != before).any(dim=(0, 2, 4))                # [slots, positions]
+        assert changed.nonzero().tolist() == [[0, 15], [1, 15], [2, 5], [3, 15]]
+
+
+def test_cuda_graphs_setting_is_accepted_and_ignored_on_cpu(tiny_model, monkeypatch):
+    assert Settings.load(environ={}).llm_cuda_graphs is True
+    assert Settings.load(environ={"FACESTREAM_LLM_CUDA_GRAPHS": "false"}).llm_cuda_graphs \
+        is False
+
+    def no_graph(*args, **kwargs):
+        raise AssertionError("the CPU path made a CUDA graph")
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", no_graph)
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", no_graph)
+    answers = set()
+    for cuda_graphs in (True, False):
+        engine = make_engine(endpoint="", model=tiny_model, tokenizer=None, max_batch=2,
+                             max_seq_len=16, cuda_graphs=cuda_graphs)
+        results = engine.generate([GenerationRequest(f"g{i}", (5, 6, 7)[i:], max_new_tokens=6,
+                                                     ignore_eos=True) for i in range(3)])
+        answers.add(tuple(r.token_ids for r in results))
+    assert len(answers) == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_cuda_graphs_equal_eager_and_hf_generate(dtype):
+    """On CUDA: the decode step replayed from CUDA graphs and run eagerly give HF generate's
+    tokens, token for token, while requests join and leave across buckets."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    model, prompts, expected = joining_case("cuda", dtype)
+    for cuda_graphs in (False, True):
+        engine = Engine(model, None, max_batch=8, max_seq_len=96, cuda_graphs=cuda_graphs)
+        assert join_and_leave(engine, prompts) == expected, f"cuda_graphs={cuda_graphs}"
+        assert (engine._decoder.graph_count >= 3) == cuda_graphs
 
 
 def test_nucleus_keeps_the_smallest_set_reaching_top_p():
