@@ -78,7 +78,7 @@ def test_the_summary_reads_the_benchmarks_outputs(tmp_path):
              (json.loads(line[5:]) for line in decode.stdout.splitlines()
               if line.startswith("JSON ")) if row.get("batch") == 2}
     assert set(steps) == {"static", "rebuilt"}
-    assert (f"decode step at batch 2: " + ", ".join(f"{v} {ms} ms" for v, ms in steps.items())
+    assert ("decode step at batch 2: " + ", ".join(f"{v} {ms} ms" for v, ms in steps.items())
             in rows["llm-decode"])
     assert [line for line in lines if "gpu-windows-per-s" in line] == [
         f"gpu-windows-per-s: {engine['windows_per_s']}"]
