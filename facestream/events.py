@@ -87,10 +87,14 @@ def track_event(kind: str, *, stream_id: str, track_id: str, time_s: float,
 
 
 def window_data(window: FaceWindow) -> dict[str, Any]:
-    """The ``window`` object of a window's events."""
-    return {"start_s": round(window.start_s, 3), "end_s": round(window.end_s, 3),
+    """The ``window`` object of a window's events (``clip_start_s`` where Face-LLaVA's
+    video tasks looked back past the window: the time of its clip's first sample)."""
+    data = {"start_s": round(window.start_s, 3), "end_s": round(window.end_s, 3),
             "start_pts": window.start_pts, "end_pts": window.end_pts,
             "frames": len(window.samples)}
+    if window.clip:
+        data["clip_start_s"] = round(window.clip[0].time_s, 3)
+    return data
 
 
 @dataclass(frozen=True)

@@ -371,6 +371,11 @@ def test_analyze_with_the_facellava_profile_writes_valid_events(checkpoint, tmp_
         assert data["description"] == data["answers"]["expression"]
         assert data["action_units"]["method"] == "model"
         assert len(data["expression"]["scores"]) == 7       # the cheap head's, kept
+    # the video tasks looked back over the default 3 s, and the events say from where
+    windows = [e["data"]["window"] for e in analysis]
+    assert "clip_start_s" not in windows[0]                 # the track's first window
+    back = [w for w in windows if "clip_start_s" in w]
+    assert back and all(w["end_s"] - 3 < w["clip_start_s"] < w["start_s"] for w in back)
     reused = [e["data"] for e in analysis if e["data"]["description_reused"]]
     for data in reused:
         source = next(f for f in reversed(fresh)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from facestream import events
 from facestream.config import Settings
 from facestream.types import DecodedFrame, FaceChips, FaceDetections
 from facestream.workers import checkpoint
@@ -83,6 +84,9 @@ def test_a_window_clip_holds_the_tracks_last_video_window_seconds():
         assert max(np.diff(times)) <= slot + 1 / FPS     # evenly thinned: no hole
         # crops are the frames' own
         assert [level for _, level in _clip(w)] == [round(t * FPS) for t in times]
+        # events say where the clip starts
+        assert events.window_data(w)["clip_start_s"] == round(times[0], 3)
+    assert "clip_start_s" not in events.window_data(windows[0])
     # 5.0 … 5.9 s: after 2.9 s, the last sample of each slot of 3 / 16 s (3.0 and 3.1 s
     # share one), up to 5.9 s
     assert [t for t, _ in _clip(windows[5])] == [3.1, 3.3, 3.5, 3.7, 3.9, 4.1, 4.3, 4.4, 4.6,
