@@ -16,9 +16,14 @@ prompts:
         requests arriving as a Poisson process at ``--load`` x the batch-8 throughput
         measured in (a); p50/p95 of submit -> first token and submit -> finished.
     The engine runs as facestream serves: with the shared system prompt (the chat
-    template's, 31 tokens) as its prefix cache; one extra row at batch 8 runs without it.
-    On CPU, prefill of these short prompts costs as much compute as the answers, so the
-    prefix cache matters as much as batching.
+    template's, 31 tokens) as its prefix cache, the requests admitted in a step prefilled
+    together in one packed forward, at most ``llm_prefill_chunk``'s default (512) prompt
+    positions per step.  Two extra rows at batch 8: without the prefix cache, and with
+    each request's prefill run as a forward of its own (the one-by-one baseline,
+    ``pack_prefill=False``).  On CPU, prefill of these short prompts costs as much compute
+    as the answers, so the prefix cache and packed prefill matter as much as batching.
+    ``--long-prompts`` puts the same ~200-token passage after every question (prompts of
+    235-257 tokens: the passage is not in the shared prefix), where prefill dominates.
 
 ``--model-shape 7b`` (``--device cuda``): a LLaMA-7B-shaped ``LlamaForCausalLM`` (hidden
     4096, 32 layers, 32 heads, MLP 11008, vocab 32000; Face-LLaVA's Vicuna-7B shape) with
@@ -28,7 +33,11 @@ prompts:
     one window per slot) vs HF ``generate`` on the same windows, left-padded
     ``inputs_embeds`` batched at the same size (batch 1 = one at a time).  Windows/s,
     tokens/s, ratio, peak ``torch.cuda.max_memory_allocated``, and whether the greedy tokens
-    agree.  Needs torch and transformers only (no tokenizer, no model files, no network);
+    agree.  ``--tasks-per-window N`` asks every window N questions (the same N for every
+    window, one request and one slot each, as Face-LLaVA's tasks): the engine shares each
+    window's visual prefix across them, and runs once more with a copy of the visual tensor
+    per request ("engine_unshared") to show what sharing saves.  Needs torch and
+    transformers only (no tokenizer, no model files, no network);
     from facestream it imports only ``facestream.llm.engine`` and ``facestream.llm.requests``.
 ``--model-shape tiny``: the same code path with a toy shape, for a CPU check.
 
@@ -47,7 +56,7 @@ Every row is printed as a table line and as a ``JSON {...}`` line; the shaped mo
 ``--decode-step``'s last line is ``RESULT {json}`` (shape, device, every row: what
 bench/gpu_check.sh's summary reads).
 
-    .venv/bin/python bench/bench_llm.py [--quick] [--threads N]   # CPU, ~3 min on 2 cores
+    .venv/bin/python bench/bench_llm.py [--quick] [--long-prompts] [--threads N]   # CPU
     python bench/bench_llm.py --device cuda --model-shape 7b --quick
     python bench/bench_llm.py --decode-step --model-shape 135m --batches 1,8 --threads 1
     python bench/bench_llm.py --decode-step --device cuda --model-shape 7b
@@ -93,6 +102,34 @@ QUESTIONS = (
     "Compare the faces of a person who is bored and one who is sleepy.",
 )
 
+# --long-prompts: the same passage after every question (after, so that the prompts part
+# where the questions start and the passage is not in the shared prefix), so prefill dominates.
+PASSAGE = (
+    "\n\nContext: the clip shows one person seated at a desk under office lighting, facing the "
+    "camera at a slight angle. Over ten seconds the person first listens with a relaxed "
+    "face, lips closed and brows level; then the inner brows rise and draw together, the "
+    "upper eyelids lift so that more of the white of the eyes shows, and the lips part and "
+    "stretch sideways. A moment later the brows relax again, the cheeks rise, crow's feet "
+    "appear at the outer corners of the eyes and the lip corners pull up into a smile that "
+    "shows the upper teeth. Towards the end the person glances down, the head tilts a "
+    "little to the left, the lips press together and one lip corner tightens, while the "
+    "eyes narrow slightly. The person wears thin-framed glasses and has short dark hair, a "
+    "trimmed beard and no visible makeup; the lighting is even and there is no occlusion "
+    "of the face apart from the glasses, which reflect the screen now and then.")
+
+
+@dataclass(frozen=True)
+class EngineRun:
+    batch: int
+    prefix_cache: bool = True
+    packed_prefill: bool = True
+
+    @property
+    def label(self) -> str:
+        return (f"engine, max_batch {self.batch}" + ("" if self.prefix_cache else
+                                                     ", no prefix cache")
+                + ("" if self.packed_prefill else ", prefill one by one"))
+
 
 @dataclass(frozen=True)
 class Shape:
@@ -135,13 +172,14 @@ def default_model_dir() -> Path:
 
 
 def smollm2_bench(*, model_dir: Path, new_tokens: int, batches: tuple[int, ...],
-                  load: float, arrivals: int, rounds: int) -> None:
+                  load: float, arrivals: int, rounds: int, long_prompts: bool) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    after = PASSAGE if long_prompts else ""
     prompts = [tuple(tokenizer.apply_chat_template(
-        [{"role": "user", "content": q}], add_generation_prompt=True)["input_ids"])
+        [{"role": "user", "content": q + after}], add_generation_prompt=True)["input_ids"])
         for q in QUESTIONS]
     lengths = [len(p) for p in prompts]
     print(f"SmolLM2-135M fp32, CPU, {torch.get_num_threads()} threads; {len(prompts)} prompts "
@@ -157,8 +195,9 @@ def smollm2_bench(*, model_dir: Path, new_tokens: int, batches: tuple[int, ...],
     while all(len(p) > shared and p[shared] == prompts[0][shared] for p in prompts):
         shared += 1
     prefix = prompts[0][:shared]            # the chat template's system prompt
-    runs = [(batch, prefix) for batch in batches]
-    runs.append((8 if 8 in batches else max(batches), ()))
+    extra = 8 if 8 in batches else max(batches)
+    runs = [EngineRun(batch) for batch in batches]
+    runs += [EngineRun(extra, prefix_cache=False), EngineRun(extra, packed_prefill=False)]
 
     def hf_pass() -> float:
         """Tokens/s of HF generate, one prompt at a time, over all prompts."""
@@ -171,9 +210,10 @@ def smollm2_bench(*, model_dir: Path, new_tokens: int, batches: tuple[int, ...],
                                pad_token_id=tokenizer.pad_token_id)
         return total / (time.perf_counter() - start)
 
-    def engine_pass(batch: int, prefix_ids: tuple[int, ...], tag: str) -> float:
-        engine = Engine(model, tokenizer, max_batch=batch, prefix_ids=prefix_ids,
-                        max_seq_len=max(lengths) + new_tokens)
+    def engine_pass(run: EngineRun, tag: str) -> float:
+        engine = Engine(model, tokenizer, max_batch=run.batch,
+                        prefix_ids=prefix if run.prefix_cache else (),
+                        pack_prefill=run.packed_prefill, max_seq_len=max(lengths) + new_tokens)
         start = time.perf_counter()
         results = engine.generate(requests(tag))
         return sum(len(r.token_ids) for r in results) / (time.perf_counter() - start)
@@ -187,29 +227,30 @@ def smollm2_bench(*, model_dir: Path, new_tokens: int, batches: tuple[int, ...],
     Engine(model, tokenizer, max_batch=2, max_seq_len=max(lengths) + new_tokens).generate(
         requests("warm")[:2])
     hf: list[float] = []
-    measured: dict[tuple[int, tuple[int, ...]], list[float]] = {run: [] for run in runs}
+    measured: dict[EngineRun, list[float]] = {run: [] for run in runs}
     for r in range(rounds):
         hf.append(hf_pass())
-        for batch, prefix_ids in runs:
-            measured[(batch, prefix_ids)].append(engine_pass(batch, prefix_ids, f"r{r}b{batch}-"))
+        for run in runs:
+            measured[run].append(engine_pass(run, f"r{r}b{run.batch}-"))
     base_tps = statistics.median(hf)
     print(f"{rounds} interleaved rounds; median tokens/s (min-max)")
-    print(f"{'run':<40}{'tokens/s':>10}{'spread':>16}{'vs HF':>8}")
-    print(f"{'HF generate, one at a time':<40}{base_tps:>10.1f}"
+    print(f"{'run':<44}{'tokens/s':>10}{'spread':>16}{'vs HF':>8}")
+    print(f"{'HF generate, one at a time':<44}{base_tps:>10.1f}"
           f"{f'{min(hf):.1f}-{max(hf):.1f}':>16}{1.0:>8.2f}")
     emit({"bench": "llm_cpu", "run": "hf_one_at_a_time", "tokens_per_s": round(base_tps, 2),
-          "rounds": [round(x, 2) for x in hf]})
+          "long_prompts": long_prompts, "rounds": [round(x, 2) for x in hf]})
     engine_tps = {}
-    for (batch, prefix_ids), values in measured.items():
+    for run, values in measured.items():
         tps = statistics.median(values)
-        label = f"engine, max_batch {batch}" + ("" if prefix_ids else ", no prefix cache")
-        if prefix_ids:
-            engine_tps[batch] = tps
-        print(f"{label:<40}{tps:>10.1f}{f'{min(values):.1f}-{max(values):.1f}':>16}"
+        if run == EngineRun(run.batch):
+            engine_tps[run.batch] = tps
+        print(f"{run.label:<44}{tps:>10.1f}{f'{min(values):.1f}-{max(values):.1f}':>16}"
               f"{tps / base_tps:>8.2f}", flush=True)
-        emit({"bench": "llm_cpu", "run": "engine", "max_batch": batch,
-              "prefix_cache_tokens": len(prefix_ids), "tokens_per_s": round(tps, 2),
-              "rounds": [round(x, 2) for x in values], "ratio_vs_hf": round(tps / base_tps, 3)})
+        emit({"bench": "llm_cpu", "run": "engine", "max_batch": run.batch,
+              "prefix_cache_tokens": len(prefix) if run.prefix_cache else 0,
+              "packed_prefill": run.packed_prefill, "long_prompts": long_prompts,
+              "tokens_per_s": round(tps, 2), "rounds": [round(x, 2) for x in values],
+              "ratio_vs_hf": round(tps / base_tps, 3)})
     batch = 8 if 8 in engine_tps else max(engine_tps)
     ttft_under_load(model, tokenizer, prompts, batch=batch, new_tokens=new_tokens,
                     rate=load * engine_tps[batch] / new_tokens, arrivals=arrivals,
@@ -312,10 +353,27 @@ def hf_embeds(model, windows: list[Window]) -> tuple[torch.Tensor, torch.Tensor]
     return torch.stack(rows), torch.stack(masks)
 
 
+def task_prompts(shape: Shape, windows: list[Window], tasks: int) -> list[Window]:
+    """One prompt per (window, task): with one task, the windows themselves; with more, each
+    window's BOS + system ids + placeholders, then the task's question (the same questions
+    for every window, as Face-LLaVA asks them), all a window's prompts holding its one
+    visual tensor."""
+    if tasks == 1:
+        return windows
+    generator = torch.Generator().manual_seed(2)
+    questions = [tuple(torch.randint(3, shape.vocab, (int(n),), generator=generator).tolist())
+                 for n in torch.randint(32, 49, (tasks,), generator=generator)]
+    head = 1 + 8 + shape.visual_tokens
+    return [Window(w.ids[:head] + q, w.visual) for w in windows for q in questions]
+
+
 def shape_bench(*, shape_name: str, device: torch.device, dtype: torch.dtype,
-                batches: tuple[int, ...], answer_tokens: int | None = None) -> list[dict]:
-    """Engine vs HF generate on a random-weight model of ``SHAPES[shape_name]``; returns the
-    rows it prints."""
+                batches: tuple[int, ...], answer_tokens: int | None = None,
+                tasks: int = 1) -> list[dict]:
+    """Engine vs HF generate on a random-weight model of ``SHAPES[shape_name]``, ``tasks``
+    questions per window (one request, and one engine slot, each); returns the rows it
+    prints.  With more than one task the engine also runs with a copy of the visual tensor
+    per request ("engine_unshared"), so the windows' visual prefixes are not shared."""
     shape = SHAPES[shape_name]
     if answer_tokens is not None:
         shape = dataclasses.replace(shape, answer_tokens=answer_tokens)
@@ -335,37 +393,47 @@ def shape_bench(*, shape_name: str, device: torch.device, dtype: torch.dtype,
 
     model = random_llama(shape, device=device, dtype=dtype)
     windows = make_windows(shape, max(batches), device=device, dtype=dtype)
-    max_seq_len = max(len(w.ids) for w in windows) + shape.answer_tokens
+    prompts = task_prompts(shape, windows, tasks)
+    max_seq_len = max(len(w.ids) for w in prompts) + shape.answer_tokens
     new = shape.answer_tokens
     print(f"LLaMA shape {shape_name} ({shape.layers} layers, hidden {shape.hidden}), random "
           f"{str(dtype).removeprefix('torch.')} weights on {device}; windows of "
-          f"{shape.visual_tokens} visual tokens + 41-57 text tokens, {new}-token answers, "
-          "no early stop", flush=True)
-    print(f"{'batch':>5} {'run':<8}{'windows/s':>10}{'tokens/s':>10}{'vs HF':>7}"
+          f"{shape.visual_tokens} visual tokens + 41-57 text tokens, {tasks} task(s) each, "
+          f"{new}-token answers, no early stop", flush=True)
+    print(f"{'batch':>5} {'run':<16}{'windows/s':>10}{'tokens/s':>10}{'vs HF':>7}"
           f"{'peak GiB':>9}  agree")
-    rows = []
-    for batch in batches:
-        group = windows[:batch]
+
+    def engine_run(group: list[Window], *, share: bool, warm: bool):
+        """Seconds and token ids of the engine on ``group`` (None, None: out of memory)."""
         reset_peak()
         engine = None
         try:
-            engine = Engine(model, None, max_batch=batch, max_seq_len=max_seq_len,
+            engine = Engine(model, None, max_batch=len(group), max_seq_len=max_seq_len,
                             image_token_id=IMAGE_TOKEN_ID)
-            if not rows:        # warm-up: kernels, allocator
+            if warm:            # warm-up: kernels, allocator
                 engine.generate([GenerationRequest("warm", group[0].ids, visual=group[0].visual,
                                                    max_new_tokens=2, ignore_eos=True)])
             sync()
             start = time.perf_counter()
-            results = engine.generate([GenerationRequest(f"w{i}", w.ids, visual=w.visual,
-                                                         max_new_tokens=new, ignore_eos=True)
-                                       for i, w in enumerate(group)])
+            results = engine.generate([
+                GenerationRequest(f"w{i}", w.ids, visual=w.visual if share else w.visual.clone(),
+                                  max_new_tokens=new, ignore_eos=True)
+                for i, w in enumerate(group)])
             sync()
-            engine_s = time.perf_counter() - start
-            engine_tokens = [r.token_ids for r in results]
+            return time.perf_counter() - start, [r.token_ids for r in results]
         except torch.OutOfMemoryError:
-            engine_s, engine_tokens = float("nan"), None
-        engine_peak = peak_gib()
-        del engine
+            return float("nan"), None
+        finally:
+            del engine
+
+    rows = []
+    for batch in batches:
+        group = prompts[:batch * tasks]
+        timed = {"engine": engine_run(group, share=True, warm=not rows)}
+        peaks = {"engine": peak_gib()}
+        if tasks > 1:
+            timed["engine_unshared"] = engine_run(group, share=False, warm=False)
+            peaks["engine_unshared"] = peak_gib()
         reset_peak()
         try:
             with torch.inference_mode():
@@ -375,28 +443,29 @@ def shape_bench(*, shape_name: str, device: torch.device, dtype: torch.dtype,
                 out = model.generate(inputs_embeds=embeds, attention_mask=mask,
                                      do_sample=False, max_new_tokens=new, min_new_tokens=new)
             sync()
-            hf_s = time.perf_counter() - start
-            hf_tokens = [tuple(row) for row in out[:, -new:].tolist()]
+            timed["hf"] = (time.perf_counter() - start,
+                           [tuple(row) for row in out[:, -new:].tolist()])
             del embeds, mask, out
         except torch.OutOfMemoryError:
-            hf_s, hf_tokens = float("nan"), None
-        hf_peak = peak_gib()
-        agree = (None if engine_tokens is None or hf_tokens is None
-                 else sum(a == b for a, b in zip(engine_tokens, hf_tokens)) / batch)
-        for run, seconds, peak in (("engine", engine_s, engine_peak), ("hf", hf_s, hf_peak)):
+            timed["hf"] = (float("nan"), None)
+        peaks["hf"] = peak_gib()
+        hf_s, hf_tokens = timed["hf"]
+        for run, (seconds, tokens) in timed.items():
+            agree = (None if tokens is None or hf_tokens is None
+                     else sum(a == b for a, b in zip(tokens, hf_tokens)) / len(group))
             row = {"bench": "llm_shape", "shape": shape_name, "device": str(device),
-                   "batch": batch, "run": run, "seconds": round(seconds, 4),
+                   "batch": batch, "tasks": tasks, "run": run, "seconds": round(seconds, 4),
                    "windows_per_s": round(batch / seconds, 3),
-                   "tokens_per_s": round(batch * new / seconds, 2),
+                   "tokens_per_s": round(len(group) * new / seconds, 2),
                    "ratio_vs_hf_same_batch": round(hf_s / seconds, 3),
-                   "peak_gib": round(peak, 2), "greedy_agree": agree}
+                   "peak_gib": round(peaks[run], 2), "greedy_agree": agree}
             rows.append(row)
-            print(f"{batch:>5} {run:<8}{row['windows_per_s']:>10.2f}"
+            print(f"{batch:>5} {run:<16}{row['windows_per_s']:>10.2f}"
                   f"{row['tokens_per_s']:>10.1f}{row['ratio_vs_hf_same_batch']:>7.2f}"
                   f"{row['peak_gib']:>9.1f}  {agree}", flush=True)
             emit(row)
     hf_one = next((r for r in rows if r["run"] == "hf" and r["batch"] == 1), None)
-    if hf_one is not None:
+    if hf_one is not None and tasks == 1:
         for row in rows:
             if row["run"] == "engine":
                 emit({"bench": "llm_shape", "shape": shape_name, "batch": row["batch"],
@@ -515,6 +584,11 @@ def main() -> None:
                         help="Poisson arrival rate as a fraction of the batch-8 throughput")
     parser.add_argument("--answer-tokens", type=int, default=None,
                         help="shaped models: tokens per answer (default: the shape's, 64 for 7b)")
+    parser.add_argument("--long-prompts", action="store_true",
+                        help="smollm2: the same ~200-token passage after every question")
+    parser.add_argument("--tasks-per-window", type=int, default=1,
+                        help="shaped models: questions asked of each window (the engine "
+                             "shares a window's visual prefix across them)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="CPU: interleaved rounds of every run (medians reported)")
     parser.add_argument("--decode-step", action="store_true",
@@ -552,17 +626,19 @@ def main() -> None:
             else (1, 4, 8, 16)
         smollm2_bench(model_dir=args.model_dir, new_tokens=16 if args.quick else 32,
                       batches=batches, load=args.load, arrivals=16 if args.quick else 32,
-                      rounds=max(1, args.rounds))
+                      rounds=max(1, args.rounds), long_prompts=args.long_prompts)
         return
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype or ("float16" if device.type == "cuda" else "float32"))
     default = (1, 4, 16, 64) if args.quick else (1, 2, 4, 8, 16, 32, 64)
     batches = tuple(int(b) for b in args.batches.split(",")) if args.batches else default
     rows = shape_bench(shape_name=args.model_shape, device=device, dtype=dtype,
-                       batches=batches, answer_tokens=args.answer_tokens)
+                       batches=batches, answer_tokens=args.answer_tokens,
+                       tasks=max(1, args.tasks_per_window))
     answer_tokens = args.answer_tokens or SHAPES[args.model_shape].answer_tokens
     print("RESULT " + json.dumps({"bench": "llm_shape", "shape": args.model_shape,
                                   "device": str(device), "answer_tokens": answer_tokens,
+                                  "tasks_per_window": max(1, args.tasks_per_window),
                                   "rows": rows}))
 
 

@@ -641,7 +641,9 @@ def _llm_serve(args: argparse.Namespace) -> int:
                                       max_batch=settings.llm_max_batch,
                                       max_seq_len=settings.llm_max_seq_len,
                                       queue_size=settings.llm_queue_size,
-                                      cuda_graphs=settings.llm_cuda_graphs)
+                                      cuda_graphs=settings.llm_cuda_graphs,
+
+                                      prefill_chunk=settings.llm_prefill_chunk)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     server.start()

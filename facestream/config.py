@@ -399,6 +399,10 @@ class Settings:
     llm_max_seq_len: int = field(default=2560, metadata=_doc(
         "Longest prompt + answer per request, in tokens (a Face-LLaVA video prompt is 2,056 "
         "visual tokens + the question).", ge=64, le=32768))
+    llm_prefill_chunk: int = field(default=512, metadata=_doc(
+        "Most prompt tokens the torch LLM engine prefills per step, so a long prompt being "
+        "admitted stalls the running answers by at most this much (0 = whole prompts).",
+        ge=0, le=32768))
     llm_queue_size: int = field(default=256, metadata=_doc(
         "Requests waiting for a slot; when full, the oldest non-urgent one is shed and "
         "counted.", ge=1, le=100_000))

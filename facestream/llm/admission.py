@@ -22,6 +22,9 @@ the model work.  A request is
   lowest slot first, as many as there are free slots (:meth:`RequestQueue.admit`).  One
   whose prompt starts with the engine's shared prefix and goes on past it
   (:func:`shares_prefix`) gets the prefix's cache copied in; only the rest is prefilled.
+  One that carries the same visual tokens (the same tensor) as a request admitted before it
+  — another task asked of the same window — may instead copy the prompt prefix the two share
+  from that request's slot (:func:`shared_length`), once that request has prefilled it.
 """
 
 from __future__ import annotations
@@ -125,3 +128,16 @@ def shares_prefix(prompt_ids: tuple[int, ...], prefix_ids: tuple[int, ...]) -> b
     non-empty ``prefix_ids`` and has at least one token after it."""
     n = len(prefix_ids)
     return n > 0 and len(prompt_ids) > n and prompt_ids[:n] == prefix_ids
+
+
+def shared_length(prompt_ids: tuple[int, ...], donor_ids: tuple[int, ...], *,
+                  image_token_id: int | None) -> int:
+    """How many leading positions a prompt can copy from the cache of a request carrying the
+    same visual tokens (``donor_ids`` its prompt): their common prefix, at most all but the
+    prompt's last position (which must be computed for its logits), and 0 unless that
+    covers every image placeholder of the prompt (the visual rows are then the same)."""
+    limit = min(len(prompt_ids) - 1, len(donor_ids))
+    n = 0
+    while n < limit and prompt_ids[n] == donor_ids[n]:
+        n += 1
+    return n if image_token_id not in prompt_ids[n:] else 0

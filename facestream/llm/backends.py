@@ -21,7 +21,7 @@ def make_engine(*, endpoint: str, max_batch: int, max_seq_len: int, model=None,
                 tokenizer=None, gguf: Path | None = None, threads: int = 0,
                 embedding: torch.Tensor | None = None,
                 image_token_id: int | None = None, prefix_ids: tuple[int, ...] = (),
-                queue_size: int = 256, timeout_s: float = 120.0,
+                prefill_chunk: int = 512, queue_size: int = 256, timeout_s: float = 120.0,
                 max_in_flight: int = 8, cuda_graphs: bool = True) -> GenerationBackend:
     """The LLM behind a language stage.
 
@@ -31,10 +31,11 @@ def make_engine(*, endpoint: str, max_batch: int, max_seq_len: int, model=None,
     ``image_token_id``); ``model`` and ``tokenizer`` are not used.  ``endpoint`` empty: the
     in-process :class:`~facestream.llm.engine.Engine` over ``model`` and ``tokenizer``, with
     ``max_batch`` x ``max_seq_len`` cache slots, ``queue_size``, ``image_token_id``, the
-    shared prefix ``prefix_ids`` and ``cuda_graphs`` (CUDA only); or, given ``gguf`` (a GGUF
-    file) instead of ``model``, the in-process
-    :class:`~facestream.llm.llamacpp.LlamaCppEngine` on that file with ``threads`` (text
-    prompts only; no torch).  Not started; blocking (the engine allocates its cache and
+    shared prefix ``prefix_ids``, at most ``prefill_chunk`` prompt positions prefilled per
+    step (0: whole prompts) and ``cuda_graphs`` (CUDA only); or, given ``gguf`` (a GGUF file)
+    instead of ``model``, the in-process :class:`~facestream.llm.llamacpp.LlamaCppEngine` on
+    that file with ``threads`` (text prompts only; no torch).  Not started; blocking (the
+    engine allocates its cache and
     computes the prefix)."""
     if endpoint:
         from facestream.llm.remote import RemoteEngine
@@ -50,4 +51,4 @@ def make_engine(*, endpoint: str, max_batch: int, max_seq_len: int, model=None,
 
     return Engine(model, tokenizer, max_batch=max_batch, max_seq_len=max_seq_len,
                   queue_size=queue_size, image_token_id=image_token_id, prefix_ids=prefix_ids,
-                  cuda_graphs=cuda_graphs)
+                  prefill_chunk=prefill_chunk, cuda_graphs=cuda_graphs)

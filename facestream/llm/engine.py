@@ -1,15 +1,30 @@
 """Continuous-batching generation in torch, for prompts that carry visual tokens.
 
-Requests wait in a bounded FIFO queue; each :meth:`Engine.step` admits queued requests into
-free cache slots (prefilling their prompts, with visual embeddings spliced in at the image
-placeholders), then runs one decode step for every running request at once.  A request that
-finishes frees its slot at once; the next step can hand it to a queued request while the
-others carry on.  The KV cache (:mod:`facestream.llm.kv_cache`) is allocated once, sized
-``max_batch x max_seq_len``, and reused; a shared prompt prefix (the system prompt) is
-computed once at construction and copied into a slot instead of being prefilled again.
-The decode step has static shapes per batch and key-span bucket, keeps its inputs on the
-device and, on CUDA, replays a CUDA graph (:mod:`facestream.llm.decoder`); greedy tokens
-are chosen on the device, and the host reads them once per step.
+Requests wait in a bounded FIFO queue; queued requests take free cache slots as they come
+free.  Each :meth:`Engine.step` is composed of
+
+1. **admission** — the oldest queued requests take the free slots (lowest slot first) and
+   join the FIFO list of requests whose prompt is not all in their slot yet;
+2. **prefill** — one packed forward over chunks of those prompts, oldest first (continuing
+   partly prefilled ones before starting new ones), at most ``prefill_chunk`` prompt
+   positions in all (0: whole prompts).  A request's prompt may start from a copied prefix
+   instead of being computed: the engine's static one (the system prompt, computed once at
+   construction), or — for a request carrying the same visual tokens (the same tensor) as
+   one admitted before it, i.e. another task asked of the same window — the prompt prefix
+   the two share, image placeholders included, copied from that request's slot once it has
+   prefilled past it (in the same forward, layer by layer; until then the request waits).
+   A request whose prompt is complete gets its first token now; one still partly
+   prefilled holds its slot and is not decoded;
+3. **decode** — one token for every request whose prompt is complete, all slots at once,
+   through a step with static shapes per batch and key-span bucket whose inputs stay on
+   the device and which, on CUDA, replays a CUDA graph (:mod:`facestream.llm.decoder`);
+   greedy tokens are chosen on the device, and the host reads them once per step.
+
+So admitting a long prompt stalls the running answers by at most one budget's worth of
+prompt positions per step.  A request that finishes frees its slot at once; the next step
+can hand it to a queued request while the others carry on.  The KV cache
+(:mod:`facestream.llm.kv_cache`) is allocated once, sized ``max_batch x max_seq_len``, and
+reused.
 
 Which requests are refused, queued, shed (``stats["shed"]`` counts them) and admitted is
 decided in :mod:`facestream.llm.admission`; slots, the loop and results are
@@ -21,15 +36,18 @@ detokenisation with stop strings :class:`facestream.llm.detokenize.TextTail`.
 
 from __future__ import annotations
 
+import math
 import random
 
 import torch
 
 from facestream.errors import ConfigError
-from facestream.llm.admission import shares_prefix
+from facestream.llm.admission import shared_length, shares_prefix
 from facestream.llm.decoder import StaticDecoder
 from facestream.llm.detokenize import TextTail
-from facestream.llm.kv_cache import LlamaParts, SlotKVCache, embed_prompt, prefill
+from facestream.llm.kv_cache import (Chunk, LlamaParts, PrefixCopy, SlotKVCache, embed_prompt,
+                                     prefill)
+from facestream.llm.requests import GenerationRequest
 from facestream.llm.slots import Running, SlotEngine, check_sizes
 
 
@@ -40,14 +58,21 @@ class Engine(SlotEngine):
 
     ``device``/``dtype`` default to the model's; if given, the model is moved there.
     ``tokenizer`` may be None (token ids only: results have empty text and requests may not
-    use stop strings).  ``cuda_graphs``: on CUDA, replay the decode step from CUDA graphs
-    (setting ``llm_cuda_graphs``); no effect elsewhere."""
+    use stop strings).  ``prefill_chunk``: most prompt positions prefilled per step (0:
+    whole prompts).  ``pack_prefill`` False runs each request's prefill chunk as a forward of
+    its own (the one-by-one baseline the benchmark compares against).  ``cuda_graphs``: on
+    CUDA, replay the decode step from CUDA graphs (setting ``llm_cuda_graphs``); no effect
+    elsewhere."""
 
     def __init__(self, model, tokenizer, *, max_batch: int, max_seq_len: int,
                  queue_size: int = 256, image_token_id: int | None = None,
-                 prefix_ids: tuple[int, ...] = (), device=None, dtype=None,
+                 prefix_ids: tuple[int, ...] = (), prefill_chunk: int = 512,
+                 pack_prefill: bool = True, device=None, dtype=None,
                  cuda_graphs: bool = True) -> None:
         check_sizes(max_batch=max_batch, max_seq_len=max_seq_len, queue_size=queue_size)
+        if prefill_chunk < 0:
+            raise ConfigError(f"LLM engine: prefill_chunk={prefill_chunk}; need >= 0 "
+                              "(0 = whole prompts); fix llm_prefill_chunk")
         param = next(model.parameters())
         self.device = torch.device(device) if device is not None else param.device
         self.dtype = dtype if dtype is not None else param.dtype
@@ -63,6 +88,9 @@ class Engine(SlotEngine):
         self._cache = SlotKVCache.allocate(self._parts, slots=max_batch,
                                            max_seq_len=max_seq_len, device=self.device,
                                            dtype=self.dtype)
+        self._prefill_chunk = prefill_chunk
+        self._pack_prefill = pack_prefill
+        self._prefilling: list[int] = []    # slots whose prompt is not all in the cache, FIFO
         self._prefix_ids = tuple(prefix_ids)
         self._prefix = self._compute_prefix() if prefix_ids else None
         self._decoder = StaticDecoder(self._parts, self._cache, max_batch=max_batch,
@@ -87,28 +115,14 @@ class Engine(SlotEngine):
         with torch.inference_mode():
             embeds = embed_prompt(self._parts, ids, None, image_token_id=None,
                                   device=self.device)
-            prefill(self._parts, prefix, embeds, slot=0, start=0)
+            prefill(self._parts, prefix, embeds, [Chunk(slot=0, start=0, length=len(ids))])
         return prefix
 
     def _admit(self) -> list[tuple[int, str]]:
-        """Prefill queued requests into free slots, lowest slot first; sample their first
-        tokens together (one host sync)."""
-        admitted = self._take_queued()
-        if not admitted:
-            return []
-        last_logits, prefilled, prefix_hits = [], 0, 0
-        for slot, queued in admitted:
+        """Admit queued requests into free slots, run this step's prefill chunks, and sample
+        the first tokens of the requests whose prompt is now complete (one host sync)."""
+        for slot, queued in self._take_queued():
             request = queued.request
-            ids = request.prompt_ids
-            start = 0
-            if shares_prefix(ids, self._prefix_ids):
-                start, prefix_hits = len(self._prefix_ids), prefix_hits + 1
-                self._cache.copy_in(self._prefix, slot=slot, length=start)
-            embeds = embed_prompt(self._parts, ids[start:], request.visual,   # [T, hidden]
-                                  image_token_id=self._image_token_id, device=self.device)
-            last_logits.append(prefill(self._parts, self._cache, embeds, slot=slot,
-                                       start=start))
-            prefilled += len(ids) - start
             generator = None
             if request.temperature > 0:
                 generator = torch.Generator(device=self.device)
@@ -116,14 +130,97 @@ class Engine(SlotEngine):
                                       else random.getrandbits(63))
             tail = (TextTail(self._tokenizer, request.stop, include_stop=request.include_stop)
                     if self._tokenizer else None)
-            self._slots[slot] = Running(queued, len(ids), tail, generator)
-        self._count(prefill_tokens=prefilled, prefix_hits=prefix_hits)
-        return self._sample([slot for slot, _ in admitted], torch.stack(last_logits))
+            self._slots[slot] = Running(queued, 0, tail, generator)
+            self._prefilling.append(slot)
+        chunks, copies, embeds = self._plan()
+        if not chunks:
+            return []
+        groups = ([(chunks, copies, embeds)] if self._pack_prefill else
+                  [([c], [p for p in copies if p.slot == c.slot], [e])
+                   for c, e in zip(chunks, embeds)])
+        logits = torch.cat([prefill(self._parts, self._cache, torch.cat(e), c, copies=p)
+                            for c, p, e in groups])                 # [len(chunks), V]
+        done = [j for j, c in enumerate(chunks)
+                if c.start + c.length == len(self._slots[c.slot].queued.request.prompt_ids)]
+        self._count(prefill_tokens=sum(c.length for c in chunks), prefix_hits=len(copies),
+                    shared_prefix_tokens=sum(p.length for p in copies
+                                             if p.source is self._cache))
+        if not done:
+            return []
+        slots = [chunks[j].slot for j in done]
+        self._prefilling = [b for b in self._prefilling if b not in slots]
+        return self._sample(slots, logits[torch.tensor(done, device=self.device)])
+
+    def _plan(self) -> tuple[list[Chunk], list[PrefixCopy], list[torch.Tensor]]:
+        """This step's prefill: chunks of the prompts in ``_prefilling``, oldest first, within
+        the ``prefill_chunk`` budget; the prefixes copied into requests that start now; each
+        chunk's embeddings [length, hidden].  Advances each planned slot's ``length``."""
+        budget = self._prefill_chunk or math.inf
+        chunks: list[Chunk] = []
+        copies: list[PrefixCopy] = []
+        embeds: list[torch.Tensor] = []
+        for order, slot in enumerate(self._prefilling):
+            if budget <= 0:
+                break
+            running = self._slots[slot]
+            request = running.queued.request
+            start = running.length
+            if start == 0:                  # nothing in the slot yet: start from a prefix?
+                copy = self._prefix_copy(slot, donors=self._prefilling[:order])
+                if copy is not None:
+                    copies.append(copy)
+                    start = copy.length
+            length = int(min(len(request.prompt_ids) - start, budget))
+            chunks.append(Chunk(slot=slot, start=start, length=length))
+            embeds.append(self._embed(request, start, start + length))
+            running.length = start + length
+            budget -= length
+        return chunks, copies, embeds
+
+    def _prefix_copy(self, slot: int, *, donors: list[int]) -> PrefixCopy | None:
+        """The longest prefix the request in ``slot`` can copy instead of prefilling (the
+        static one on a tie): the static prefix, or the prompt prefix it shares with a
+        request carrying the same visual tokens that is decoding or is among ``donors``
+        (those ahead of it in ``_prefilling``); None: none.
+
+        A donor ahead has its whole prompt in the cache by the time this step's forward
+        copies from it: the budget goes to the requests in order, so it reaches this one
+        only after each one ahead got the rest of its prompt (a follower waits, taking no
+        budget, until its donor has prefilled past the shared part)."""
+        request = self._slots[slot].queued.request
+        ids = request.prompt_ids
+        candidates = []
+        if shares_prefix(ids, self._prefix_ids):
+            candidates.append(PrefixCopy(self._prefix, 0, slot, len(self._prefix_ids)))
+        for b, other in enumerate(self._slots):
+            if request.visual is None or other is None \
+                    or other.queued.request.visual is not request.visual \
+                    or not (other.tokens or b in donors):
+                continue
+            length = shared_length(ids, other.queued.request.prompt_ids,
+                                   image_token_id=self._image_token_id)
+            if length:
+                candidates.append(PrefixCopy(self._cache, b, slot, length))
+        return max(candidates, key=lambda c: c.length, default=None)
+
+    def _embed(self, request: GenerationRequest, start: int, end: int) -> torch.Tensor:
+        """Embeddings of prompt positions ``start..end-1``, with the visual rows of the
+        placeholders among them spliced in: [end - start, hidden]."""
+        ids, visual = request.prompt_ids, request.visual
+        if visual is not None:
+            first = ids[:start].count(self._image_token_id)
+            visual = visual[first:first + ids[start:end].count(self._image_token_id)]
+        return embed_prompt(self._parts, ids[start:end], visual,
+                            image_token_id=self._image_token_id, device=self.device)
+
+    def _closed(self) -> None:
+        self._prefilling = []
 
     def _decode(self, active: list[int]) -> list[tuple[int, str]]:
         """One token for every running slot through the static step (slots ``0..bucket-1``;
-        the ones not running are parked and ignored); greedy rows are chosen on the device,
-        and the host reads the chosen tokens once (to accept them)."""
+        the others — free, or still being prefilled — are parked and ignored); greedy rows
+        are chosen on the device, and the host reads the chosen tokens once (to accept
+        them)."""
         self._place(active)
         span = max(self._slots[b].length for b in active) + 1
         logits = self._decoder.step(rows=active[-1] + 1, span=span)     # [bucket, V]

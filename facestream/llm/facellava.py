@@ -14,6 +14,9 @@ Per call, over windows of any number of tracks and streams:
    landmarks / 256).
 2. **language** — one generation request per (window, task), every request of the call
    submitted together, so the engine batches faces of all streams in its running batch.
+   A window's tasks of one medium carry the same visual-token tensor and prompts that agree
+   up to the question, so the engine prefills that shared prefix (2,056 visual tokens for
+   video) once per window and copies it to the other tasks.
    Greedy by default (``temperature`` 0; the released script samples at 0.1 with
    ``top_p`` 1), ending at end-of-sequence or the Vicuna separator ``</s>``, at most
    ``max_new_tokens``.
@@ -137,11 +140,13 @@ class FaceLlavaAnswerer:
         tokens = {kind: self._encode(kind, windows) for kind in sorted(kinds)}
         requests = []
         for i, window in enumerate(windows):
+            # One tensor per medium and window: the window's tasks hand the engine the same
+            # visual tokens, so it computes their common prompt prefix once.
+            visual = {kind: tokens[kind][i] for kind in kinds}         # [N, hidden] each
             for task in self.tasks:
-                kind = task_media(task)
                 requests.append(GenerationRequest(
                     request_id=f"{window.stream_id}/{window.track_id}/{window.start_s:.3f}/{task}",
-                    prompt_ids=self._prompts[task], visual=tokens[kind][i],
+                    prompt_ids=self._prompts[task], visual=visual[task_media(task)],
                     max_new_tokens=self._max_new_tokens, stop=(STOP,),
                     temperature=self._temperature, top_p=self._top_p))
         results = self._engine.generate(requests)
@@ -264,6 +269,7 @@ def load_stage(settings) -> FaceLlavaAnswerer:
                          image_token_id=IMAGE_TOKEN_ID,
                          prefix_ids=FaceLlavaAnswerer.prefix_ids(model.tokenizer),
                          max_batch=settings.llm_max_batch, max_seq_len=settings.llm_max_seq_len,
+                         prefill_chunk=settings.llm_prefill_chunk,
                          queue_size=settings.llm_queue_size, timeout_s=settings.llm_timeout_s,
                          max_in_flight=settings.llm_max_in_flight,
                          cuda_graphs=settings.llm_cuda_graphs)

@@ -4,8 +4,9 @@ The cache holds one row ("slot") per running request: ``k`` and ``v`` are each
 ``[layers, slots, kv_heads, max_seq_len, head_dim]``, allocated once and overwritten in
 place.  A slot's valid length lives with the caller (the engine), never in the tensors.
 
-* :func:`prefill` runs the prompt of one request (optionally after a prefix already copied
-  into its slot) and returns the logits of its last position;
+* :func:`prefill` runs prompt chunks of several requests packed into one sequence (each
+  after its slot's past: positions already prefilled, or a prefix copied in layer by layer)
+  and returns the logits of each chunk's last position;
 * :func:`decode_step` runs one new token for each of the slots ``0..n-1`` at once, every
   slot at its own position, attending only to its own valid positions.  Its shapes depend
   only on ``n`` and the key span, and it never reads device values on the host, so a
@@ -20,6 +21,7 @@ greedy tokens match ``generate`` in fp32.  They must run under ``torch.inference
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -96,11 +98,37 @@ class SlotKVCache:
             return cls(k=torch.zeros(shape, device=device, dtype=dtype),
                        v=torch.zeros(shape, device=device, dtype=dtype))
 
-    def copy_in(self, source: SlotKVCache, *, slot: int, length: int) -> None:
-        """Copy the first ``length`` positions of ``source``'s slot 0 into ``slot``."""
-        # k[:, slot, :, :length]: [layers, kv_heads, length, head_dim]
-        self.k[:, slot, :, :length].copy_(source.k[:, 0, :, :length])
-        self.v[:, slot, :, :length].copy_(source.v[:, 0, :, :length])
+    def copy_in(self, copy: PrefixCopy, *, layer: int) -> None:
+        """Copy one layer of a prefix: the first ``copy.length`` positions of
+        ``copy.source``'s slot ``copy.source_slot`` (``source`` may be this cache) into slot
+        ``copy.slot``."""
+        # k[layer, slot, :, :length]: [kv_heads, length, head_dim]
+        self.k[layer, copy.slot, :, :copy.length].copy_(
+            copy.source.k[layer, copy.source_slot, :, :copy.length])
+        self.v[layer, copy.slot, :, :copy.length].copy_(
+            copy.source.v[layer, copy.source_slot, :, :copy.length])
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One request's share of a packed prefill: ``length`` prompt positions of ``slot``,
+    from ``start`` on."""
+
+    slot: int
+    start: int
+    length: int
+
+
+@dataclass(frozen=True)
+class PrefixCopy:
+    """A prompt prefix already computed elsewhere: positions ``0..length-1`` of ``source``'s
+    slot ``source_slot`` (the engine's static prefix cache, or another slot of the same
+    cache) go into ``slot`` instead of being prefilled."""
+
+    source: SlotKVCache
+    source_slot: int
+    slot: int
+    length: int
 
 
 def embed_prompt(parts: LlamaParts, ids: tuple[int, ...], visual: torch.Tensor | None, *,
@@ -119,29 +147,54 @@ def embed_prompt(parts: LlamaParts, ids: tuple[int, ...], visual: torch.Tensor |
     return embeds
 
 
-def prefill(parts: LlamaParts, cache: SlotKVCache, embeds: torch.Tensor, *, slot: int,
-            start: int) -> torch.Tensor:
-    """Run ``embeds`` (positions ``start..start+T-1``) through the stack for one slot,
-    writing its keys and values; positions ``< start`` must already hold the slot's past.
+def prefill(parts: LlamaParts, cache: SlotKVCache, embeds: torch.Tensor,
+            chunks: Sequence[Chunk], *, copies: Sequence[PrefixCopy] = ()) -> torch.Tensor:
+    """Run prompt chunks of several slots through the stack, packed into one sequence:
+    chunk ``j`` is the next ``chunks[j].length`` rows of ``embeds``, at positions
+    ``start..start+length-1`` of its slot, and its keys and values are written there.
+    Positions ``< start`` must hold the slot's past: prefilled before, or filled by
+    ``copies``, which are applied layer by layer just before that layer's attention, so a
+    prefix may come from a slot that this same call is computing.  Norms, projections and
+    the MLP run on all rows at once; attention runs chunk by chunk over its own slot.
 
-    embeds: [T, hidden] -> logits of the last position: [vocab]"""
-    n_tokens = embeds.shape[0]
-    end = start + n_tokens
-    positions = torch.arange(start, end, device=embeds.device)     # [T]
-    cos = parts.cos[positions][None, None]                          # [1, 1, T, D]
+    embeds: [N, hidden] (N = the chunks' lengths summed) -> logits of each chunk's last
+    position: [len(chunks), vocab]"""
+    device = embeds.device
+    positions = torch.tensor([p for c in chunks for p in range(c.start, c.start + c.length)],
+                             device=device)                         # [N]
+    cos = parts.cos[positions][None, None]                          # [1, 1, N, D]
     sin = parts.sin[positions][None, None]
-    keys = torch.arange(end, device=embeds.device)
-    # [1, 1, T, end] causal; with no past the kernels' own causal mode does the same, faster
-    mask = None if start == 0 else (keys[None, :] <= positions[:, None])[None, None]
-    x = embeds[None]                                                # [1, T, hidden]
+    rows, masks, offset = [], [], 0
+    for c in chunks:
+        rows.append(slice(offset, offset + c.length))
+        masks.append(_chunk_mask(c, device))
+        offset += c.length
+    x = embeds[None]                                                # [1, N, hidden]
     for i, layer in enumerate(parts.layers):
-        q, k, v = _project(parts, layer, x, cos=cos, sin=sin)       # k, v: [1, KV, T, D]
-        cache.k[i, slot, :, start:end] = k[0]
-        cache.v[i, slot, :, start:end] = v[0]
-        keys = cache.k[i, slot:slot + 1, :, :end]                   # [1, KV, end, D]
-        values = cache.v[i, slot:slot + 1, :, :end]
-        x = _attend_and_mlp(layer, x, q, keys, values, mask)
-    return parts.lm_head(parts.norm(x[:, -1]))[0]
+        q, k, v = _project(parts, layer, x, cos=cos, sin=sin)       # k, v: [1, KV, N, D]
+        for c, at in zip(chunks, rows):
+            cache.k[i, c.slot, :, c.start:c.start + c.length] = k[0, :, at]
+            cache.v[i, c.slot, :, c.start:c.start + c.length] = v[0, :, at]
+        for copy in copies:
+            cache.copy_in(copy, layer=i)
+        attended = torch.cat([                                      # [1, N, H * D]
+            _attend(q[:, :, at], cache.k[i, c.slot:c.slot + 1, :, :c.start + c.length],
+                    cache.v[i, c.slot:c.slot + 1, :, :c.start + c.length], mask)
+            for c, at, mask in zip(chunks, rows, masks)], dim=1)
+        x = _residual_and_mlp(layer, x, attended)
+    last = torch.tensor([at.stop - 1 for at in rows], device=device)
+    return parts.lm_head(parts.norm(x[0, last]))                    # [len(chunks), vocab]
+
+
+def _chunk_mask(chunk: Chunk, device: torch.device) -> torch.Tensor | None:
+    """[1, 1, T, start + T] causal mask of a chunk over its slot's past and itself; None
+    with no past (the kernels' own causal mode does the same, faster)."""
+    if chunk.start == 0:
+        return None
+    end = chunk.start + chunk.length
+    positions = torch.arange(chunk.start, end, device=device)      # [T]
+    keys = torch.arange(end, device=device)
+    return (keys[None, :] <= positions[:, None])[None, None]
 
 
 def decode_step(parts: LlamaParts, cache: SlotKVCache, tokens: torch.Tensor,
@@ -190,7 +243,13 @@ def _attend_and_mlp(layer: nn.Module, x: torch.Tensor, q: torch.Tensor, keys: to
                     values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """The rest of the layer.  x: [B, T, hidden]; q: [B, H, T, D]; keys, values:
     [B, KV, S, D]; mask: [B|1, 1, T, S] (:func:`_attend`'s) or None -> [B, T, hidden]"""
-    x = x + layer.self_attn.o_proj(_attend(q, keys, values, mask))
+    return _residual_and_mlp(layer, x, _attend(q, keys, values, mask))
+
+
+def _residual_and_mlp(layer: nn.Module, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+    """The layer after attention.  x: [B, T, hidden]; attended: [B, T, H * D]
+    -> [B, T, hidden]"""
+    x = x + layer.self_attn.o_proj(attended)
     return x + layer.mlp(layer.post_attention_layernorm(x))
 
 

@@ -134,17 +134,17 @@ class LLMServer:
     The socket is bound at construction (``port=0`` picks a free port; see ``url``);
     ``start`` runs the engine loop and the HTTP server on daemon threads, ``close`` stops
     both (blocking).  Each connection gets a thread; concurrent requests batch together in the
-    engine.  ``accept_embeds=False`` answers ``prompt_embeds`` with vLLM's refusal, as a vLLM
-    started without ``--enable-prompt-embeds`` does.  ``cuda_graphs``: the engine's (on CUDA
-    only)."""
+    engine (``prefill_chunk``: prompt positions prefilled per step, 0 = whole prompts;
+    ``cuda_graphs``: on CUDA only).  ``accept_embeds=False`` answers ``prompt_embeds`` with
+    vLLM's refusal, as a vLLM started without ``--enable-prompt-embeds`` does."""
 
     def __init__(self, model, tokenizer, *, max_batch: int, max_seq_len: int,
                  host: str = "127.0.0.1", port: int = 8000, model_name: str = "facestream",
                  accept_embeds: bool = True, queue_size: int = 256,
-                 cuda_graphs: bool = True) -> None:
+                 prefill_chunk: int = 512, cuda_graphs: bool = True) -> None:
         self.engine = Engine(model, tokenizer, max_batch=max_batch, max_seq_len=max_seq_len,
                              queue_size=queue_size, image_token_id=_PLACEHOLDER,
-                             cuda_graphs=cuda_graphs)
+                             prefill_chunk=prefill_chunk, cuda_graphs=cuda_graphs)
         self.tokenizer = tokenizer
         self.model_name = model_name
         self.max_seq_len = max_seq_len

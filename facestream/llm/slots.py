@@ -1,9 +1,10 @@
 """The model-independent half of a continuous-batching engine: slots, the loop, results.
 
 An engine owns ``max_batch`` slots, one running request each.  Every :meth:`SlotEngine.step`
-admits queued requests into free slots (the subclass prefills them and picks their first
-tokens), then runs one decode step for all the others (the subclass computes the logits and
-picks one token per slot); a request that finishes frees its slot at once.  What is refused,
+admits queued requests into free slots (the subclass prefills them, possibly over several
+steps, and picks their first tokens once their prompt is complete), then runs one decode
+step for all the others whose prompt is complete (the subclass computes the logits and picks
+one token per slot); a request that finishes frees its slot at once.  What is refused,
 queued, shed and admitted is :mod:`facestream.llm.admission`'s rule; how tokens become text
 with stop strings is :class:`facestream.llm.detokenize.TextTail`.
 
@@ -72,7 +73,7 @@ class SlotEngine(abc.ABC):
         self._wake = threading.Condition(self._lock)
         self._step_lock = threading.Lock()
         self._counts = {"shed": 0, "steps": 0, "tokens": 0, "prefill_tokens": 0,
-                        "prefix_hits": 0}
+                        "prefix_hits": 0, "shared_prefix_tokens": 0}
         self._thread: threading.Thread | None = None
         self._closing = False
 
@@ -118,7 +119,9 @@ class SlotEngine(abc.ABC):
     @property
     def stats(self) -> dict[str, int]:
         """Counters: queued, running, shed, steps, tokens (generated), prefill_tokens
-        (prompt positions computed, prefix copies excluded), prefix_hits.  Thread-safe."""
+        (prompt positions computed, prefix copies excluded), prefix_hits (requests that
+        started from a copied prefix: the static one or another request's),
+        shared_prefix_tokens (positions copied from another request's slot).  Thread-safe."""
         with self._lock:
             return {"queued": len(self._queue),
                     "running": sum(s is not None for s in self._slots), **self._counts}
@@ -126,9 +129,10 @@ class SlotEngine(abc.ABC):
     # ---- the loop ---------------------------------------------------------------------
 
     def step(self) -> list[GenerationResult]:
-        """Admit queued requests into free slots (prefilling them), then one decode step for
-        all running requests.  Returns the requests that finished (may be empty); their
-        futures are resolved too.  Blocking; calls from several threads are serialised."""
+        """Admit queued requests into free slots (prefilling them, or a chunk of them), then
+        one decode step for all running requests whose prompt is complete.  Returns the
+        requests that finished (may be empty); their futures are resolved too.  Blocking;
+        calls from several threads are serialised."""
         with self._step_lock:
             finished = self._advance()
             done = [self._release(slot, reason) for slot, reason in sorted(finished.items())]
@@ -184,9 +188,11 @@ class SlotEngine(abc.ABC):
     # ---- what a subclass fills in -----------------------------------------------------
 
     def _advance(self) -> dict[int, str]:
-        """Admit, then decode the slots that were already running: finished slot -> reason."""
+        """Admit (and prefill), then decode the slots whose prompt is complete: finished
+        slot -> reason.  A slot whose prompt is still partly prefilled has no tokens yet."""
         finished = dict(self._admit())
-        active = [b for b, s in enumerate(self._slots) if s is not None and b not in finished]
+        active = [b for b, s in enumerate(self._slots)
+                  if s is not None and s.tokens and b not in finished]
         if active:
             finished.update(self._decode(active))
         return finished
@@ -194,7 +200,8 @@ class SlotEngine(abc.ABC):
     @abc.abstractmethod
     def _admit(self) -> list[tuple[int, str]]:
         """Prefill requests taken with :meth:`_take_queued` into their slots, set
-        ``self._slots[slot]`` for each, choose their first tokens (:meth:`_accept`)."""
+        ``self._slots[slot]`` for each, choose their first tokens (:meth:`_accept`) once
+        their prompt is complete (it may take several steps)."""
 
     @abc.abstractmethod
     def _decode(self, active: list[int]) -> list[tuple[int, str]]:

@@ -11,8 +11,8 @@ from concurrent.futures import Future
 
 import pytest
 
-from facestream.llm.admission import (Queued, RequestQueue, check_admissible, shares_prefix,
-                                      shed_result)
+from facestream.llm.admission import (Queued, RequestQueue, check_admissible, shared_length,
+                                      shares_prefix, shed_result)
 from facestream.llm.requests import GenerationRequest, QueueFull, RequestError
 
 
@@ -82,3 +82,12 @@ def test_the_policy_imports_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "False"
+
+
+def test_a_prompt_shares_the_common_prefix_that_covers_its_image_placeholders():
+    img = -200
+    prompt = (1, 2, img, img, 3, 4, 5)
+    assert shared_length(prompt, (1, 2, img, img, 3, 9), image_token_id=img) == 5
+    assert shared_length(prompt, prompt + (8,), image_token_id=img) == 6    # last one computed
+    assert shared_length(prompt, (1, 2, img, 7), image_token_id=img) == 0   # a placeholder left
+    assert shared_length(prompt, (1, 2), image_token_id=img) == 0

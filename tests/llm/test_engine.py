@@ -8,6 +8,7 @@ with its CUDA graphs on and off)."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import sys
 import threading
@@ -16,6 +17,7 @@ import pytest
 import torch
 
 from facestream.config import Settings
+from facestream.errors import ConfigError
 from facestream.llm import decoder
 from facestream.llm.backends import make_engine
 from facestream.llm.decoder import StaticDecoder, batch_bucket, span_bucket
@@ -323,11 +325,16 @@ def bench(monkeypatch):
 
 def test_bench_shape_path_runs_on_cpu(bench):
     """bench_llm.py's 7B-shape path (random weights, visual placeholders, HF batched
-    baseline) with the tiny shape, so it is known to run before it reaches a GPU."""
+    baseline; one task per window, then three sharing each window's visual tokens) with the
+    tiny shape, so it is known to run before it reaches a GPU."""
     rows = bench.shape_bench(shape_name="tiny", device=torch.device("cpu"),
                              dtype=torch.float32, batches=(1, 3))
     assert [(r["batch"], r["run"]) for r in rows] == [(1, "engine"), (1, "hf"),
                                                       (3, "engine"), (3, "hf")]
+    assert all(r["tokens_per_s"] > 0 and r["greedy_agree"] == 1.0 for r in rows)
+    rows = bench.shape_bench(shape_name="tiny", device=torch.device("cpu"),
+                             dtype=torch.float32, batches=(2,), tasks=3)
+    assert [r["run"] for r in rows] == ["engine", "engine_unshared", "hf"]
     assert all(r["tokens_per_s"] > 0 and r["greedy_agree"] == 1.0 for r in rows)
 
 
@@ -370,30 +377,129 @@ def test_random_llama_greedy_equals_hf_generate(device, dtype):
     if device == "cuda" and not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
     model = random_llama(device=device, dtype=dtype)
+    requests, expected = random_requests(model)
+    engine = Engine(model, None, max_batch=3, max_seq_len=96, image_token_id=IMAGE)
+    got, _ = run_with_late_arrivals(engine, requests)
+    assert got == expected
+
+
+def random_requests(model, *, head: tuple[int, ...] = ()
+                    ) -> tuple[list[GenerationRequest], list[tuple[int, ...]]]:
+    """Five requests to a :func:`random_llama` (10 new tokens): ``head``, then random ids of
+    mixed lengths, the second prompt with 8 image placeholders after its first 4 ids; and HF
+    generate's tokens for each, one request at a time."""
+    device, dtype = model.device, model.dtype
     generator = torch.Generator().manual_seed(1)
     prompts = [tuple(torch.randint(3, 1000, (n,), generator=generator).tolist())
                for n in (5, 23, 61, 9, 40)]
     prompts[1] = prompts[1][:4] + (IMAGE,) * 8 + prompts[1][4:]
+    prompts = [head + ids for ids in prompts]
     visual = (torch.randn(8, 256, generator=generator) * 0.08).to(device=device, dtype=dtype)
-    embed = model.get_input_embeddings()
-    expected = []
-    for ids in prompts:
-        idx = torch.tensor(ids, device=device)
-        with torch.inference_mode():
-            embeds = embed(idx.masked_fill(idx == IMAGE, 0))
-            if IMAGE in ids:
-                embeds[idx == IMAGE] = visual
-        expected.append(hf_generate(model, embeds=embeds, new=10))
-    engine = Engine(model, None, max_batch=3, max_seq_len=96, image_token_id=IMAGE)
     requests = [GenerationRequest(f"t{i}", ids, visual=visual if IMAGE in ids else None,
                                   max_new_tokens=10) for i, ids in enumerate(prompts)]
+    return requests, [hf_generate(model, embeds=spliced(model, r), new=10) for r in requests]
+
+
+def spliced(model, request: GenerationRequest) -> torch.Tensor:
+    """The request's prompt embeddings with its visual tokens at the placeholders, as HF
+    ``generate`` gets them: [T, hidden]."""
+    idx = torch.tensor(request.prompt_ids, device=model.device)
+    with torch.inference_mode():
+        embeds = model.get_input_embeddings()(idx.masked_fill(idx == IMAGE, 0))
+        if request.visual is not None:
+            embeds[idx == IMAGE] = request.visual
+    return embeds
+
+
+def run_with_late_arrivals(engine: Engine, requests: list[GenerationRequest]
+                           ) -> tuple[list[tuple[int, ...]], list[tuple[int, int]]]:
+    """Submit the first two requests, step once, submit the rest, step until all are done:
+    the token ids of each, and per step how many prompt positions were prefilled and how
+    many tokens generated."""
     first = [engine.submit(r) for r in requests[:2]]
-    engine.step()
+    counts = [_step_counts(engine)]
     rest = [engine.submit(r) for r in requests[2:]]
     while not all(f.done() for f in first + rest):
-        engine.step()
-    got = [f.result().token_ids for f in first + rest]
+        counts.append(_step_counts(engine))
+    return [f.result().token_ids for f in first + rest], counts
+
+
+def _step_counts(engine: Engine) -> tuple[int, int]:
+    before = engine.stats
+    engine.step()
+    after = engine.stats
+    return (after["prefill_tokens"] - before["prefill_tokens"],
+            after["tokens"] - before["tokens"])
+
+
+@pytest.mark.parametrize("pack", [True, False], ids=["packed", "one-by-one"])
+@pytest.mark.parametrize("chunk", [1, 7, 64, 0])
+def test_chunked_prefill_equals_hf_generate(chunk, pack):
+    """Prompts prefilled at most ``chunk`` positions per step (0: whole prompts), packed into
+    one forward or one forward per request: greedy tokens equal HF generate's, one request at
+    a time, with the static prefix cache, late arrivals and chunk boundaries inside the
+    visual placeholders (chunk 1: between every two; chunk 7: the placeholders lie at
+    positions 10-17 and the first chunk after the 6-token prefix ends at 13).  No step
+    prefills more than the budget, and answers are decoded in steps that prefill others."""
+    model = random_llama(device="cpu", dtype=torch.float32)
+    head = (1, 17, 29, 31, 5, 6)
+    requests, expected = random_requests(model, head=head)
+    engine = Engine(model, None, max_batch=3, max_seq_len=96, image_token_id=IMAGE,
+                    prefix_ids=head, prefill_chunk=chunk, pack_prefill=pack)
+    got, counts = run_with_late_arrivals(engine, requests)
     assert got == expected
+    assert max(prefilled for prefilled, _ in counts) <= (chunk or 96)
+    assert any(prefilled and generated for prefilled, generated in counts)
+    stats = engine.stats
+    assert stats["prefix_hits"] == len(requests)
+    assert stats["prefill_tokens"] == sum(len(r.prompt_ids) - len(head) for r in requests)
+    if chunk == 1:
+        assert len(counts) > sum(len(r.prompt_ids) - len(head) for r in requests)
+
+
+@pytest.mark.parametrize("pack", [True, False], ids=["packed", "one-by-one"])
+@pytest.mark.parametrize("chunk", [0, 5])
+def test_a_windows_tasks_compute_their_shared_prefix_once(chunk, pack):
+    """Three tasks asked of each of two windows: prompts of 4 ids + 8 image placeholders +
+    a question of the task's own, the window's visual tokens one tensor.  The engine
+    prefills each window's 12-position shared prefix once and copies it into its other
+    tasks' slots: from a task already decoding (window 0's first task runs a step before the
+    others arrive), from one prefilled in the same forward (window 1), and — with 5
+    positions per step — only once the first task has prefilled past it.  The answers are
+    HF generate's, token for token, and the same as with a copy of the tensor per task
+    (nothing shared); the counters show the prefill saved."""
+    model = random_llama(device="cpu", dtype=torch.float32)
+    generator = torch.Generator().manual_seed(2)
+    head = (1, 40, 41, 42)
+    questions = [(50, 51, 52), (60, 61, 62, 63, 64, 65, 66, 67, 68), tuple(range(70, 84))]
+    visuals = [torch.randn(8, 256, generator=generator) * 0.08 for _ in range(2)]
+    requests = [GenerationRequest(f"w{w}-{q}", head + (IMAGE,) * 8 + question,
+                                  visual=visual, max_new_tokens=10)
+                for w, visual in enumerate(visuals) for q, question in enumerate(questions)]
+    expected = [hf_generate(model, embeds=spliced(model, r), new=10) for r in requests]
+    runs = {}
+    for share in (True, False):
+        engine = Engine(model, None, max_batch=6, max_seq_len=64, image_token_id=IMAGE,
+                        prefill_chunk=chunk, pack_prefill=pack)
+        mine = [r if share else dataclasses.replace(r, visual=r.visual.clone())
+                for r in requests]
+        first = engine.submit(mine[0])
+        engine.step()
+        rest = [engine.submit(r) for r in mine[1:]]
+        while not all(f.done() for f in [first, *rest]):
+            engine.step()
+        assert [f.result().token_ids for f in [first, *rest]] == expected, share
+        runs[share] = engine.stats
+    prompt_positions = sum(len(r.prompt_ids) for r in requests)
+    assert runs[False]["shared_prefix_tokens"] == runs[False]["prefix_hits"] == 0
+    assert runs[False]["prefill_tokens"] == prompt_positions
+    assert runs[True]["shared_prefix_tokens"] == 4 * 12 and runs[True]["prefix_hits"] == 4
+    assert runs[True]["prefill_tokens"] == prompt_positions - 4 * 12
+
+
+def test_a_negative_prefill_chunk_is_refused(tiny_model):
+    with pytest.raises(ConfigError, match="prefill_chunk=-1; need >= 0"):
+        Engine(tiny_model, None, max_batch=1, max_seq_len=16, prefill_chunk=-1)
 
 
 # ---- the static decode step: buckets, parking, CUDA graphs ------------------------------

@@ -303,17 +303,22 @@ def test_a_zero_video_window_gives_the_windows_own_frames(checkpoint, track_wind
 def test_remote_llm_tier_gives_the_same_answers(checkpoint, window):
     """With ``llm_endpoint`` set, the vision worker loads no LLM: it splices the visual tokens
     into prompt embeddings and sends them to an OpenAI-compatible server (here facestream's
-    own, serving the checkpoint's LLM); the answers equal the in-process engine's."""
+    own, serving the checkpoint's LLM); the answers equal the in-process engine's.  The two
+    video tasks hand the in-process engine one visual-token tensor, so it prefills the
+    window's prefix (system prompt, 8 x 257 placeholders) once and copies it into the second
+    task's slot; the server gets separate prompt embeddings and prefills both in full."""
     from facestream.llm.server import LLMServer
 
     base = {"profile": "facellava", "facellava_checkpoint": str(checkpoint),
             "facellava_tasks": "expression,deepfake", "facellava_max_new_tokens": NEW_TOKENS}
-    local = load_stage(Settings.load(base)).answer([(window, None)])
+    stage = load_stage(Settings.load(base))
+    local = stage.answer([(window, None)])
+    assert stage.stats["shared_prefix_tokens"] > 8 * 257
     model = load_facellava(checkpoint, dtype=torch.float32)
     with LLMServer(model.llm, model.tokenizer, max_batch=4, max_seq_len=2560, port=0) as server:
         remote_stage = load_stage(Settings.load({**base, "llm_endpoint": server.url}))
         remote = remote_stage.answer([(window, None)])
-        assert server.stats["tokens"] > 0
+        assert server.stats["tokens"] > 0 and server.stats["shared_prefix_tokens"] == 0
     assert remote[0].fields["answers"] == local[0].fields["answers"]
 
 
