@@ -52,14 +52,23 @@ prompts:
     captured), then ``--rounds`` rounds run each variant once, in turn; medians of ms per
     step and the ratio ``rebuilt`` / variant.
 
-Every row is printed as a table line and as a ``JSON {...}`` line; the shaped models' and
-``--decode-step``'s last line is ``RESULT {json}`` (shape, device, every row: what
+``--stall`` (a random-weight shape: ``7b`` on cuda, ``tiny`` on CPU): how long the running
+    answers stall while long prompts are admitted.  ``--stall-running`` (16) windows are
+    decoding when ``--stall-admitted`` (16) more arrive at once; every step gives each
+    running request a token, so the longest step until every new prompt has its first
+    token is the longest gap between two tokens of a running answer.  Per
+    ``prefill_chunk`` in ``--stall-chunks`` (0 = whole prompts, the baseline, and 512),
+    interleaved over ``--rounds`` after a warm-up of each.
+
+Every row is printed as a table line and as a ``JSON {...}`` line; the shaped models',
+``--decode-step``'s and ``--stall``'s last line is ``RESULT {json}`` (shape, device, every row: what
 bench/gpu_check.sh's summary reads).
 
     .venv/bin/python bench/bench_llm.py [--quick] [--long-prompts] [--threads N]   # CPU
     python bench/bench_llm.py --device cuda --model-shape 7b --quick
     python bench/bench_llm.py --decode-step --model-shape 135m --batches 1,8 --threads 1
     python bench/bench_llm.py --decode-step --device cuda --model-shape 7b
+    python bench/bench_llm.py --stall --device cuda --model-shape 7b
 """
 
 from __future__ import annotations
@@ -570,6 +579,93 @@ def decode_step_bench(*, shape_name: str, device: torch.device, dtype: torch.dty
     return rows
 
 
+# ---- running answers while long prompts are admitted -----------------------------------
+
+def stall_bench(*, shape_name: str, device: torch.device, dtype: torch.dtype,
+                running: int = 16, admitted: int = 16, chunks: tuple[int, ...] = (0, 512),
+                rounds: int = 2) -> list[dict]:
+    """How long the running answers stall while long prompts are admitted, per
+    ``prefill_chunk`` (0 = whole prompts, the baseline).  One engine of ``running +
+    admitted`` slots per run: ``running`` windows are prefilled and decoding, then
+    ``admitted`` more arrive at once.  Every step gives each running request one token, so
+    a step's wall time is the gap between two of its tokens: the stall is the longest step
+    from the arrival until every admitted prompt has its first token; the steady step is
+    the median of the steps before the arrival.  Runs interleaved over ``rounds`` after a
+    warm-up of each; medians reported."""
+    shape = SHAPES[shape_name]
+    cuda = device.type == "cuda"
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
+    model = random_llama(shape, device=device, dtype=dtype)
+    windows = make_windows(shape, running + admitted, device=device, dtype=dtype)
+    prompt = max(len(w.ids) for w in windows)
+    # the running answers outlast their own prefill and the admission at the smallest chunk
+    smallest = min((c for c in chunks if c > 0), default=prompt)
+    answer = (running + admitted) * (prompt // smallest + 1) + 16
+    max_seq_len = prompt + answer
+
+    def run(chunk: int) -> tuple[float, float, int]:
+        """(longest step during admission, median steady step) in ms, admission steps."""
+        engine = Engine(model, None, max_batch=running + admitted, max_seq_len=max_seq_len,
+                        image_token_id=IMAGE_TOKEN_ID, prefill_chunk=chunk)
+        first = [engine.submit(GenerationRequest(f"r{i}", w.ids, visual=w.visual,
+                                                 max_new_tokens=answer, ignore_eos=True))
+                 for i, w in enumerate(windows[:running])]
+        prompts = sum(len(w.ids) for w in windows[:running])
+        while engine.stats["prefill_tokens"] < prompts:       # every running prompt in
+            engine.step()
+        steady = []
+        for _ in range(3):                                     # decode-only steps
+            sync()
+            start = time.perf_counter()
+            engine.step()
+            sync()
+            steady.append(time.perf_counter() - start)
+        later = [engine.submit(GenerationRequest(f"a{i}", w.ids, visual=w.visual,
+                                                 max_new_tokens=1, ignore_eos=True))
+                 for i, w in enumerate(windows[running:])]
+        stalls = []
+        while not all(f.done() for f in later):
+            sync()
+            start = time.perf_counter()
+            engine.step()
+            sync()
+            stalls.append(time.perf_counter() - start)
+        assert not any(f.done() for f in first), "a running answer ended during admission"
+        engine.close()
+        return max(stalls) * 1000, statistics.median(steady) * 1000, len(stalls)
+
+    print(f"stall, LLaMA shape {shape_name} ({shape.layers} layers, hidden {shape.hidden}), "
+          f"random {str(dtype).removeprefix('torch.')} weights on {device}: {running} "
+          f"answers running, {admitted} prompts of ~{prompt} positions arrive at once",
+          flush=True)
+    for chunk in chunks:             # warm-up
+        run(chunk)
+    measured: dict[int, list[tuple[float, float, int]]] = {c: [] for c in chunks}
+    for _ in range(rounds):
+        for chunk in chunks:
+            measured[chunk].append(run(chunk))
+    print(f"{'prefill_chunk':>13} {'max stall ms':>13} {'steady step ms':>15} "
+          f"{'admission steps':>16}")
+    rows = []
+    for chunk, values in measured.items():
+        row = {"bench": "llm_stall", "shape": shape_name, "device": str(device),
+               "prefill_chunk": chunk, "running": running, "admitted": admitted,
+               "max_stall_ms": round(statistics.median(v[0] for v in values), 2),
+               "steady_step_ms": round(statistics.median(v[1] for v in values), 2),
+               "admission_steps": values[0][2],
+               "rounds": [round(v[0], 2) for v in values],
+               "load_average": round(os.getloadavg()[0], 2)}
+        rows.append(row)
+        print(f"{chunk or 'whole':>13} {row['max_stall_ms']:>13.1f} "
+              f"{row['steady_step_ms']:>15.1f} {row['admission_steps']:>16}", flush=True)
+        emit(row)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
@@ -594,6 +690,15 @@ def main() -> None:
     parser.add_argument("--decode-step", action="store_true",
                         help="time the engine's decode step alone, static path vs the "
                              "rebuilt-per-step one (and CUDA graphs on cuda)")
+    parser.add_argument("--stall", action="store_true",
+                        help="the running answers' longest stall while long prompts are "
+                             "admitted, per prefill_chunk (0 = whole prompts)")
+    parser.add_argument("--stall-running", type=int, default=16,
+                        help="--stall: answers running when the prompts arrive")
+    parser.add_argument("--stall-admitted", type=int, default=16,
+                        help="--stall: prompts arriving at once")
+    parser.add_argument("--stall-chunks", default="0,512",
+                        help="--stall: prefill_chunk values compared (0 = whole prompts)")
     parser.add_argument("--steps", type=int, default=20,
                         help="--decode-step: steps per timed run")
     parser.add_argument("--model-dir", type=Path, default=default_model_dir())
@@ -603,6 +708,20 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.stall:
+        if args.model_shape == "smollm2":
+            parser.error("--stall runs a random-weight shape: --model-shape tiny on cpu, 7b "
+                         "on cuda")
+        device = torch.device(args.device)
+        dtype = getattr(torch, args.dtype or ("float16" if device.type == "cuda"
+                                              else "float32"))
+        rows = stall_bench(shape_name=args.model_shape, device=device, dtype=dtype,
+                           running=args.stall_running, admitted=args.stall_admitted,
+                           chunks=tuple(int(c) for c in args.stall_chunks.split(",")),
+                           rounds=max(1, args.rounds))
+        print("RESULT " + json.dumps({"bench": "llm_stall", "shape": args.model_shape,
+                                      "device": args.device, "rows": rows}), flush=True)
+        return
     if args.decode_step:
         if args.model_shape == "smollm2":
             parser.error("--decode-step runs a random-weight shape: --model-shape 135m or "

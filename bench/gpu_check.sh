@@ -8,6 +8,8 @@
 #                   compiled / ONNX Runtime (where its CUDA provider is installed)
 #   vision-video    the same, 8-frame video windows, eager
 #   llm-7b          the engine's 7B-shaped benchmark at batch 64 with 64-token answers
+#   llm-stall       the running answers' longest stall while 16 long prompts are admitted,
+#                   whole prompts vs llm_prefill_chunk 512
 #   llm-decode      its decode step alone at batch 8 and 64: the step as it was rebuilt on
 #                   the host, the static step, and the static step replayed as CUDA graphs
 # then a summary table (bench/gpu_summary.py): one line per part, ok / fail / timeout and
@@ -32,13 +34,14 @@ mapfile -t gpu_tests < <(grep -rlF --include='*.py' 'pytest.mark.gpu' tests | so
 part gpu 10 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 part versions 20 python3 -c "import torch, transformers
 print('torch', torch.__version__, 'transformers', transformers.__version__)"
-part gpu-tests 130 python3 -m pytest -q -m gpu -p no:cacheprovider "${gpu_tests[@]}"
-part vision-image 100 python3 bench/bench_vision.py --device cuda --shape vitl --kind image \
+part gpu-tests 110 python3 -m pytest -q -m gpu -p no:cacheprovider "${gpu_tests[@]}"
+part vision-image 90 python3 bench/bench_vision.py --device cuda --shape vitl --kind image \
     --dtype fp16 --batches 1,4,16,64 --backends eager,compiled,onnxruntime --seconds 0.5
 part vision-video 40 python3 bench/bench_vision.py --device cuda --shape vitl --kind video \
     --dtype fp16 --batches 1,4,16 --backends eager --seconds 0.5
 part llm-7b 110 python3 bench/bench_llm.py --device cuda --model-shape 7b --batches 64 \
     --answer-tokens 64
+part llm-stall 30 python3 bench/bench_llm.py --stall --device cuda --model-shape 7b --rounds 1
 part llm-decode 60 python3 bench/bench_llm.py --decode-step --device cuda --model-shape 7b \
     --batches 8,64 --steps 10 --rounds 2
 echo "== summary"

@@ -64,11 +64,20 @@ def figures(text: str) -> str:
             return "no rows"
         return f"{found['shape']} shape, decode step at batch {batch}: " + ", ".join(
             f"{r['variant']} {r['ms_per_step']} ms" for r in found["rows"] if r["batch"] == batch)
+    if found is not None and found.get("bench") == "llm_stall":        # bench_llm.py
+        if not found["rows"]:
+            return "no rows"
+        return f"{found['shape']} shape, longest stall of a running answer: " + ", ".join(
+            f"{_chunk(r['prefill_chunk'])} {r['max_stall_ms']} ms" for r in found["rows"])
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     tests = [line for line in lines if PYTEST_SUMMARY.search(line)]
     if tests:
         return tests[-1].strip("= ")
     return lines[-1] if lines else "no output"
+
+
+def _chunk(prefill_chunk: int) -> str:
+    return "whole prompts" if prefill_chunk == 0 else f"chunk {prefill_chunk}"
 
 
 def windows_per_s(texts: list[str]) -> float | None:

@@ -38,7 +38,7 @@ def summarise(out, parts: list[tuple[str, int, str]]) -> list[str]:
 def test_the_script_parses_and_its_limits_sum_under_8_minutes():
     subprocess.run(["bash", "-n", str(SCRIPT)], check=True)
     limits = [int(n) for n in re.findall(r"^part \S+ (\d+) ", SCRIPT.read_text(), re.M)]
-    assert len(limits) == 7 and sum(limits) < 480, limits
+    assert len(limits) == 8 and sum(limits) < 480, limits
 
 
 @pytest.mark.slow
@@ -52,6 +52,10 @@ def test_the_summary_reads_the_benchmarks_outputs(tmp_path):
     decode = run("bench/bench_llm.py", "--decode-step", "--device", "cpu", "--model-shape",
                  "tiny", "--batches", "2", "--steps", "2", "--rounds", "1")
     assert decode.returncode == 0, decode.stderr
+    stall = run("bench/bench_llm.py", "--stall", "--device", "cpu", "--model-shape", "tiny",
+                "--stall-running", "2", "--stall-admitted", "2", "--stall-chunks", "0,16",
+                "--rounds", "1")
+    assert stall.returncode == 0, stall.stderr
     # The engine's batch-64 windows/s as its JSON row says it (not the RESULT line).
     [engine] = [row for row in (json.loads(line[5:]) for line in llm.stdout.splitlines()
                                 if line.startswith("JSON "))
@@ -63,6 +67,7 @@ def test_the_summary_reads_the_benchmarks_outputs(tmp_path):
         ("vision-image", 124, vision.stdout.split("RESULT")[0]),   # cut off by its limit
         ("vision-video", 0, vision.stdout),
         ("llm-7b", 0, llm.stdout),
+        ("llm-stall", 0, stall.stdout),
         ("llm-decode", 0, decode.stdout),
     ])
     rows = {line.split()[0]: line for line in lines[1:]}
@@ -77,6 +82,11 @@ def test_the_summary_reads_the_benchmarks_outputs(tmp_path):
     steps = {row["variant"]: row["ms_per_step"] for row in
              (json.loads(line[5:]) for line in decode.stdout.splitlines()
               if line.startswith("JSON ")) if row.get("batch") == 2}
+    stalls = [json.loads(line[5:]) for line in stall.stdout.splitlines()
+              if line.startswith("JSON ")]
+    assert [row["prefill_chunk"] for row in stalls] == [0, 16]
+    assert (f"longest stall of a running answer: whole prompts {stalls[0]['max_stall_ms']} ms, "
+            f"chunk 16 {stalls[1]['max_stall_ms']} ms" in rows["llm-stall"])
     assert set(steps) == {"static", "rebuilt"}
     assert ("decode step at batch 2: " + ", ".join(f"{v} {ms} ms" for v, ms in steps.items())
             in rows["llm-decode"])
