@@ -19,13 +19,15 @@ time 0 for the whole stream), ``fs-pts`` (first pts of the chunk), ``fs-size`` (
 from the camera supervisor the stream's registered analysis rate and profile, ``fs-fps``
 (0.1..120) and ``fs-profile`` (workers of other profiles refuse the chunk), and
 ``fs-capture``, the wall clock (unix seconds) at which the source produced the chunk's first
-frame, where the publisher knows it (live sources, paced files).  Each is bounded
+frame, where the publisher knows it (live sources: the source's own clock where it reports
+one, see :func:`source_capture`, else the ingest time; paced files).  Each is bounded
 where it is parsed (the bounds below; docs/RELIABILITY.md).  A chunk larger than the
 broker's message limit is split into parts that :class:`PartAssembler` puts back together.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import struct
 from dataclasses import dataclass, replace
@@ -34,6 +36,8 @@ from typing import Callable, Iterable, Iterator
 
 from facestream.errors import bounded
 from facestream.ingest.sources import is_stream_id
+
+log = logging.getLogger(__name__)
 
 FORMAT = "fs-packets-1"
 NO_TS = -(2 ** 63)
@@ -53,6 +57,9 @@ MAX_SIDE = 16384                      # frame width and height, pixels
 MAX_EXTRADATA = 1 << 20               # bytes
 MAX_HEADER = 1024                     # bytes of any other header value
 MIN_FPS, MAX_FPS = 0.1, 120.0         # fs-fps, as the registry allows
+# A source's own wall clock further than this from the ingest clock is not believed (a
+# camera whose clock is not set): its chunks are stamped with the ingest time instead.
+MAX_SOURCE_SKEW_S = 10.0
 CODECS = frozenset({"h264", "hevc", "av1", "vp8", "vp9", "mpeg4", "mpeg2video", "mpeg1video",
                     "h263", "mjpeg", "theora"})
 
@@ -410,6 +417,22 @@ class PartAssembler:
                                     f"given up: {reason}"))
 
 
+def source_capture(container, pts: int | None, time_base: Fraction) -> float | None:
+    """The wall clock (unix s) at which the source says it produced the frame at ``pts``, or
+    None where the container reports no wall clock (yet).
+
+    FFmpeg's ``start_time_realtime`` is the wall clock of pts 0, in microseconds.  RTSP sets
+    it when the first RTCP sender report arrives (it may be some packets into the stream):
+    the report's NTP time, less the media time from pts 0 to the RTP timestamp the report
+    pairs with it; later pts follow that mapping, so pts 0 stays where it was put.  (A
+    server whose PLAY reply has a Range start other than 0 shifts pts by it, unseen here.)
+    """
+    realtime = container.start_time_realtime
+    if realtime is None or pts is None:
+        return None
+    return float(Fraction(realtime, 1_000_000) + pts * time_base)
+
+
 def gop_chunks(container, *, stream_id: str, min_chunk_s: float = 1.0,
                max_chunk_s: float | None = None,
                clock: Callable[[], float] | None = None) -> Iterator[Chunk]:
@@ -418,24 +441,50 @@ def gop_chunks(container, *, stream_id: str, min_chunk_s: float = 1.0,
     With ``max_chunk_s`` (live sources), a chunk also leaves once it holds ``max_chunk_s``
     of media without reaching a keyframe: ``unfinished``, and the next one ``continued``.
     A continued chunk ends at the next keyframe, so every GOP start is a chunk start.
-    With ``clock`` (a live source: ``time.time``), each chunk's ``capture`` is the clock when
-    its first packet came out of the demuxer.  Packets before the first keyframe are dropped
-    (no decoder could use them).  Blocking: reads the container as it goes.
+    With ``clock`` (a live source: ``time.time``), each chunk's ``capture`` is the source's
+    own wall clock at its first pts (:func:`source_capture`) where the container reports one
+    within MAX_SOURCE_SKEW_S of the clock, else the clock when its first packet came out of
+    the demuxer; each change of which it is gets a log line.  Packets before the first
+    keyframe are dropped (no decoder could use them).  Blocking: reads the container as it
+    goes.
     """
     stream = container.streams.video[0]
     ctx = stream.codec_context
     time_base = stream.time_base
     origin = stream.start_time
     extradata = bytes(ctx.extradata or b"")
-    seq, current, continued, captured = 0, [], False, None
+    seq, current, continued, captured, stamped_by = 0, [], False, None, None
+
+    def capture(pts: int | None) -> float | None:
+        """The chunk's capture time, from the source's clock or the ingest time."""
+        nonlocal stamped_by
+        if captured is None:
+            return None
+        own = source_capture(container, pts, time_base)
+        skew = None if own is None else own - captured
+        by = "ingest" if skew is None else "source" if abs(skew) <= MAX_SOURCE_SKEW_S else "skewed"
+        if by != stamped_by:
+            stamped_by = by
+            if by == "source":
+                log.debug("stream %s: capture times from the source's own clock (RTSP: RTCP "
+                          "sender reports), %+.3f s from the ingest clock", stream_id, skew)
+            elif by == "skewed":
+                log.warning("stream %s: the source's clock is %+.1f s from this machine's "
+                            "(more than %g s): capture times are ingest times; set the "
+                            "camera's clock (NTP)", stream_id, skew, MAX_SOURCE_SKEW_S)
+            else:
+                log.debug("stream %s: capture times are ingest times (the source reports no "
+                          "wall clock yet)", stream_id)
+        return own if by == "source" else captured
 
     def make(packets: list[Packet], *, unfinished: bool) -> Chunk:
         nonlocal origin
-        first = next((p.pts for p in packets if p.pts is not None), packets[0].dts or 0)
+        pts = next((p.pts for p in packets if p.pts is not None), None)
+        first = pts if pts is not None else packets[0].dts or 0
         origin = first if origin is None else origin
         return Chunk(stream_id, seq, ctx.name, extradata, time_base, origin, first,
                      ctx.width, ctx.height, pack(packets), continued=continued,
-                     unfinished=unfinished, capture=captured)
+                     unfinished=unfinished, capture=capture(pts))
 
     try:
         for av_packet in container.demux(stream):
@@ -446,7 +495,10 @@ def gop_chunks(container, *, stream_id: str, min_chunk_s: float = 1.0,
             if not current and not packet.keyframe and not continued:
                 continue
             if current:
-                span = ((packet.dts or 0) - (current[0].dts or 0)) * time_base
+                # (from the first dts known: RTSP's first packet may have none)
+                start = next((p.dts for p in current if p.dts is not None), None)
+                span = (0 if start is None or packet.dts is None
+                        else (packet.dts - start) * time_base)
                 cut = packet.keyframe and (continued or span >= min_chunk_s)
                 if cut or (max_chunk_s is not None and not packet.keyframe
                            and span >= max_chunk_s):
