@@ -38,9 +38,12 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     norm = (s * s).sum()
     a = (s * d).sum() / norm
     b = (s[:, 0] * d[:, 1] - s[:, 1] * d[:, 0]).sum() / norm
+    mx, my = src_mean
     matrix = np.empty((2, 3))
     matrix[:, :2] = ((a, -b), (b, a))
-    matrix[:, 2] = dst_mean - matrix[:, :2] @ src_mean
+    # the translation by scalar products, not ``@``: a matrix product may fuse the
+    # multiply-adds (BLAS kernels do on some CPUs), which changes the last bit by machine
+    matrix[:, 2] = dst_mean - (a * mx - b * my, b * mx + a * my)
     return matrix
 
 
