@@ -28,6 +28,11 @@ from facestream.errors import AssetError, ConfigError, InputError
 TENSORRT_HINT = ("tensorrt not installed: pip install 'facestream[tensorrt]' (needs NVIDIA's "
                  "index) or use encoder_backend=onnxruntime")
 ONNX_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+# Whether ONNX Runtime's pool threads busy-wait for the next operator after a run.  They do by
+# default, which on a worker's few cores takes CPU from MediaPipe and the decoder between the
+# encoder's batches (docs/PERFORMANCE.md, "Worker CPU per analysed frame"); the outputs are the
+# same either way.  bench/profile_worker.py sets it for its before side.
+ONNX_SPINNING = False
 
 
 class Backend(Protocol):
@@ -89,7 +94,8 @@ def _batch_of(inputs: Mapping[str, np.ndarray], names: Sequence[str]) -> int:
 
 
 class OnnxBackend:
-    """ONNX Runtime session on ``path``; providers CUDA then CPU, as installed."""
+    """ONNX Runtime session on ``path``; providers CUDA then CPU, as installed.  Its pool
+    threads sleep between runs instead of spinning (:data:`ONNX_SPINNING`)."""
 
     name = "onnxruntime"
 
@@ -101,6 +107,9 @@ class OnnxBackend:
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
+        spinning = "1" if ONNX_SPINNING else "0"
+        options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
+        options.add_session_config_entry("session.inter_op.allow_spinning", spinning)
         options.log_severity_level = 3
         available = ort.get_available_providers()
         chosen = [p for p in providers if p in available]

@@ -67,6 +67,26 @@ def _landmark_points(landmarks) -> np.ndarray:
     return np.array([(p.x, p.y, p.z) for p in landmarks.landmark], np.float32).reshape(-1, 3)
 
 
+def graph_output(solution, image: np.ndarray, output: str):
+    """``solution.process(image).<output>`` for a MediaPipe 0.10.21 solution whose one input
+    stream is an image (FaceDetection, FaceMesh): the same packet, timestamp and graph calls,
+    so the same result, without what ``process`` adds on every call: a namedtuple class made
+    with ``collections.namedtuple`` (compiled with ``eval``, ~0.5 ms: ~4% of a worker's CPU,
+    docs/PERFORMANCE.md) and the content of every other output stream."""
+    (stream, kind), = solution._input_stream_type_info.items()
+    if image.shape[2] != 3:
+        raise ValueError("Input image must contain three channel rgb data.")
+    solution._graph_outputs.clear()
+    solution._simulated_timestamp += 33333          # process's simulated 30 fps clock
+    solution._graph.add_packet_to_input_stream(
+        stream=stream, packet=solution._make_packet(kind, image).at(solution._simulated_timestamp))
+    solution._graph.wait_until_idle()
+    packet = solution._graph_outputs.get(output)
+    if packet is None:
+        return None
+    return solution._get_packet_content(solution._output_stream_type_info[output], packet)
+
+
 def mesh_crop(box: list[float], width: int, height: int) -> tuple[int, int, int, int]:
     """The face mesh's crop (x1, y1, x2, y2) for a detector box: a square CROP_SCALE box
     sides wide around the box's centre, clipped to the frame.
@@ -213,11 +233,11 @@ class FaceAnalyzer:
         face stage reads them one by one, which on NumPy rows and scalars cost more than
         the rest of this method."""
         height, width = image.shape[:2]
-        result = self._detector.process(image)
-        if not result.detections:
-            result = self._close_detector.process(image)
+        detections = graph_output(self._detector, image, "detections")
+        if not detections:
+            detections = graph_output(self._close_detector, image, "detections")
         boxes, scores = [], []
-        for det in result.detections or ():
+        for det in detections or ():
             rel = det.location_data.relative_bounding_box
             x1, y1 = rel.xmin * width, rel.ymin * height
             x2, y2 = x1 + rel.width * width, y1 + rel.height * height
@@ -241,10 +261,10 @@ class FaceAnalyzer:
         if x2 - x1 < 8 or y2 - y1 < 8:
             return None
         crop = np.ascontiguousarray(image[y1:y2, x1:x2])
-        result = self._mesh.process(crop)
-        if not result.multi_face_landmarks:
+        faces = graph_output(self._mesh, crop, "multi_face_landmarks")
+        if not faces:
             return None
-        points = _landmark_points(result.multi_face_landmarks[0])
+        points = _landmark_points(faces[0])
         if len(points) > MESH_POINTS:           # iris points (refined meshes): not kept
             points = points[:MESH_POINTS]
         cw, ch = x2 - x1, y2 - y1

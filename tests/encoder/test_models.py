@@ -83,6 +83,16 @@ def test_torch_backend_gives_the_same_events(settings, sample, tmp_path):
         assert results["torch"][label] == pytest.approx(score, abs=1e-3)
 
 
+def test_the_workers_onnx_sessions_sleep_between_runs(models):
+    """ONNX Runtime's pool threads must not busy-wait after a run: on a worker's two cores
+    that spin took the CPU MediaPipe and the decoder needed (docs/PERFORMANCE.md)."""
+    encoder = models.analyzer.encoder
+    for net in (encoder._expression, encoder._age, encoder._gender):
+        options = net._session.get_session_options()
+        for pool in ("intra_op", "inter_op"):
+            assert options.get_session_config_entry(f"session.{pool}.allow_spinning") == "0"
+
+
 def test_corrupt_model_file_is_reported_with_the_fix(tmp_path):
     bad = tmp_path / "emotion_model.hdf5"
     bad.write_bytes(b"not an hdf5 file")

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from facestream.vision import faces
 from facestream.vision.faces import CROP_SCALE, FaceAnalyzer, mesh_crop
 from facestream.vision.float32 import f32
 
@@ -57,16 +58,16 @@ def _detection(xmin, ymin, width, height, score):
 
 
 class _Detector:
+    """A detector graph's stand-in: what ``graph_output`` returns for it is ``detections``."""
+
     def __init__(self, detections):
         self.detections = detections
 
-    def process(self, image):
-        return SimpleNamespace(detections=self.detections)
-
 
 @pytest.mark.parametrize("max_faces", [16, 3, 0])
-def test_detections_are_ordered_widest_first_and_stably(max_faces):
+def test_detections_are_ordered_widest_first_and_stably(max_faces, monkeypatch):
     """The Python sort of the detector's boxes is the float32 arrays' stable argsort."""
+    monkeypatch.setattr(faces, "graph_output", lambda solution, image, output: solution.detections)
     rng = np.random.default_rng(3)
     widths = rng.choice([0.05, 0.1, 0.1, 0.2, 0.02], 12)          # ties, and too small
     found = [_detection(float(x), float(y), float(w), float(w) * 1.2, float(s))

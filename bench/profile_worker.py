@@ -1,0 +1,248 @@
+"""Where a worker's CPU goes per analysed frame, stage by stage, without Kafka or Redis.
+
+The input is what ``bench_latency.py``'s cameras send: the sample clip WolfgangLanger_Pexels.mp4
+re-encoded as a live camera (libx264, no B-frames, ``tune=zerolatency``, a keyframe every
+``--gop`` seconds; the same cached recording), its first ``--seconds``, cut by the publisher's
+``gop_chunks`` into live chunks (``chunk_max_s=0.5``: unfinished and continued chunks), once per
+stream for ``--streams`` streams, each stream on a partition of its own so that every round
+takes a chunk of each.  One :class:`~facestream.workers.worker.Worker` (``FACESTREAM_FPS=5``,
+no description, ``worker_threads=1`` so every stage runs on the profiled thread) consumes
+them in one poll from the tests' in-memory consumer, and its events go to an in-memory sink
+that serialises each one as the Redis sink does (``json.dumps``).
+
+Profiled with cProfile on the process's CPU clock (``time.process_time``: every thread of the
+process, ONNX Runtime's and FFmpeg's included, charged to the Python function running on the
+worker's thread), so the machine's load matters less than on a wall clock.  Printed: per
+stage, CPU seconds, % of the run's CPU and CPU ms per analysed frame; then the ``--top``
+functions by own time.
+
+``--ab spinning|graph``: a same-run A/B of one change, before against after (as the code
+is now).  ``spinning``: ONNX Runtime's pool threads, before = its default (the threads of the
+encoder's three sessions busy-wait after each run), after = not
+(``facestream.encoder.backends.ONNX_SPINNING`` off); a set of models loaded per side.
+``graph``: the face stage's MediaPipe calls, before = the solutions' own ``process``, after =
+``facestream.vision.faces.graph_output``.  ``--rounds`` interleaved rounds of both sides
+over the same chunks, unprofiled, after one untimed warm-up round; per run the CPU seconds
+of the process (``process_time``) and wall seconds, then per side the medians, the
+after/before ratios (median, min-max over the rounds' ratios) and the 1-minute load
+average.  The events of both sides must be the same (else it exits saying so).
+
+    .venv/bin/python bench/profile_worker.py [--streams 8] [--seconds 12] [--gop 2] [--top 25]
+                                             [--spinning] [--worker-threads 1]
+                                             [--ab spinning|graph] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("GLOG_minloglevel", "2")
+
+import argparse  # noqa: E402
+import cProfile  # noqa: E402
+import json  # noqa: E402
+import pstats  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Callable  # noqa: E402
+
+import av  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from facestream import assets  # noqa: E402
+from facestream.config import Settings  # noqa: E402
+from facestream.encoder import backends  # noqa: E402
+from facestream.ingest.chunks import gop_chunks  # noqa: E402
+from facestream.vision import faces  # noqa: E402
+from facestream.workers.compose import Models  # noqa: E402
+
+from bench_distributed import CLIP, FPS  # noqa: E402
+from bench_latency import record  # noqa: E402
+from tests.helpers import MemorySink, comparable, one_poll_worker  # noqa: E402
+
+CHUNK_MAX_S = 0.5
+
+# Stages: (name, [(path suffix, function name)]) whose cumulative CPU is the stage's.  The
+# functions of one stage never call each other, nor those of another stage (but "decode"
+# holds "to RGB", and "face stage" its three parts: printed indented).
+STAGES = (
+    ("decode (all of ChunkDecoder.decode)", [("vision/decode.py", "decode")]),
+    ("  of which to RGB (picked frames)",
+     [("~", "<method 'to_ndarray' of 'av.video.frame.VideoFrame' objects>")]),
+    ("face stage (FaceAnalyzer)", [("vision/faces.py", "__call__")]),
+    ("  detector", [("vision/faces.py", "_detect")]),
+    ("  face mesh per face", [("vision/faces.py", "_mesh_in_box")]),
+    ("  chips (crops.py)", [("vision/crops.py", "make_chips")]),
+    ("tracking + windows (StreamState)", [("workers/pipeline.py", "observe"),
+                                          ("workers/pipeline.py", "advance"),
+                                          ("workers/pipeline.py", "finish")]),
+    ("encoder batch (WindowAnalyzer.analyze)", [("workers/pipeline.py", "analyze")]),
+    ("  of which events.face_analysis", [("facestream/events.py", "face_analysis")]),
+    ("sink (json.dumps per event)", [("bench/profile_worker.py", "write")]),
+)
+
+
+class SerialisingSink(MemorySink):
+    """The tests' in-memory sink, serialising every event as the Redis sink does."""
+
+    def write(self, batch: list[dict], status: dict | None = None) -> int:
+        for event in batch:
+            json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+        return super().write(batch, status)
+
+
+def live_chunks(path: str, streams: int) -> list:
+    """The recording's chunks as a live publisher cuts them, for each of ``streams``
+    streams, interleaved chunk by chunk."""
+    per_stream = []
+    for i in range(streams):
+        with av.open(path) as container:
+            per_stream.append(list(gop_chunks(container, stream_id=f"cam{i}",
+                                              max_chunk_s=CHUNK_MAX_S)))
+    return [chunk for row in zip(*per_stream) for chunk in row]
+
+
+def run_worker(chunks: list, models, settings: dict, profiler: cProfile.Profile | None = None):
+    """(worker report, events, CPU s, wall s) of one worker over ``chunks``."""
+    cpu, wall = time.process_time(), time.perf_counter()
+    if profiler is not None:
+        profiler.enable()
+    try:
+        report, events, *_ = one_poll_worker(chunks, models, sink=SerialisingSink(),
+                                             partition_per_stream=True, **settings)
+    finally:
+        if profiler is not None:
+            profiler.disable()
+    return report, events, time.process_time() - cpu, time.perf_counter() - wall
+
+
+def stage_rows(stats: pstats.Stats, total_s: float, frames: int) -> list[tuple[str, float]]:
+    rows = []
+    for name, functions in STAGES:
+        seconds = sum(ct for (path, _, func), (_, _, _, ct, _) in stats.stats.items()
+                      for suffix, wanted in functions
+                      if func == wanted and path.endswith(suffix))
+        rows.append((name, seconds))
+    staged = sum(s for name, s in rows if not name.startswith(" "))
+    rows.append(("rest (worker rounds, metrics, checkpoints, ...)", total_s - staged))
+    print(f"{'stage':<48} {'CPU s':>7} {'% CPU':>6} {'ms/frame':>9}")
+    for name, seconds in rows:
+        print(f"{name:<48} {seconds:>7.2f} {100 * seconds / total_s:>5.1f}% "
+              f"{1000 * seconds / frames:>9.2f}")
+    print(f"{'total':<48} {total_s:>7.2f} {100.0:>5.1f}% {1000 * total_s / frames:>9.2f}")
+    return rows
+
+
+def profile(chunks: list, models, settings: dict, top: int) -> dict:
+    run_worker(chunks[: len(chunks) // 4], models, settings)         # warm-up, unprofiled
+    profiler = cProfile.Profile(time.process_time)
+    report, events, cpu_s, wall_s = run_worker(chunks, models, settings, profiler)
+    stats = pstats.Stats(profiler)
+    frames = report.frames
+    print(f"{report.chunks} chunks, {frames} analysed frames, {len(events)} events; "
+          f"{cpu_s:.2f} CPU s, {wall_s:.2f} wall s (profiled), load {os.getloadavg()[0]:.2f}")
+    rows = stage_rows(stats, stats.total_tt, frames)
+    stats.sort_stats("tottime").print_stats(top)
+    return {"frames": frames, "cpu_s": round(stats.total_tt, 3),
+            "stages": {name.strip(): round(s, 3) for name, s in rows}}
+
+
+def spinning_sides() -> dict[str, Callable[[], Models]]:
+    """--ab spinning: models whose ONNX sessions spin (before) and do not (after)."""
+    loaded = {}
+    for side, spinning in (("before", True), ("after", False)):
+        backends.ONNX_SPINNING = spinning
+        loaded[side] = Models.load(Settings.load({"describe": False}))
+    backends.ONNX_SPINNING = False
+    return {side: (lambda models=models: models) for side, models in loaded.items()}
+
+
+def graph_sides() -> dict[str, Callable[[], Models]]:
+    """--ab graph: the face stage calling MediaPipe's ``process`` (before) and
+    ``graph_output`` (after), on the same models."""
+    models = Models.load(Settings.load({"describe": False}))
+    ours = faces.graph_output
+
+    def side(call: Callable) -> Callable[[], Models]:
+        def prepare() -> Models:
+            faces.graph_output = call
+            return models
+        return prepare
+
+    return {"before": side(lambda solution, image, output: getattr(solution.process(image),
+                                                                   output)),
+            "after": side(ours)}
+
+
+SIDES = {"spinning": spinning_sides, "graph": graph_sides}
+
+
+def ab(chunks: list, sides: dict[str, Callable[[], Models]], settings: dict,
+       rounds: int) -> dict:
+    """Interleaved rounds of both sides; each side's callable sets it up and gives its models."""
+    cpu: dict[str, list[float]] = {side: [] for side in sides}
+    wall: dict[str, list[float]] = {side: [] for side in sides}
+    seen: dict[str, list] = {}
+    for round_ in range(rounds + 1):
+        for side, prepare in sides.items():
+            _, events, cpu_s, wall_s = run_worker(chunks, prepare(), settings)
+            seen.setdefault(side, [comparable(e) for e in events])
+            if round_:                              # round 0: warm-up
+                cpu[side].append(cpu_s)
+                wall[side].append(wall_s)
+                print(f"round {round_} {side:>6}: {cpu_s:6.2f} CPU s {wall_s:6.2f} wall s "
+                      f"{len(events)} events, load {os.getloadavg()[0]:.2f}", flush=True)
+    if seen["before"] != seen["after"]:
+        raise SystemExit("the two sides wrote different events")
+    out = {}
+    for name, values in (("cpu_s", cpu), ("wall_s", wall)):
+        ratios = [a / b for a, b in zip(values["after"], values["before"])]
+        before, after = statistics.median(values["before"]), statistics.median(values["after"])
+        out[name] = {"before": round(before, 3), "after": round(after, 3),
+                     "ratio": round(after / before, 3),
+                     "ratio_range": [round(min(ratios), 3), round(max(ratios), 3)]}
+        print(f"{name}: before {before:.2f} after {after:.2f} after/before {after / before:.3f} "
+              f"({min(ratios):.3f}-{max(ratios):.3f}); events identical")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--streams", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=12.0)
+    parser.add_argument("--gop", type=float, default=2.0, help="camera GOP, seconds")
+    parser.add_argument("--top", type=int, default=25, help="functions listed by own time")
+    parser.add_argument("--ab", choices=sorted(SIDES), help="A/B of one change (see above)")
+    parser.add_argument("--rounds", type=int, default=3, help="--ab rounds")
+    parser.add_argument("--spinning", action="store_true",
+                        help="profile with ONNX Runtime's threads spinning (the before side)")
+    parser.add_argument("--worker-threads", type=int, default=1,
+                        help="face-stage threads; only 1 is profiled whole (--ab: any, 0 = "
+                             "the worker's default)")
+    args = parser.parse_args()
+    base = Settings.load()
+    recording = record(assets.sample(base.cache_dir, CLIP), args.gop, args.seconds)
+    chunks = live_chunks(recording.path, args.streams)
+    settings = {"fps": FPS, "worker_threads": args.worker_threads}
+    result = {"streams": args.streams, "seconds": args.seconds, "gop_s": args.gop,
+              "worker_threads": args.worker_threads}
+    if args.ab:
+        graph_output = faces.graph_output
+        try:
+            result["ab"] = {"change": args.ab,
+                            **ab(chunks, SIDES[args.ab](), settings, args.rounds)}
+        finally:
+            faces.graph_output = graph_output
+    else:
+        backends.ONNX_SPINNING = args.spinning
+        models = Models.load(Settings.load({"describe": False}))
+        result["profile"] = profile(chunks, models, settings, args.top)
+    result["load"] = os.getloadavg()[0]
+    print("RESULT " + json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
