@@ -708,13 +708,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype or ("float16" if device.type == "cuda" else "float32"))
+    if (args.stall or args.decode_step) and args.model_shape == "smollm2":
+        parser.error("--stall and --decode-step run a random-weight shape: --model-shape "
+                     "tiny or 135m on cpu, 7b on cuda")
     if args.stall:
-        if args.model_shape == "smollm2":
-            parser.error("--stall runs a random-weight shape: --model-shape tiny on cpu, 7b "
-                         "on cuda")
-        device = torch.device(args.device)
-        dtype = getattr(torch, args.dtype or ("float16" if device.type == "cuda"
-                                              else "float32"))
         rows = stall_bench(shape_name=args.model_shape, device=device, dtype=dtype,
                            running=args.stall_running, admitted=args.stall_admitted,
                            chunks=tuple(int(c) for c in args.stall_chunks.split(",")),
@@ -723,12 +722,6 @@ def main() -> None:
                                       "device": args.device, "rows": rows}), flush=True)
         return
     if args.decode_step:
-        if args.model_shape == "smollm2":
-            parser.error("--decode-step runs a random-weight shape: --model-shape 135m or "
-                         "tiny on cpu, 7b on cuda")
-        device = torch.device(args.device)
-        dtype = getattr(torch, args.dtype or ("float16" if device.type == "cuda"
-                                              else "float32"))
         default = (1, 8, 64) if device.type == "cuda" else (1, 4, 8)
         batches = tuple(int(b) for b in args.batches.split(",")) if args.batches else default
         rows = decode_step_bench(shape_name=args.model_shape, device=device, dtype=dtype,
@@ -747,8 +740,6 @@ def main() -> None:
                       batches=batches, load=args.load, arrivals=16 if args.quick else 32,
                       rounds=max(1, args.rounds), long_prompts=args.long_prompts)
         return
-    device = torch.device(args.device)
-    dtype = getattr(torch, args.dtype or ("float16" if device.type == "cuda" else "float32"))
     default = (1, 4, 16, 64) if args.quick else (1, 2, 4, 8, 16, 32, 64)
     batches = tuple(int(b) for b in args.batches.split(",")) if args.batches else default
     rows = shape_bench(shape_name=args.model_shape, device=device, dtype=dtype,
