@@ -25,7 +25,12 @@ is in), after = ``chunk_max_s=0.5`` (the default: every 0.5 s of video, as ``fs-
 and ``fs-continued`` chunks).  ``--baseline previous`` makes before the worker as it was
 before windows closed at the end of a chunk's last frame and rounds were bounded: 0.5 s
 chunks, the media clock at the last frame's time (``ChunkDecoder._tick`` swapped for the
-measurement) and ``round_max_s=0``, so the ratio is that of those two changes.  One ``Worker`` (``--no-describe``, ``FACESTREAM_FPS=5``,
+measurement) and ``round_max_s=0``, so the ratio is that of those two changes.
+``--baseline descriptions`` compares the worker with descriptions on (after: SmolLM2 writing
+a sentence for the windows the scheduler picks, following their events) against the same
+worker without (before), both with 0.5 s chunks: whether the structured events keep their
+latency while sentences are written beside them.  One ``Worker`` (``--no-describe`` unless
+that baseline's after side, ``FACESTREAM_FPS=5``,
 ``worker_threads`` default, metrics endpoint off) runs in a thread of this process with its
 models loaded once and consumes a topic of the measurement's own (6 partitions), with its
 own consumer group and Redis keys, created before and deleted after.
@@ -104,7 +109,7 @@ from bench_distributed import (CLIP, FPS, PARTITIONS, forget,  # noqa: E402
 from services import Endpoints, fresh_topic, services  # noqa: E402
 
 SIDES = {"before": 0.0, "after": 0.5}          # side -> chunk_max_s
-BASELINES = ("gop", "previous")                 # --baseline: what before is
+BASELINES = ("gop", "previous", "descriptions")                 # --baseline: what before is
 GOPS = (1.0, 2.0, 4.0)
 STREAMS = (1, 4, 8)
 SECONDS = 12.0
@@ -305,6 +310,8 @@ def side_settings(side: str, baseline: str) -> dict:
     chunks with unbounded rounds, and the previous close rule, see :func:`close_rule`)."""
     if side == "before" and baseline == "previous":
         return {"chunk_max_s": SIDES["after"], "round_max_s": 0.0}
+    if baseline == "descriptions":
+        return {"chunk_max_s": SIDES["after"], "describe": side == "after"}
     return {"chunk_max_s": SIDES[side]}
 
 
@@ -415,7 +422,8 @@ def targets(runs: list[Run], streams: list[int]) -> list[Target]:
     return out
 
 
-def print_report(runs: list[Run], gops: list[float], streams: list[int]) -> None:
+def print_report(runs: list[Run], gops: list[float], streams: list[int], *,
+                 described: bool = False) -> None:
     print(f"{'GOP s':>5}  {'streams':>7}  {'side':>6}  {'events':>6}  {'p50 s':>16}  "
           f"{'p95 s':>16}  {'max s':>16}  {'dropped':>7}  {'end_s off':>9}  "
           f"{'CPU s':>16}  {'cam late ms':>11}  {'clock s':>7}  {'load':>13}")
@@ -441,7 +449,9 @@ def print_report(runs: list[Run], gops: list[float], streams: list[int]) -> None
                                  [r.percentile(q) for r in before]) for q in (50, 95)]
             cpu = ratio_text([r.cpu_s for r in after], [r.cpu_s for r in before])
             print(f"{'':>24}after/before: p50 {ratios[0]}, p95 {ratios[1]}, CPU s {cpu}")
-    print("targets (issue 17; 2-core worker, 5 fps, descriptions off):")
+    print("targets (issue 17; 2-core worker, 5 fps; descriptions off, and with them the "
+          "structured events keep the figures):" if described else
+          "targets (issue 17; 2-core worker, 5 fps, descriptions off):")
     for target in targets(runs, streams):
         print(f"  {target.text()}")
 
@@ -504,7 +514,8 @@ def main() -> None:
     parser.add_argument("--baseline", choices=BASELINES, default="gop",
                         help="before = whole GOPs (gop, the default), or 0.5 s chunks as the "
                              "worker handled them before windows closed at a frame's end and "
-                             "rounds were bounded (previous)")
+                             "rounds were bounded (previous), or the same worker without "
+                             "descriptions, after = with them (descriptions)")
     args = parser.parse_args()
     preset = QUICK if args.quick else {"streams": list(STREAMS), "gops": list(GOPS), "rounds": 2}
     streams = args.streams or preset["streams"]
@@ -534,12 +545,16 @@ def main() -> None:
     with services(start=args.start_services) as endpoints, \
             ProcessPoolExecutor(1, mp_context=spawn) as pool:
         models = Models.load(base)
+        # --baseline descriptions: the after side's worker has the describer loaded too
+        described = (Models.load(replace(base, describe=True))
+                     if args.baseline == "descriptions" else models)
 
         discarded: list[Run] = []
 
         def once(gop_s: float, count: int, side: str) -> Run:
-            result = measure(endpoints, models, pool, recordings[gop_s], streams=count,
-                             side=side, baseline=args.baseline)
+            result = measure(endpoints, described if side == "after" else models, pool,
+                             recordings[gop_s], streams=count, side=side,
+                             baseline=args.baseline)
             print(f"  GOP {gop_s:g} s, {count} streams, {side}: {len(result.latencies)} "
                   f"events, p50 {result.percentile(50):.2f} s, p95 {result.percentile(95):.2f}"
                   f" s, dropped {result.dropped}, load {result.load:.2f}", flush=True)
@@ -569,14 +584,16 @@ def main() -> None:
           f"Redis {endpoints.redis_url}; {os.cpu_count()} cores, load average (1/5/15 min) "
           f"before {'/'.join(f'{x:.2f}' for x in load_before)}, after "
           f"{'/'.join(f'{x:.2f}' for x in load_after)}; {time.monotonic() - started:.0f} s")
-    before = (f"chunk_max_s {SIDES['after']:g}, windows closed at the last frame's time, "
-              "round_max_s 0 (the previous worker)" if args.baseline == "previous"
-              else f"chunk_max_s {SIDES['before']:g} (whole GOPs)")
-    print(f"before = {before}, after = chunk_max_s {SIDES['after']:g}, round_max_s "
+    before = {"previous": f"chunk_max_s {SIDES['after']:g}, windows closed at the last "
+                          "frame's time, round_max_s 0 (the previous worker)",
+              "descriptions": f"chunk_max_s {SIDES['after']:g}, no descriptions",
+              "gop": f"chunk_max_s {SIDES['before']:g} (whole GOPs)"}[args.baseline]
+    after = "with descriptions (follow), " if args.baseline == "descriptions" else ""
+    print(f"before = {before}, after = {after}chunk_max_s {SIDES['after']:g}, round_max_s "
           f"{base.round_max_s:g}; warm-up run of each side, then {rounds} interleaved rounds: "
           "median (min-max); ratio = median / median of before (min-max of the per-round "
           "ratios); latency = Redis entry time - camera time of the window's last frame")
-    print_report(runs, gops, streams)
+    print_report(runs, gops, streams, described=args.baseline == "descriptions")
     print(f"measurements discarded and taken again because the wall clock moved more than "
           f"{CLOCK_STEP_LIMIT_S:g} s during them: {len(discarded)}")
     print("RESULT " + json.dumps({
