@@ -101,11 +101,14 @@ RSS_LIMIT_MB = 800e6 / 2**20    # "under 800 MB": 762.9 MiB
 FACE_TARGET = 0.9               # face stage / bare MediaPipe
 # "describe": descriptions follow their windows' events (the default); "inline": each
 # fresh window's event waits for its description.
-MODES = ("nodescribe", "describe", "inline")
+# "nodrafts": follow, the describer without speculative decoding (llm_draft_tokens 0).
+MODES = ("nodescribe", "describe", "nodrafts", "inline")
 MODE_LABELS = {"nodescribe": "no descriptions", "describe": "descriptions (follow)",
+               "nodrafts": "descriptions (follow, no drafts)",
                "inline": "descriptions (inline)"}
 # x real time: (including the model load, preloaded)
-MODE_TARGETS = {"nodescribe": (4.0, None), "describe": (2.0, 3.0), "inline": (None, None)}
+MODE_TARGETS = {"nodescribe": (4.0, None), "describe": (2.0, 3.0), "nodrafts": (None, None),
+                "inline": (None, None)}
 DESCRIPTION_P95_MS = 1000.0
 ALL_CORES = False               # --all-cores: nothing pinned
 
@@ -374,7 +377,8 @@ def child_analyze(mode: str) -> dict[str, float]:
     """Load the models, analyse the clip twice (cold, then warm); figures for one
     configuration in a fresh process (latencies: of the warm run)."""
     settings = Settings.load({"threads": 1, "describe": mode != "nodescribe",
-                              "description_mode": "inline" if mode == "inline" else "follow"})
+                              "description_mode": "inline" if mode == "inline" else "follow",
+                              **({"llm_draft_tokens": 0} if mode == "nodrafts" else {})})
     spec = clip_spec(settings)
     rss_start = rss_mb("VmRSS")
     clock = Clock()
@@ -383,6 +387,9 @@ def child_analyze(mode: str) -> dict[str, float]:
     rss_loaded = rss_mb("VmRSS")
     runs = []
     for _ in range(2):
+        # The second run sees the first run's windows again: drafts from their answers
+        # would be right to the last token, which a worker's next windows are not.
+        getattr(models.analyzer.language, "forget_drafts", lambda: None)()
         llm_before = models.analyzer.llm_calls
         with tempfile.TemporaryDirectory(prefix="facestream-bench-") as out_dir:
             clock = Clock()
@@ -513,6 +520,16 @@ def build_rows(decode: dict[str, list[Timing]], faces: dict[str, list[Timing]],
         rows.append(compared(f"(c) analyze preloaded, descriptions vs none (x real time, "
                              f"per {per})", [r[key] for r in analyses["describe"]],
                              [r[key] for r in analyses["nodescribe"]], None, digits=2))
+    for clock, per in CLOCKS:
+        key = f"x_realtime_preloaded_{clock}"
+        rows.append(compared(f"(c) analyze preloaded, descriptions with drafts vs without "
+                             f"(x real time, per {per})", [r[key] for r in analyses["describe"]],
+                             [r[key] for r in analyses["nodrafts"]], None, digits=2))
+    for q in ("p50", "p95"):
+        key = "description_latency_" + q + "_ms"
+        rows.append(compared(f"(e) description latency {q}, with drafts vs without (ms)",
+                             [r[key] for r in analyses["describe"]],
+                             [r[key] for r in analyses["nodrafts"]], None, digits=0))
     for q in ("p50", "p95"):
         key = f"fresh_event_latency_{q}_ms"
         rows.append(compared(f"(e) event latency {q} of windows picked for a description, "

@@ -406,6 +406,10 @@ class Settings:
     llm_queue_size: int = field(default=256, metadata=_doc(
         "Requests waiting for a slot; when full, the oldest non-urgent one is shed and "
         "counted.", ge=1, le=100_000))
+    llm_draft_tokens: int = field(default=6, metadata=_doc(
+        "Speculative decoding on llama.cpp (the compact profile's describer): up to this "
+        "many tokens per step drafted from the engine's recent answers and checked in the "
+        "same pass; greedy answers only (0 = off).", ge=0, le=32))
     llm_cuda_graphs: bool = field(default=True, metadata=_doc(
         "On CUDA, replay the LLM engine's decode step from CUDA graphs, one captured per "
         "batch and key-span bucket on its first use; false runs every step eagerly.  No "

@@ -22,7 +22,8 @@ def make_engine(*, endpoint: str, max_batch: int, max_seq_len: int, model=None,
                 embedding: torch.Tensor | None = None,
                 image_token_id: int | None = None, prefix_ids: tuple[int, ...] = (),
                 prefill_chunk: int = 512, queue_size: int = 256, timeout_s: float = 120.0,
-                max_in_flight: int = 8, cuda_graphs: bool = True) -> GenerationBackend:
+                max_in_flight: int = 8, cuda_graphs: bool = True,
+                draft_tokens: int = 0) -> GenerationBackend:
     """The LLM behind a language stage.
 
     ``endpoint`` set (``llm_endpoint``): a :class:`~facestream.llm.remote.RemoteEngine` for
@@ -34,7 +35,8 @@ def make_engine(*, endpoint: str, max_batch: int, max_seq_len: int, model=None,
     shared prefix ``prefix_ids``, at most ``prefill_chunk`` prompt positions prefilled per
     step (0: whole prompts) and ``cuda_graphs`` (CUDA only); or, given ``gguf`` (a GGUF file)
     instead of ``model``, the in-process :class:`~facestream.llm.llamacpp.LlamaCppEngine` on
-    that file with ``threads`` (text prompts only; no torch).  Not started; blocking (the
+    that file with ``threads`` and ``draft_tokens`` (speculative tokens per step, drafted from
+    its recent answers; 0: none) (text prompts only; no torch).  Not started; blocking (the
     engine allocates its cache and
     computes the prefix)."""
     if endpoint:
@@ -46,7 +48,8 @@ def make_engine(*, endpoint: str, max_batch: int, max_seq_len: int, model=None,
         from facestream.llm.llamacpp import LlamaCppEngine
 
         return LlamaCppEngine(gguf, max_batch=max_batch, max_seq_len=max_seq_len,
-                              queue_size=queue_size, threads=threads, prefix_ids=prefix_ids)
+                              queue_size=queue_size, threads=threads, prefix_ids=prefix_ids,
+                              draft_tokens=draft_tokens)
     from facestream.llm.engine import Engine
 
     return Engine(model, tokenizer, max_batch=max_batch, max_seq_len=max_seq_len,

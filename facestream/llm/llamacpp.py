@@ -28,9 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from facestream.errors import AssetError
+from facestream.errors import AssetError, ConfigError
 from facestream.llm.admission import shares_prefix
 from facestream.llm.detokenize import TextTail
+from facestream.llm.drafts import AnswerDrafts
 from facestream.llm.slots import Running, SlotEngine, check_sizes
 
 _INIT = threading.Lock()
@@ -113,7 +114,7 @@ class LlamaCppEngine(SlotEngine):
 
     def __init__(self, gguf_path: Path, *, max_batch: int = 8, max_seq_len: int = 512,
                  queue_size: int = 256, threads: int = 0,
-                 prefix_ids: tuple[int, ...] = ()) -> None:
+                 prefix_ids: tuple[int, ...] = (), draft_tokens: int = 0) -> None:
         check_sizes(max_batch=max_batch, max_seq_len=max_seq_len, queue_size=queue_size)
         lib, model = _load_model(gguf_path, vocab_only=False)
         self._lib, self._model = lib, model
@@ -125,6 +126,11 @@ class LlamaCppEngine(SlotEngine):
                          vocab=n_vocab, hidden=None, image_token_id=None, has_tokenizer=True,
                          eos=eos)
         self._n_vocab = n_vocab
+        if draft_tokens < 0:
+            raise ConfigError(f"LLM engine: draft_tokens={draft_tokens}; need >= 0")
+        self._draft_tokens = draft_tokens
+        self._drafts = AnswerDrafts(min_match=2) if draft_tokens else None
+        self._counts.update(drafted=0, draft_accepted=0)
         self._prefix_ids = tuple(prefix_ids)
         if len(self._prefix_ids) >= max_seq_len:
             raise AssetError(f"LLM engine: prefix_ids ({len(prefix_ids)} tokens) must be "
@@ -146,30 +152,33 @@ class LlamaCppEngine(SlotEngine):
         self._memory = lib.llama_get_memory(self._ctx)
         self._batch = lib.llama_batch_init(cells, 0, 1)
         if self._prefix_ids:
-            self._run([(self._prefix_seq, self._prefix_ids, 0)])
+            self._run([(self._prefix_seq, self._prefix_ids, 0, 1)])
 
     # ---- the model --------------------------------------------------------------------
 
-    def _run(self, pieces: list[tuple[int, tuple[int, ...] | list[int], int]]) -> np.ndarray:
-        """One ``llama_decode`` over ``pieces`` of (sequence, tokens, first position); the
-        logits after each piece's last token: [len(pieces), vocab]."""
+    def _run(self, pieces: list[tuple[int, tuple[int, ...] | list[int], int, int]]
+             ) -> np.ndarray:
+        """One ``llama_decode`` over ``pieces`` of (sequence, tokens, first position, n): the
+        logits after each of a piece's last ``n`` tokens, pieces one after another:
+        [sum of n, vocab]."""
         batch, n = self._batch, 0
-        ends = []
-        for seq, tokens, start in pieces:
+        rows = []
+        for seq, tokens, start, wanted in pieces:
             for offset, token in enumerate(tokens):
                 batch.token[n] = token
                 batch.pos[n] = start + offset
                 batch.n_seq_id[n] = 1
                 batch.seq_id[n][0] = seq
-                batch.logits[n] = offset == len(tokens) - 1
+                batch.logits[n] = offset >= len(tokens) - wanted
+                if batch.logits[n]:
+                    rows.append(n)
                 n += 1
-            ends.append(n - 1)
         batch.n_tokens = n
         status = self._lib.llama_decode(self._ctx, batch)
         if status != 0:
             raise RuntimeError(f"llama.cpp decode failed (status {status}) on {n} tokens")
-        out = np.empty((len(ends), self._n_vocab), np.float32)
-        for row, index in enumerate(ends):
+        out = np.empty((len(rows), self._n_vocab), np.float32)
+        for row, index in enumerate(rows):
             pointer = self._lib.llama_get_logits_ith(self._ctx, index)
             out[row] = np.ctypeslib.as_array(pointer, shape=(self._n_vocab,))
         return out
@@ -191,7 +200,7 @@ class LlamaCppEngine(SlotEngine):
             tail = TextTail(self.tokenizer, request.stop, include_stop=request.include_stop)
             self._slots[slot] = Running(queued, len(ids), tail, rng)
         self._count(prefill_tokens=prefilled, prefix_hits=prefix_hits)
-        return self._choose([slot for slot, _ in admitted], self._run(pieces))
+        return self._step(pieces)
 
     def _decode(self, active: list[int]) -> list[tuple[int, str]]:
         pieces = []
@@ -199,7 +208,49 @@ class LlamaCppEngine(SlotEngine):
             running = self._slots[b]
             pieces.append((b, (running.tokens[-1],), running.length))
             running.length += 1
-        return self._choose(active, self._run(pieces))
+        return self._step(pieces)
+
+    def _step(self, pieces: list[tuple[int, tuple[int, ...] | list[int], int]]
+              ) -> list[tuple[int, str]]:
+        """One pass over (slot, tokens, first position) pieces whose tokens end in the
+        slot's last chosen (or prompt) token, the slot's ``length`` already counting them;
+        then each slot's next token.  With ``draft_tokens``, a greedy slot's piece also
+        carries the tokens :class:`~facestream.llm.drafts.AnswerDrafts` proposes after it:
+        the slot keeps its greedy tokens up to and including the first that differs from the
+        draft, and its cache loses the positions after them."""
+        drafts = []
+        for i, (b, tokens, start) in enumerate(pieces):
+            running = self._slots[b]
+            request = running.queued.request
+            room = min(self._draft_tokens, request.max_new_tokens - len(running.tokens) - 1,
+                       self._max_seq_len - running.length - 1)
+            draft = (self._drafts.propose(request.prompt_ids, running.tokens, room)
+                     if self._drafts is not None and request.temperature == 0 else [])
+            pieces[i] = (b, (*tokens, *draft), start, len(draft) + 1)
+            drafts.append(draft)
+        logits = self._run(pieces)
+        finished, row, drafted, kept = [], 0, 0, 0
+        for (b, *_), draft in zip(pieces, drafts):
+            rows = logits[row:row + len(draft) + 1]
+            row += len(draft) + 1
+            if not draft:
+                finished += self._choose([b], rows)
+                continue
+            chosen = rows.argmax(axis=1)
+            agree = 0
+            while agree < len(draft) and draft[agree] == chosen[agree]:
+                agree += 1
+            drafted, kept = drafted + len(draft), kept + agree
+            running = self._slots[b]
+            running.length += agree                 # the draft tokens the model agreed with
+            self._lib.llama_memory_seq_rm(self._memory, b, running.length, -1)
+            for token in chosen[:agree + 1]:
+                done = self._accept([b], [int(token)])
+                if done:
+                    finished += done
+                    break
+        self._count(drafted=drafted, draft_accepted=kept)
+        return finished
 
     def _choose(self, slots: list[int], logits: np.ndarray) -> list[tuple[int, str]]:
         """Greedy (temperature 0) or sampled with the request's seeded generator."""
@@ -219,6 +270,18 @@ class LlamaCppEngine(SlotEngine):
             else:
                 chosen.append(int(logits[row].argmax()))
         return self._accept(slots, chosen)
+
+    def forget_drafts(self) -> None:
+        """Drop the recent answers drafts are taken from.  Call between steps (the loop
+        thread's, or with no loop running)."""
+        if self._drafts is not None:
+            self._drafts = AnswerDrafts(min_match=2)
+
+    def _release(self, slot: int, reason: str):
+        running = self._slots[slot]
+        if self._drafts is not None and running.queued.request.temperature == 0:
+            self._drafts.observe(running.queued.request.prompt_ids, running.tokens)
+        return super()._release(slot, reason)
 
     def _freed(self, slot: int) -> None:
         self._lib.llama_memory_seq_rm(self._memory, slot, -1, -1)

@@ -86,7 +86,7 @@ class SmolDescriber:
     def __init__(self, model: Path, *, runtime: str = "llamacpp", max_new_tokens: int = 40,
                  threads: int = 0, device: str = "cpu", max_batch: int = 8,
                  max_seq_len: int = 512, endpoint: str = "", timeout_s: float = 120.0,
-                 max_in_flight: int = 8) -> None:
+                 max_in_flight: int = 8, draft_tokens: int = 0) -> None:
         if runtime not in self.RUNTIMES:
             raise ConfigError(f"description runtime {runtime!r}: expected one of "
                               f"{', '.join(self.RUNTIMES)}")
@@ -100,7 +100,8 @@ class SmolDescriber:
 
             self._encode = GgufTokenizer.from_file(model).encode
             self._engine = make_engine(gguf=None if endpoint else Path(model), threads=threads,
-                                       prefix_ids=self._prefix_ids(), **common)
+                                       prefix_ids=self._prefix_ids(),
+                                       draft_tokens=draft_tokens, **common)
             return
         tokenizer, hf_model = _load_hf(model, endpoint=endpoint, threads=threads,
                                        device=device)
@@ -123,6 +124,13 @@ class SmolDescriber:
     def stats(self) -> dict[str, int]:
         """The engine's counters (queued, running, shed, tokens, ...).  Thread-safe."""
         return self._engine.stats
+
+    def forget_drafts(self) -> None:
+        """Start speculative decoding's drafts afresh, as a new process would (llama.cpp
+        in this process only; otherwise nothing)."""
+        forget = getattr(self._engine, "forget_drafts", None)
+        if forget is not None:
+            forget()
 
     def describe(self, facts: list[str]) -> list[str]:
         """One description per facts string, in order.  May return "" for a request whose

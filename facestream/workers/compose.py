@@ -51,7 +51,8 @@ class Models:
                                      threads=settings.threads, max_batch=settings.llm_max_batch,
                                      endpoint=settings.llm_endpoint,
                                      timeout_s=settings.llm_timeout_s,
-                                     max_in_flight=settings.llm_max_in_flight)
+                                     max_in_flight=settings.llm_max_in_flight,
+                                     draft_tokens=settings.llm_draft_tokens)
         faces = FaceAnalyzer.from_settings(settings)
         scheduler = ChangeScheduler(Thresholds.from_settings(settings))
         # Face-LLaVA's answers set the event's fields: its windows wait for them.

@@ -124,6 +124,16 @@ class LanguageCollector(Collector):
                                 "their turn at the LLM server", value=engine.get("queued", 0))
         yield GaugeMetricFamily("facestream_llm_running",
                                 "LLM requests being generated", value=engine.get("running", 0))
+        yield CounterMetricFamily("facestream_llm_generated_tokens",
+                                  "Tokens the in-process LLM engine generated",
+                                  value=engine.get("tokens", 0))
+        yield CounterMetricFamily("facestream_llm_draft_tokens",
+                                  "Speculative tokens the in-process llama.cpp engine drafted "
+                                  "from its recent answers (llm_draft_tokens)",
+                                  value=engine.get("drafted", 0))
+        yield CounterMetricFamily("facestream_llm_draft_accepted_tokens",
+                                  "Drafted tokens the model agreed with (each saved one pass "
+                                  "over the weights)", value=engine.get("draft_accepted", 0))
 
 
 def serve(metrics: WorkerMetrics, port: int, *, host: str = "0.0.0.0") -> ThreadingHTTPServer:

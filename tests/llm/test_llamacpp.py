@@ -138,3 +138,36 @@ def test_a_missing_or_broken_gguf_names_the_fix(tmp_path):
     broken.write_bytes(b"GGUF" + b"\0" * 64)
     with pytest.raises(AssetError, match="models pull --force"):
         LlamaCppEngine(broken)
+
+
+def test_drafted_decoding_writes_the_same_sentences_in_fewer_passes(gguf, llama_describer):
+    """Speculative decoding (``llm_draft_tokens``): the second time round the held prompts,
+    the answers of the first are drafts, and most tokens come several per pass.  The text is
+    what plain decoding writes (a pass over several tokens sums in another order, so one near
+    tie in ten may flip, as for concurrent requests), and a rejected draft leaves nothing
+    behind in the cache (stale positions would garble every later token)."""
+    plain = llama_describer.describe(FACTS)
+    drafted = SmolDescriber(gguf, runtime="llamacpp", max_new_tokens=40, threads=1,
+                            draft_tokens=6)
+    first = drafted.describe(FACTS)
+    before = dict(drafted.stats)
+    second = drafted.describe(FACTS)
+    stats = {k: drafted.stats[k] - before[k] for k in ("steps", "tokens", "drafted",
+                                                       "draft_accepted")}
+    assert sum(a == b for a, b in zip(first, plain)) >= 9, list(zip(first, plain))
+    assert sum(a == b for a, b in zip(second, plain)) >= 9, list(zip(second, plain))
+    assert stats["draft_accepted"] > 0.5 * stats["tokens"], stats
+    assert stats["steps"] < 0.5 * stats["tokens"], stats
+
+
+def test_drafts_that_are_always_wrong_change_nothing(gguf, llama_describer, monkeypatch):
+    """A draft the model rejects at every token costs a pass but decides nothing."""
+    from facestream.llm import drafts
+
+    engine = SmolDescriber(gguf, runtime="llamacpp", max_new_tokens=40, threads=1,
+                           draft_tokens=4)
+    monkeypatch.setattr(drafts.AnswerDrafts, "propose",
+                        lambda self, prompt, generated, limit: [7] * limit)
+    got, want = engine.describe(FACTS[:4]), llama_describer.describe(FACTS[:4])
+    assert sum(a == b for a, b in zip(got, want)) >= 3, list(zip(got, want))
+    assert engine.stats["drafted"] > 0 and engine.stats["draft_accepted"] == 0
