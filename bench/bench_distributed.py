@@ -1,8 +1,8 @@
 """Distributed-mode benchmark: end-to-end latency of one worker at 1 to 8 real-time streams,
 and the most streams it keeps up with against what its offline throughput predicts.
 
-Kafka in, Redis out, as deployed: one ``Worker`` (``facestream worker --no-describe`` with
-``FACESTREAM_FPS=5``, run in a thread of this process with its models loaded once, metrics
+Kafka in, Redis out, as deployed: one ``Worker`` (``facestream worker --no-describe``, or
+with ``--describe`` writing its default descriptions on change; ``FACESTREAM_FPS=5``; run in a thread of this process with its models loaded once, metrics
 endpoint off, ``worker_threads`` from ``--worker-threads``) consumes the video topic; the
 publishers run in a child process, as edge publishers would not share the worker's
 interpreter (they, Kafka and Redis do share this machine's cores).  Every measurement has
@@ -120,9 +120,9 @@ class TimedPublisher(ChunkPublisher):
         super().__init__(settings)
         self.sent: list[tuple[int, float]] = []
 
-    def publish(self, chunk: Chunk) -> int:
+    def publish(self, chunk: Chunk, *, topic: str | None = None) -> int:
         self.sent.append((chunk.first_pts, time.time()))
-        return super().publish(chunk)
+        return super().publish(chunk, topic=topic)
 
 
 def publish_one(spec: SourceSpec, settings: Settings, stream_id: str, realtime: bool,
@@ -150,10 +150,13 @@ def publish_streams(spec: SourceSpec, settings: Settings, stream_ids: list[str],
 
 # worker (this process) -----------------------------------------------------------------
 
+DESCRIBE = False            # --describe: the worker writes descriptions (on change, follow)
+
+
 def measurement_settings(endpoints: Endpoints, tag: str, *, worker_threads: int = 0) -> Settings:
     """Settings with this measurement's own topic, group and Redis keys.  The worker's
     metrics endpoint is off (its port may be another worker's); its counters still run."""
-    return Settings.load({**endpoints.overrides(), "describe": False, "fps": FPS,
+    return Settings.load({**endpoints.overrides(), "describe": DESCRIBE, "fps": FPS,
                           "metrics_port": 0, "worker_threads": worker_threads,
                           "video_topic": f"bench-{tag}.video", "dlq_topic": f"bench-{tag}.dlq",
                           "consumer_group": f"bench-{tag}", "events_stream": f"bench:{tag}:events",
@@ -459,7 +462,12 @@ def main() -> None:
                              "cores)); the first is the baseline of the ratios (default 1,2)")
     parser.add_argument("--start-services", action="store_true",
                         help="start a private Kafka and Redis even if the environment names some")
+    parser.add_argument("--describe", action="store_true",
+                        help="the worker writes descriptions (SmolLM2, when a face changes; "
+                             "the default policy), every setting alike")
     args = parser.parse_args()
+    global DESCRIBE
+    DESCRIBE = args.describe
     realtime_rounds = args.rounds if args.realtime_rounds is None else args.realtime_rounds
     if args.rounds < 1 or realtime_rounds < 1 or args.offline_streams < 1:
         parser.error("--rounds, --realtime-rounds and --offline-streams must be at least 1")
@@ -468,7 +476,7 @@ def main() -> None:
     from facestream.workers.compose import Models
     from facestream.workers.worker import worker_threads
 
-    base = Settings.load({"describe": False, "fps": FPS})
+    base = Settings.load({"describe": DESCRIBE, "fps": FPS})
     spec = parse_source(str(assets.sample(base.cache_dir, CLIP)))
     period = chunk_period_s(spec)
     spawn = multiprocessing.get_context("spawn")
@@ -499,7 +507,8 @@ def main() -> None:
                                                           streams, period, worker_threads=n))
     load_after = os.getloadavg()
 
-    print(f"clip {spec.target}, {FPS:g} fps analysis, one worker, Kafka "
+    print(f"clip {spec.target}, {FPS:g} fps analysis, descriptions "
+          f"{'on (on change)' if DESCRIBE else 'off'}, one worker, Kafka "
           f"{endpoints.kafka_bootstrap}, Redis {endpoints.redis_url}; {os.cpu_count()} cores, "
           f"load average (1/5/15 min) before {'/'.join(f'{x:.2f}' for x in load_before)}, "
           f"after {'/'.join(f'{x:.2f}' for x in load_after)}; "
@@ -515,7 +524,8 @@ def main() -> None:
     base_fps = [o.fps for o in offlines[baseline]]
     base_cpu_fps = [o.cpu_fps for o in offlines[baseline]]
     print("RESULT " + json.dumps({
-        "clip": CLIP, "fps": FPS, "rounds": args.rounds, "realtime_rounds": realtime_rounds,
+        "clip": CLIP, "fps": FPS, "describe": DESCRIBE, "rounds": args.rounds,
+        "realtime_rounds": realtime_rounds,
         "stream_counts": args.stream_counts,
         "kafka_bootstrap": endpoints.kafka_bootstrap, "services_started": endpoints.started,
         "cores": os.cpu_count(),
