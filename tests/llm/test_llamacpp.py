@@ -87,10 +87,13 @@ def test_descriptions_match_the_fp32_reference_on_most_prompts(llama_describer,
     assert same >= 0.8 * len(FACTS), list(zip(ours, reference))
 
 
-@pytest.mark.parametrize("shared_prefix", [False, True], ids=["no-prefix", "shared-prefix"])
-def test_concurrent_requests_batch_and_give_the_texts_of_one_at_a_time(gguf, shared_prefix):
+@pytest.mark.parametrize("shared_prefix,draft_tokens", [(False, 0), (True, 0), (True, 4)],
+                         ids=["no-prefix", "shared-prefix", "shared-prefix-drafts"])
+def test_concurrent_requests_batch_and_give_the_texts_of_one_at_a_time(gguf, shared_prefix,
+                                                                       draft_tokens):
     """Six requests through four slots (slots reused, mixes changing) give the texts each
-    gives alone, with and without the system prompt's prefix copied into the slots.  Not
+    gives alone, with and without the system prompt's prefix copied into the slots, and
+    with drafted tokens checked in the same steps (slots' drafts of different lengths).  Not
     bit for bit: a step over several tokens multiplies the weights as a matrix product,
     whose sums run in another order than one token's, so a near tie may flip (1 token
     stream in 16 on the describer's prompts, at 40 tokens); one in six is allowed."""
@@ -101,7 +104,8 @@ def test_concurrent_requests_batch_and_give_the_texts_of_one_at_a_time(gguf, sha
     common = next(i for i, (x, y) in enumerate(zip(*prompts[:2])) if x != y)
     assert common > 5
     engine = LlamaCppEngine(gguf, max_batch=4, max_seq_len=256, threads=1,
-                            prefix_ids=prompts[0][:common] if shared_prefix else ())
+                            prefix_ids=prompts[0][:common] if shared_prefix else (),
+                            draft_tokens=draft_tokens)
 
     def request(i, ids):
         return GenerationRequest(f"r{i}", ids, max_new_tokens=24)
@@ -113,6 +117,8 @@ def test_concurrent_requests_batch_and_give_the_texts_of_one_at_a_time(gguf, sha
     assert steps < sum(len(t) for t in alone), "six requests of 4 slots were not batched"
     if shared_prefix:
         assert engine.stats["prefix_hits"] - hits_before == 6
+    if draft_tokens:            # the answers given alone are the drafts of the batched ones
+        assert engine.stats["draft_accepted"] > 0
     agree = sum(r.token_ids == a for r, a in zip(together, alone))
     assert agree >= 5, [(r.text, tokenizer.decode(a)) for r, a in zip(together, alone)]
     engine.close()
