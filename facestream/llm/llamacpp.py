@@ -129,7 +129,7 @@ class LlamaCppEngine(SlotEngine):
         if draft_tokens < 0:
             raise ConfigError(f"LLM engine: draft_tokens={draft_tokens}; need >= 0")
         self._draft_tokens = draft_tokens
-        self._drafts = AnswerDrafts(min_match=2) if draft_tokens else None
+        self._drafts = self._fresh_drafts()
         self._counts.update(drafted=0, draft_accepted=0)
         self._prefix_ids = tuple(prefix_ids)
         if len(self._prefix_ids) >= max_seq_len:
@@ -274,8 +274,11 @@ class LlamaCppEngine(SlotEngine):
     def forget_drafts(self) -> None:
         """Drop the recent answers drafts are taken from.  Call between steps (the loop
         thread's, or with no loop running)."""
-        if self._drafts is not None:
-            self._drafts = AnswerDrafts(min_match=2)
+        self._drafts = self._fresh_drafts()
+
+    def _fresh_drafts(self) -> AnswerDrafts | None:
+        # A match of one token drafts too often wrongly to pay (docs/PERFORMANCE.md).
+        return AnswerDrafts(min_match=2) if self._draft_tokens else None
 
     def _release(self, slot: int, reason: str):
         running = self._slots[slot]

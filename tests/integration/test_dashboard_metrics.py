@@ -128,6 +128,8 @@ def test_every_worker_and_llm_metric_of_the_dashboard_is_on_a_real_worker(isolat
         text = http(port, "/metrics")[1]
         assert metric(text, "facestream_llm_requests_total") >= 1, \
             "the language stage described no window: the LLM row would show nothing real"
+        assert metric(text, "facestream_llm_generated_tokens_total") >= 1, \
+            "the describer generated no token: its token panel would show nothing real"
     finally:
         worker.terminate()
         worker.wait(timeout=60)
