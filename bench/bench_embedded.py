@@ -8,9 +8,12 @@ process pinned to the first CPU core it may use and every library limited to one
                frame to RGB as the baseline does, and once at the default 10 fps, where it
                converts only the frames it picks (the realistic case).
 (b) face stage FaceAnalyzer (detector, face mesh per detection, landmarks, chips) + Tracker.update
-               vs bare MediaPipe (full-range FaceDetection, then FaceMesh on a 1.6x square crop
-               around each detection), on the same frames, pre-decoded at 10 fps; also the
-               faces each side found (with a mesh).
+               vs bare MediaPipe doing the same model work through its own ``process``
+               (full-range FaceDetection, then the face-landmark graph on each detection's
+               region), on the same frames, pre-decoded at 10 fps; also the faces each side
+               found (with a mesh).  And against the face stage before 2026-12-01 as bare
+               MediaPipe (FaceMesh, with its own detector, on a 1.6x square crop around each
+               detection): what running the landmark model straight on the detection saves.
 (c) analyze    the whole embedded pipeline (``facestream.workers.embedded.analyze``) at 10 fps,
                as a multiple of real time (the baseline: the clip's own duration), without
                descriptions, with descriptions following their windows' events (the
@@ -68,6 +71,7 @@ os.environ.setdefault("GLOG_minloglevel", "2")     # MediaPipe's C++ info logs
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import math  # noqa: E402
 import resource  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
@@ -88,7 +92,7 @@ from facestream.retry import Backoff  # noqa: E402
 from facestream.runtime import tune_allocator  # noqa: E402
 from facestream.types import DecodedFrame  # noqa: E402
 from facestream.vision.decode import Decoder  # noqa: E402
-from facestream.vision.faces import CROP_SCALE, FaceAnalyzer  # noqa: E402
+from facestream.vision.faces import LANDMARK_GRAPH, FaceAnalyzer  # noqa: E402
 from facestream.vision.tracker import Tracker  # noqa: E402
 from facestream.workers.compose import Models  # noqa: E402
 from facestream.workers.embedded import analyze  # noqa: E402
@@ -285,14 +289,54 @@ def facestream_faces(analyzer: FaceAnalyzer, settings: Settings,
 
 
 class BareMediaPipe:
-    """The least that facestream's face stage must do: detect, then mesh each face's crop."""
+    """The least that facestream's face stage must do: detect, then run the face-landmark
+    graph on each detection's region (MediaPipe's face-mesh region: box centre, long side
+    x 1.5, turned upright by the eyes), both through MediaPipe's ``process``."""
+
+    def __init__(self, settings: Settings) -> None:
+        from google.protobuf import text_format
+        from mediapipe.framework import calculator_pb2
+        from mediapipe.framework.formats import rect_pb2
+        from mediapipe.python import solution_base
+        from mediapipe.python.solutions import face_detection
+
+        self._detector = face_detection.FaceDetection(
+            model_selection=1, min_detection_confidence=settings.min_detection_confidence)
+        config = text_format.Parse(LANDMARK_GRAPH, calculator_pb2.CalculatorGraphConfig())
+        self._landmarks = solution_base.SolutionBase(graph_config=config,
+                                                     side_inputs={"with_attention": False})
+        self._rect = rect_pb2.NormalizedRect
+
+    def close(self) -> None:
+        self._detector.close()
+        self._landmarks.close()
+
+    def __call__(self, image: np.ndarray) -> int:
+        """Faces with a mesh in one RGB frame."""
+        height, width = image.shape[:2]
+        found = 0
+        for detection in self._detector.process(image).detections or ():
+            rel = detection.location_data.relative_bounding_box
+            eye_r, eye_l = detection.location_data.relative_keypoints[:2]
+            angle = -math.atan2(-(eye_l.y - eye_r.y) * height, (eye_l.x - eye_r.x) * width)
+            side = max(rel.width * width, rel.height * height) * 1.5
+            roi = self._rect(x_center=rel.xmin + rel.width / 2,
+                             y_center=rel.ymin + rel.height / 2,
+                             width=side / width, height=side / height, rotation=angle)
+            if self._landmarks.process({"image": image, "roi": roi}).face_landmarks:
+                found += 1
+        return found
+
+
+class CropMeshMediaPipe:
+    """The face stage before 2026-12-01 as bare MediaPipe: detect, then FaceMesh (which runs
+    its own short-range detector first) on a 1.6x square crop around each detection."""
 
     def __init__(self, settings: Settings) -> None:
         from mediapipe.python.solutions import face_detection, face_mesh
 
         self._detector = face_detection.FaceDetection(
             model_selection=1, min_detection_confidence=settings.min_detection_confidence)
-        # Same mesh confidence as FaceAnalyzer, so both sides accept the same faces.
         self._mesh = face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1,
                                         min_detection_confidence=0.3)
 
@@ -307,7 +351,7 @@ class BareMediaPipe:
         for detection in self._detector.process(image).detections or ():
             rel = detection.location_data.relative_bounding_box
             cx, cy = (rel.xmin + rel.width / 2) * width, (rel.ymin + rel.height / 2) * height
-            half = max(rel.width * width, rel.height * height) * CROP_SCALE / 2
+            half = max(rel.width * width, rel.height * height) * 1.6 / 2
             x1, y1 = int(max(0, cx - half)), int(max(0, cy - half))
             x2, y2 = int(min(width, cx + half)), int(min(height, cy + half))
             crop = np.ascontiguousarray(image[y1:y2, x1:x2])
@@ -316,7 +360,7 @@ class BareMediaPipe:
         return found
 
 
-def bare_faces(bare: BareMediaPipe, frames: list[DecodedFrame]) -> Timing:
+def bare_faces(bare: BareMediaPipe | CropMeshMediaPipe, frames: list[DecodedFrame]) -> Timing:
     faces = 0
     clock = Clock()
     for frame in frames:
@@ -329,15 +373,17 @@ def bench_faces(spec: SourceSpec, settings: Settings, rounds: int) -> dict[str, 
         frames = list(decoder.frames())
     analyzer = FaceAnalyzer(min_confidence=settings.min_detection_confidence,
                             min_face_px=settings.min_face_px, max_faces=settings.max_faces)
-    bare = BareMediaPipe(settings)
+    bare, crop_mesh = BareMediaPipe(settings), CropMeshMediaPipe(settings)
     try:
         return interleaved(rounds, {
             "facestream": lambda: facestream_faces(analyzer, settings, frames),
             "bare": lambda: bare_faces(bare, frames),
+            "crop_mesh": lambda: bare_faces(crop_mesh, frames),
         })
     finally:
         analyzer.close()
         bare.close()
+        crop_mesh.close()
 
 
 # (c) analyze, in a child process -------------------------------------------------------
@@ -480,13 +526,18 @@ def build_rows(decode: dict[str, list[Timing]], faces: dict[str, list[Timing]],
     for name, key, baseline, source, target in (
             ("(a) decode, every frame to RGB", "facestream_all", "bare", decode, 0.9),
             ("(a) decode @10 fps vs every frame", "facestream_10fps", "bare", decode, 0.9),
-            ("(b) face stage @10 fps", "facestream", "bare", faces, FACE_TARGET)):
+            ("(b) face stage @10 fps", "facestream", "bare", faces, FACE_TARGET),
+            ("(b) face stage @10 fps vs the crop + FaceMesh stage", "facestream",
+             "crop_mesh", faces, None)):
         for clock, per in CLOCKS:
             rows.append(compared(f"{name} (frames/{per})",
                                  [t.rate(clock) for t in source[key]],
                                  [t.rate(clock) for t in source[baseline]], target))
     rows.append(compared("(b) faces found, with mesh", [t.faces for t in faces["facestream"]],
                          [t.faces for t in faces["bare"]], None, digits=0))
+    rows.append(compared("(b) faces found, with mesh, vs the crop + FaceMesh stage",
+                         [t.faces for t in faces["facestream"]],
+                         [t.faces for t in faces["crop_mesh"]], None, digits=0))
     for mode in MODES:
         label, runs = MODE_LABELS[mode], analyses[mode]
         for key, how, target in zip(("incl_load", "preloaded"), ("incl. load", "preloaded"),

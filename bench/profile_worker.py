@@ -16,20 +16,23 @@ worker's thread), so the machine's load matters less than on a wall clock.  Prin
 stage, CPU seconds, % of the run's CPU and CPU ms per analysed frame; then the ``--top``
 functions by own time.
 
-``--ab spinning|graph``: a same-run A/B of one change, before against after (as the code
+``--ab spinning|graph|mesh``: a same-run A/B of one change, before against after (as the code
 is now).  ``spinning``: ONNX Runtime's pool threads, before = its default (the threads of the
 encoder's three sessions busy-wait after each run), after = not
 (``facestream.encoder.backends.ONNX_SPINNING`` off); a set of models loaded per side.
 ``graph``: the face stage's MediaPipe calls, before = the solutions' own ``process``, after =
-``facestream.vision.faces.graph_output``.  ``--rounds`` interleaved rounds of both sides
+``facestream.vision.faces.graph_output``.  ``mesh``: each face's mesh, before = MediaPipe's
+FaceMesh (its own detector, then the landmark model) on a 1.6-box-side crop, after = the
+landmark model alone on the detection's region.  ``--rounds`` interleaved rounds of both sides
 over the same chunks, unprofiled, after one untimed warm-up round; per run the CPU seconds
 of the process (``process_time``) and wall seconds, then per side the medians, the
 after/before ratios (median, min-max over the rounds' ratios) and the 1-minute load
-average.  The events of both sides must be the same (else it exits saying so).
+average.  The events of both sides must be the same (else it exits saying so), except for
+``mesh``, which changes the landmarks: there the event counts are printed.
 
     .venv/bin/python bench/profile_worker.py [--streams 8] [--seconds 12] [--gop 2] [--top 25]
                                              [--spinning] [--worker-threads 1]
-                                             [--ab spinning|graph] [--rounds 3]
+                                             [--ab spinning|graph|mesh] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from pathlib import Path  # noqa: E402
 from typing import Callable  # noqa: E402
 
 import av  # noqa: E402
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -74,7 +78,7 @@ STAGES = (
      [("~", "<method 'to_ndarray' of 'av.video.frame.VideoFrame' objects>")]),
     ("face stage (FaceAnalyzer)", [("vision/faces.py", "__call__")]),
     ("  detector", [("vision/faces.py", "_detect")]),
-    ("  face mesh per face", [("vision/faces.py", "_mesh_in_box")]),
+    ("  face mesh per face", [("vision/faces.py", "mesh_in_roi")]),
     ("  chips (crops.py)", [("vision/crops.py", "make_chips")]),
     ("tracking + windows (StreamState)", [("workers/pipeline.py", "observe"),
                                           ("workers/pipeline.py", "advance"),
@@ -177,27 +181,91 @@ def graph_sides() -> dict[str, Callable[[], Models]]:
             "after": side(ours)}
 
 
-SIDES = {"spinning": spinning_sides, "graph": graph_sides}
+def mesh_sides() -> dict[str, Callable[[], Models]]:
+    """--ab mesh: each face's mesh from MediaPipe's FaceMesh (its own short-range detector,
+    then the landmark model) on a square crop 1.6 detector-box sides wide (before), and from
+    the landmark model alone on the detection's region (after), on the same models.  The
+    region's centre is the box's and its side 1.5 long box sides, so the before side cuts
+    its crop from it."""
+    from mediapipe.python.solutions import face_mesh
+
+    models = Models.load(Settings.load({"describe": False}))
+    ours = faces.FaceAnalyzer.mesh_in_roi
+    crop_mesh = face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1,
+                                   refine_landmarks=False, min_detection_confidence=0.3)
+
+    def mesh_in_crop(self, image, roi):
+        height, width = image.shape[:2]
+        cx, cy, side = roi[0] * width, roi[1] * height, roi[2] * width * 1.6 / 1.5
+        x1, y1 = int(max(0, cx - side / 2)), int(max(0, cy - side / 2))
+        x2, y2 = int(min(width, cx + side / 2)), int(min(height, cy + side / 2))
+        if x2 - x1 < 8 or y2 - y1 < 8:
+            return None
+        found = faces.graph_output(crop_mesh, np.ascontiguousarray(image[y1:y2, x1:x2]),
+                                   "multi_face_landmarks")
+        if not found:
+            return None
+        points = faces.landmark_array(found[0])[:468]
+        cw, ch = x2 - x1, y2 - y1
+        return (points * (cw, ch, cw) + (x1, y1, 0.0)).astype(np.float32)
+
+    def side(method: Callable) -> Callable[[], Models]:
+        def prepare() -> Models:
+            faces.FaceAnalyzer.mesh_in_roi = method
+            return models
+        return prepare
+
+    return {"before": side(mesh_in_crop), "after": side(ours)}
+
+
+SIDES = {"spinning": spinning_sides, "graph": graph_sides, "mesh": mesh_sides}
+SAME_EVENTS = {"spinning": True, "graph": True, "mesh": False}   # mesh: other landmarks
+
+
+def agreement(before: list[dict], after: list[dict]) -> dict:
+    """How far two runs' analysis events agree, window by window (same stream, track and
+    window start): how many windows both have, the share with the same expression label,
+    and the median and largest box-corner difference in pixels."""
+    def windows(events: list[dict]) -> dict:
+        return {(d["stream_id"], d["track_id"], d["window"]["start_s"]): d
+                for d in (e["data"] for e in events if e["type"] == "facestream.face.analysis")}
+    a, b = windows(before), windows(after)
+    both = sorted(set(a) & set(b))
+    same = sum(a[k]["expression"]["label"] == b[k]["expression"]["label"] for k in both)
+    shifts = [float(np.abs(np.subtract(a[k]["bbox"], b[k]["bbox"])).max()) for k in both]
+    return {"windows_before": len(a), "windows_after": len(b), "windows_both": len(both),
+            "same_expression": round(same / len(both), 3) if both else None,
+            "bbox_shift_px_median": round(statistics.median(shifts), 1) if shifts else None,
+            "bbox_shift_px_max": round(max(shifts), 1) if shifts else None}
 
 
 def ab(chunks: list, sides: dict[str, Callable[[], Models]], settings: dict,
-       rounds: int) -> dict:
-    """Interleaved rounds of both sides; each side's callable sets it up and gives its models."""
+       rounds: int, same_events: bool = True) -> dict:
+    """Interleaved rounds of both sides; each side's callable sets it up and gives its models.
+    ``same_events``: the change must not change a single event (else the events are only
+    counted)."""
     cpu: dict[str, list[float]] = {side: [] for side in sides}
     wall: dict[str, list[float]] = {side: [] for side in sides}
     seen: dict[str, list] = {}
+    raw: dict[str, list[dict]] = {}
     for round_ in range(rounds + 1):
         for side, prepare in sides.items():
             _, events, cpu_s, wall_s = run_worker(chunks, prepare(), settings)
             seen.setdefault(side, [comparable(e) for e in events])
+            raw.setdefault(side, events)
             if round_:                              # round 0: warm-up
                 cpu[side].append(cpu_s)
                 wall[side].append(wall_s)
                 print(f"round {round_} {side:>6}: {cpu_s:6.2f} CPU s {wall_s:6.2f} wall s "
                       f"{len(events)} events, load {os.getloadavg()[0]:.2f}", flush=True)
-    if seen["before"] != seen["after"]:
+    identical = seen["before"] == seen["after"]
+    if same_events and not identical:
         raise SystemExit("the two sides wrote different events")
-    out = {}
+    out = {"events": {side: len(events) for side, events in seen.items()},
+           "events_identical": identical}
+    if not identical:
+        out["agreement"] = agreement(*raw.values())
+        print(f"analysis events of the same windows: {out['agreement']}")
     for name, values in (("cpu_s", cpu), ("wall_s", wall)):
         ratios = [a / b for a, b in zip(values["after"], values["before"])]
         before, after = statistics.median(values["before"]), statistics.median(values["after"])
@@ -205,7 +273,8 @@ def ab(chunks: list, sides: dict[str, Callable[[], Models]], settings: dict,
                      "ratio": round(after / before, 3),
                      "ratio_range": [round(min(ratios), 3), round(max(ratios), 3)]}
         print(f"{name}: before {before:.2f} after {after:.2f} after/before {after / before:.3f} "
-              f"({min(ratios):.3f}-{max(ratios):.3f}); events identical")
+              f"({min(ratios):.3f}-{max(ratios):.3f}); events "
+              + ("identical" if identical else f"differ ({out['events']})"))
     return out
 
 
@@ -230,12 +299,14 @@ def main() -> None:
     result = {"streams": args.streams, "seconds": args.seconds, "gop_s": args.gop,
               "worker_threads": args.worker_threads}
     if args.ab:
-        graph_output = faces.graph_output
+        graph_output, mesh_in_roi = faces.graph_output, faces.FaceAnalyzer.mesh_in_roi
         try:
             result["ab"] = {"change": args.ab,
-                            **ab(chunks, SIDES[args.ab](), settings, args.rounds)}
+                            **ab(chunks, SIDES[args.ab](), settings, args.rounds,
+                                 SAME_EVENTS[args.ab])}
         finally:
             faces.graph_output = graph_output
+            faces.FaceAnalyzer.mesh_in_roi = mesh_in_roi
     else:
         backends.ONNX_SPINNING = args.spinning
         models = Models.load(Settings.load({"describe": False}))

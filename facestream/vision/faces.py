@@ -1,10 +1,13 @@
 """Face detection and landmarks with MediaPipe 0.10.21's bundled models.
 
 Per frame: the full-range BlazeFace detector finds every face (the short-range one
-stands in when it finds none, for close-ups); then the face-mesh model runs
-on a square crop around *each* detection (so the face count is not capped by a whole-frame
-mesh's ``max_num_faces``).  A detection whose crop yields no mesh is dropped: it was rarely a
-face.  The 68 iBUG points are read off the mesh with a fixed index table.
+stands in when it finds none, for close-ups); then MediaPipe's face-landmark model (the
+468-point mesh) runs on *each* detection's region of interest, the square that MediaPipe's
+own face mesh derives from a detection: the detector's box widened 1.5× on its long side,
+turned upright by the line through the eyes (so the face count is not capped by a
+whole-frame mesh's ``max_num_faces``, and no second detector runs inside each face).  A
+detection the landmark model scores as no face is dropped: it was rarely a face.  The 68
+iBUG points are read off the mesh with a fixed index table.
 
 Face-LLaVA's 256² crops (``square_crops``) follow one of two rules (``crop_rule``):
 "facestream" cuts them from each face's detector box above; "reference" from the box of
@@ -18,6 +21,7 @@ Not thread-safe (MediaPipe graphs keep state); one :class:`FaceAnalyzer` per thr
 
 from __future__ import annotations
 
+import math
 import os
 from collections import Counter
 from pathlib import Path
@@ -30,7 +34,7 @@ from facestream.vision.crops import make_chips, reference_region, square_region
 from facestream.vision.float32 import f32
 from facestream.vision.landmarks import ibug68_from_mesh
 
-CROP_SCALE = 1.6        # mesh crop side, in detection-box sides
+ROI_SCALE = 1.5         # the landmark model's square, in long sides of the detector's box
 CROP_RULES = ("facestream", "reference")
 REFERENCE_MATCH_IOU = 0.3   # a reference box this close to a face's box is that face's
 
@@ -76,10 +80,17 @@ def graph_output(solution, image: np.ndarray, output: str):
     (stream, kind), = solution._input_stream_type_info.items()
     if image.shape[2] != 3:
         raise ValueError("Input image must contain three channel rgb data.")
+    return _run_graph(solution, {stream: solution._make_packet(kind, image)}, output)
+
+
+def _run_graph(solution, packets: dict, output: str):
+    """Send one packet per input stream at the next step of ``process``'s simulated 30 fps
+    clock, wait, and return ``output``'s content (None when the graph gave none)."""
     solution._graph_outputs.clear()
-    solution._simulated_timestamp += 33333          # process's simulated 30 fps clock
-    solution._graph.add_packet_to_input_stream(
-        stream=stream, packet=solution._make_packet(kind, image).at(solution._simulated_timestamp))
+    solution._simulated_timestamp += 33333
+    for stream, packet in packets.items():
+        solution._graph.add_packet_to_input_stream(
+            stream=stream, packet=packet.at(solution._simulated_timestamp))
     solution._graph.wait_until_idle()
     packet = solution._graph_outputs.get(output)
     if packet is None:
@@ -87,17 +98,74 @@ def graph_output(solution, image: np.ndarray, output: str):
     return solution._get_packet_content(solution._output_stream_type_info[output], packet)
 
 
-def mesh_crop(box: list[float], width: int, height: int) -> tuple[int, int, int, int]:
-    """The face mesh's crop (x1, y1, x2, y2) for a detector box: a square CROP_SCALE box
-    sides wide around the box's centre, clipped to the frame.
+# MediaPipe's face-landmark subgraph alone (the one its face mesh runs after its detector):
+# an RGB frame and a region of interest in, the 468 points (normalised to the frame) out,
+# or nothing when the model's face-presence score is under 0.5.
+LANDMARK_GRAPH = """
+input_stream: "image"
+input_stream: "roi"
+input_side_packet: "with_attention"
+output_stream: "face_landmarks"
+node {
+  calculator: "FaceLandmarkCpu"
+  input_stream: "IMAGE:image"
+  input_stream: "ROI:roi"
+  input_side_packet: "WITH_ATTENTION:with_attention"
+  output_stream: "LANDMARKS:face_landmarks"
+}
+"""
 
-    ``box`` holds float32 values (as Python floats); its centre and sides are float32 sums
-    and differences, as they were on the box's NumPy scalars, at a fraction of the cost."""
-    bx1, by1, bx2, by2 = box
-    cx, cy = f32(bx1 + bx2) / 2, f32(by1 + by2) / 2
-    side = max(f32(bx2 - bx1), f32(by2 - by1)) * CROP_SCALE
-    return (int(max(0, cx - side / 2)), int(max(0, cy - side / 2)),
-            int(min(width, cx + side / 2)), int(min(height, cy + side / 2)))
+
+class LandmarkModel:
+    """MediaPipe's face-landmark model (the 468-point mesh, no iris) on a region of interest
+    of a frame, as its face mesh runs it after detection.  Not thread-safe; :meth:`close`."""
+
+    def __init__(self) -> None:
+        from google.protobuf import text_format
+        from mediapipe.framework import calculator_pb2
+        from mediapipe.framework.formats import rect_pb2
+        from mediapipe.python import packet_creator, solution_base
+
+        config = text_format.Parse(LANDMARK_GRAPH, calculator_pb2.CalculatorGraphConfig())
+        self._graph = solution_base.SolutionBase(graph_config=config,
+                                                 side_inputs={"with_attention": False})
+        self._rect = rect_pb2.NormalizedRect
+        self._proto_packet = packet_creator.create_proto
+        self._image_kind = self._graph._input_stream_type_info["image"]
+
+    def landmarks(self, image: np.ndarray, roi: tuple[float, float, float, float, float]):
+        """The ``NormalizedLandmarkList`` of the face in ``roi`` (x_center, y_center, width,
+        height, rotation: normalised to the frame, radians), or None."""
+        cx, cy, width, height, rotation = roi
+        rect = self._rect(x_center=cx, y_center=cy, width=width, height=height,
+                          rotation=rotation)
+        return _run_graph(self._graph, {
+            "image": self._graph._make_packet(self._image_kind, image),
+            "roi": self._proto_packet(rect)}, "face_landmarks")
+
+    def close(self) -> None:
+        self._graph.close()
+
+
+def detection_roi(detection, width: int, height: int) -> tuple[float, float, float, float,
+                                                                float]:
+    """The landmark model's region of interest for a BlazeFace detection in a ``width`` ×
+    ``height`` frame, as MediaPipe's face mesh derives it: the box's centre; its long side
+    (in pixels) × ROI_SCALE for both sides; turned by the angle that makes the line from the
+    first keypoint (right eye) to the second (left eye) horizontal, in [-pi, pi).
+
+    Each step is float32 where MediaPipe's calculators compute in float, so the region, and
+    so the mesh, is the one its own face mesh gets from the same detection."""
+    rel = detection.location_data.relative_bounding_box
+    right_eye, left_eye = detection.location_data.relative_keypoints[:2]
+    x0, y0 = f32(right_eye.x * width), f32(right_eye.y * height)
+    x1, y1 = f32(left_eye.x * width), f32(left_eye.y * height)
+    # float32 atan2 (libm's atan2f, as MediaPipe's C++ calls it; not the rounded double).
+    angle = f32(0.0 - float(np.arctan2(np.float32(-f32(y1 - y0)), np.float32(f32(x1 - x0)))))
+    angle = f32(angle - 2 * math.pi * math.floor((angle + math.pi) / (2 * math.pi)))
+    side = max(f32(rel.width * width), f32(rel.height * height))
+    return (f32(rel.xmin + f32(rel.width / 2)), f32(rel.ymin + f32(rel.height / 2)),
+            f32(f32(side / width) * ROI_SCALE), f32(f32(side / height) * ROI_SCALE), angle)
 
 
 def box_iou(a, b) -> float:
@@ -189,7 +257,7 @@ class FaceAnalyzer:
                               f"{', '.join(CROP_RULES)}")
         os.environ.setdefault("GLOG_minloglevel", "2")   # MediaPipe's C++ info logs
         try:
-            from mediapipe.python.solutions import face_detection, face_mesh
+            from mediapipe.python.solutions import face_detection
         except ImportError as exc:
             raise AssetError(f"mediapipe is not usable ({exc}); install facestream's "
                              "dependencies (`./dev setup`)") from None
@@ -199,8 +267,7 @@ class FaceAnalyzer:
         # the short-range one finds those, so it runs when the first finds nothing.
         self._close_detector = face_detection.FaceDetection(
             model_selection=0, min_detection_confidence=min_confidence)
-        self._mesh = face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1,
-                                        refine_landmarks=False, min_detection_confidence=0.3)
+        self._landmarks = LandmarkModel()
         self._min_face_px = min_face_px
         self._max_faces = max_faces
         self._square_crops = square_crops     # Face-LLaVA's 256² crops (facellava profile)
@@ -219,24 +286,24 @@ class FaceAnalyzer:
     def close(self) -> None:
         self._detector.close()
         self._close_detector.close()
-        self._mesh.close()
+        self._landmarks.close()
         if self._reference is not None:
             self._reference.close()
 
     def detect_boxes(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Detector only: ([N, 4] boxes in pixels, [N] scores), float32, largest first."""
-        boxes, scores = self._detect(image)
+        boxes, scores, _ = self._detect(image)
         return np.array(boxes, np.float32).reshape(-1, 4), np.array(scores, np.float32)
 
-    def _detect(self, image: np.ndarray) -> tuple[list[list[float]], list[float]]:
-        """:meth:`detect_boxes` as lists of Python floats holding the float32 values: the
-        face stage reads them one by one, which on NumPy rows and scalars cost more than
-        the rest of this method."""
+    def _detect(self, image: np.ndarray) -> tuple[list[list[float]], list[float], list]:
+        """:meth:`detect_boxes` as lists of Python floats holding the float32 values (the
+        face stage reads them one by one, which on NumPy rows and scalars cost more than the
+        rest of this method), with each face's landmark region (:func:`detection_roi`)."""
         height, width = image.shape[:2]
         detections = graph_output(self._detector, image, "detections")
         if not detections:
             detections = graph_output(self._close_detector, image, "detections")
-        boxes, scores = [], []
+        boxes, scores, found = [], [], []
         for det in detections or ():
             rel = det.location_data.relative_bounding_box
             x1, y1 = rel.xmin * width, rel.ymin * height
@@ -244,42 +311,32 @@ class FaceAnalyzer:
             if x2 - x1 >= self._min_face_px:
                 boxes.append([f32(x1), f32(y1), f32(x2), f32(y2)])
                 scores.append(det.score[0])             # a float32 field
+                found.append(det)
         # Widest first (the width in float32), ties in detector order: a stable sort.
         order = sorted(range(len(boxes)), key=lambda i: -f32(boxes[i][2] - boxes[i][0]))
         order = order[: self._max_faces]
-        return [boxes[i] for i in order], [scores[i] for i in order]
+        return ([boxes[i] for i in order], [scores[i] for i in order],
+                [detection_roi(found[i], width, height) for i in order])
 
-    def mesh_in_box(self, image: np.ndarray, box: np.ndarray) -> np.ndarray | None:
-        """[468, 3] mesh in frame pixels for the face in ``box`` (a detector box, float32
-        [x1, y1, x2, y2]), or None if none is found."""
-        return self._mesh_in_box(image, np.asarray(box, np.float32).tolist())
-
-    def _mesh_in_box(self, image: np.ndarray, box: list[float]) -> np.ndarray | None:
-        """:meth:`mesh_in_box` for a box given as its float32 values in Python floats."""
-        height, width = image.shape[:2]
-        x1, y1, x2, y2 = mesh_crop(box, width, height)
-        if x2 - x1 < 8 or y2 - y1 < 8:
+    def mesh_in_roi(self, image: np.ndarray, roi) -> np.ndarray | None:
+        """[468, 3] float32 mesh in frame pixels (z in the same pixel scale as x) of the face
+        in ``roi`` (:func:`detection_roi`), or None when the model finds no face there."""
+        face = self._landmarks.landmarks(image, roi)
+        if face is None:
             return None
-        crop = np.ascontiguousarray(image[y1:y2, x1:x2])
-        faces = graph_output(self._mesh, crop, "multi_face_landmarks")
-        if not faces:
-            return None
-        points = _landmark_points(faces[0])
+        points = _landmark_points(face)
         if len(points) > MESH_POINTS:           # iris points (refined meshes): not kept
             points = points[:MESH_POINTS]
-        cw, ch = x2 - x1, y2 - y1
-        # In float64, then rounded once to float32.  Adding -0.0 leaves every z as it is
-        # (a -0.0 too), so x, y and z take one addition.
-        mesh = np.multiply(points, (cw, ch, cw), dtype=np.float64)
-        mesh += (x1, y1, -0.0)
-        return mesh.astype(np.float32)
+        height, width = image.shape[:2]
+        # In float64, then rounded once to float32.
+        return np.multiply(points, (width, height, width), dtype=np.float64).astype(np.float32)
 
     def __call__(self, image: np.ndarray) -> FaceDetections:
         """All faces of one [H, W, 3] uint8 RGB frame."""
-        det_boxes, det_scores = self._detect(image)
+        det_boxes, det_scores, rois = self._detect(image)
         meshes, scores, kept = [], [], []
-        for box, score in zip(det_boxes, det_scores):
-            mesh = self._mesh_in_box(image, box)
+        for box, score, roi in zip(det_boxes, det_scores, rois):
+            mesh = self.mesh_in_roi(image, roi)
             if mesh is not None:
                 meshes.append(mesh)
                 scores.append(score)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from facestream.vision import faces
-from facestream.vision.faces import CROP_SCALE, FaceAnalyzer, mesh_crop
+from facestream.vision.faces import FaceAnalyzer
 from facestream.vision.float32 import f32
 
 
@@ -32,28 +32,12 @@ def test_f32_arithmetic_is_numpys_float32_arithmetic():
         assert f32(np.sqrt(fx)) == np.sqrt(x)
 
 
-def _crop_reference(box, width, height):
-    """The mesh crop on the box's NumPy float32 scalars."""
-    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-    side = max(box[2] - box[0], box[3] - box[1]) * CROP_SCALE
-    return (int(max(0, cx - side / 2)), int(max(0, cy - side / 2)),
-            int(min(width, cx + side / 2)), int(min(height, cy + side / 2)))
-
-
-def test_mesh_crop_is_the_float32_scalar_geometry():
-    rng = np.random.default_rng(2)
-    centre = rng.uniform(-20, 660, (20000, 2))
-    size = rng.uniform(18, 400, (20000, 2))
-    boxes = np.concatenate([centre - size / 2, centre + size / 2], axis=1).astype(np.float32)
-    # Coordinates on a whole or half pixel, where float32 and float64 sums round apart.
-    boxes[::3] = np.round(boxes[::3] * 2) / 2
-    for box in boxes:
-        assert mesh_crop(box.tolist(), 640, 360) == _crop_reference(box, 640, 360)
-
-
 def _detection(xmin, ymin, width, height, score):
     box = SimpleNamespace(xmin=xmin, ymin=ymin, width=width, height=height)
-    return SimpleNamespace(location_data=SimpleNamespace(relative_bounding_box=box),
+    eyes = [SimpleNamespace(x=xmin + width * 0.3, y=ymin + height * 0.4),
+            SimpleNamespace(x=xmin + width * 0.7, y=ymin + height * 0.4)]
+    return SimpleNamespace(location_data=SimpleNamespace(relative_bounding_box=box,
+                                                         relative_keypoints=eyes),
                            score=[score])
 
 
