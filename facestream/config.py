@@ -99,6 +99,13 @@ class Settings:
         "Faces whose box is narrower than this many source pixels are ignored.", ge=8))
     max_faces: int = field(default=16, metadata=_doc(
         "Most faces analysed per frame (largest first).", ge=1, le=256))
+    detect_interval_s: float = field(default=1.0, metadata=_doc(
+        "Media seconds between runs of the face detector on a stream (and at every GOP's "
+        "first analysed frame, and while no face is in the picture); between them each face "
+        "is found again by its mesh from the previous frame, and a face entering beside "
+        "them is found at the next detection.  0: detect on every analysed frame.  The "
+        "facellava profile always detects.",
+        ge=0, le=10))
     track_confirm_hits: int = field(default=2, metadata=_doc(
         "Detections needed before a tentative track is confirmed.", ge=1, le=30))
     track_max_lost_s: float = field(default=1.0, metadata=_doc(

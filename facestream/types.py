@@ -43,6 +43,10 @@ class DecodedFrame:
     image: np.ndarray
     arrival: float       # time.time() when the frame came out of the decoder
     captured: float | None = None   # wall clock (unix s) when the source produced it, if known
+    # A keyframe was decoded since the stream's previous picked frame (or this is its
+    # first): the face stage starts afresh here, so a stream resumed at a GOP gets the
+    # same faces as when it ran through.
+    gop_start: bool = True
 
     def __post_init__(self) -> None:
         if self.image.ndim != 3 or self.image.shape[2] != 3 or self.image.dtype != np.uint8:

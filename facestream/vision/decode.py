@@ -253,15 +253,18 @@ class Decoder:
         self._link.restart_clock()
         while True:
             container = self._container
+            gop_start = True    # a keyframe since the last picked frame (a reconnect: yes)
             try:
                 for frame, pts, t in self._decode(container, offset_s):
                     self.report.decoded += 1
                     self.report.last_time_s = t
+                    gop_start = gop_start or frame.key_frame
                     if not sampler.take(t):
                         continue
                     image = frame.to_ndarray(format="rgb24")
                     yield DecodedFrame(self.stream_id, self.report.picked, pts, t, image,
-                                       time.time())
+                                       time.time(), gop_start=gop_start)
+                    gop_start = False
                     self.report.picked += 1
                     self._link.recovered()     # a good frame resets the backoff
                 if not self.live:
@@ -488,6 +491,7 @@ class ChunkDecoder:
         self.durations_hold = True       # no frame yet came before the previous one ended
         self._open: tuple[Any, Any] | None = None     # (codec context, its GOP's first chunk)
         self._durations: dict[int, int] = {}          # the open GOP's packets: pts -> duration
+        self._gop_start = True          # a keyframe or new GOP since the last picked frame
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_open": None, "_durations": {}}
@@ -495,7 +499,7 @@ class ChunkDecoder:
     def __setstate__(self, state: dict) -> None:
         # A checkpoint from before the clock was a frame's end: its clock is the last time.
         self.__dict__.update({"clock_s": state["report"].last_time_s, "durations_hold": True,
-                              "_durations": {}, **state})
+                              "_durations": {}, "_gop_start": True, **state})
 
     @property
     def mid_gop(self) -> bool:
@@ -521,6 +525,7 @@ class ChunkDecoder:
             out += self._drain()      # a GOP left open: its source restarted mid-GOP
             ctx, first = self._context(chunk), chunk
             self._durations = {}
+            self._gop_start = True
         self._open = None
         for p in chunk.packets():
             packet = av.Packet(p.data)
@@ -574,14 +579,16 @@ class ChunkDecoder:
         self.report.decoded += 1
         self.report.last_time_s = t
         self._tick(pts, t, chunk)
+        self._gop_start = self._gop_start or frame.key_frame
         if not self.sampler.take(t):
             return []
         image = frame.to_ndarray(format="rgb24")
         self.report.picked += 1
         captured = (current.capture + max(0.0, t - current.start_s)
                     if current.capture is not None else None)
+        gop_start, self._gop_start = self._gop_start, False
         return [DecodedFrame(self.stream_id, self.report.picked - 1, pts, t, image, time.time(),
-                             captured)]
+                             captured, gop_start)]
 
     def _tick(self, pts: int, t: float, chunk) -> None:
         """Move :attr:`clock_s` to the end of the frame at ``pts`` (time ``t``); ``chunk``

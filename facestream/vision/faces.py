@@ -24,12 +24,13 @@ from __future__ import annotations
 import math
 import os
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from facestream.errors import AssetError, ConfigError
-from facestream.types import MESH_POINTS, FaceDetections
+from facestream.types import MESH_POINTS, DecodedFrame, FaceDetections
 from facestream.vision.crops import make_chips, reference_region, square_region
 from facestream.vision.float32 import f32
 from facestream.vision.landmarks import ibug68_from_mesh
@@ -166,6 +167,77 @@ def detection_roi(detection, width: int, height: int) -> tuple[float, float, flo
     side = max(f32(rel.width * width), f32(rel.height * height))
     return (f32(rel.xmin + f32(rel.width / 2)), f32(rel.ymin + f32(rel.height / 2)),
             f32(f32(side / width) * ROI_SCALE), f32(f32(side / height) * ROI_SCALE), angle)
+
+
+# Mesh points whose line MediaPipe's face tracking turns horizontal: the outer corners of
+# the eyes (left of the image, then right).
+_EYE_CORNERS = (33, 263)
+SAME_FACE_IOU = 0.5     # two followed faces whose meshes' boxes overlap this much are one
+
+
+def mesh_roi(mesh: np.ndarray, width: int, height: int) -> tuple[float, float, float, float,
+                                                                   float]:
+    """The landmark model's region for a face in the next frame from its [468, 3] pixel mesh
+    in this one, as MediaPipe's face tracking derives it: the mesh's box centre, its long
+    side × ROI_SCALE, turned so the line through the outer eye corners is horizontal."""
+    x1, y1 = (float(v) for v in mesh[:, :2].min(0))
+    x2, y2 = (float(v) for v in mesh[:, :2].max(0))
+    (ax, ay), (bx, by) = (mesh[i, :2].tolist() for i in _EYE_CORNERS)
+    angle = -math.atan2(-(by - ay), bx - ax)
+    angle -= 2 * math.pi * math.floor((angle + math.pi) / (2 * math.pi))
+    side = max(x2 - x1, y2 - y1) * ROI_SCALE
+    return ((x1 + x2) / 2 / width, (y1 + y2) / 2 / height, side / width, side / height, angle)
+
+
+def _distinct(meshes: list, scores: list) -> tuple[list, list]:
+    """The followed faces less any that has drifted onto an earlier one (their meshes'
+    boxes overlap by SAME_FACE_IOU or more)."""
+    boxes = [(*m[:, :2].min(0).tolist(), *m[:, :2].max(0).tolist()) for m in meshes]
+    keep = [i for i in range(len(meshes))
+            if all(box_iou(boxes[i], boxes[j]) < SAME_FACE_IOU for j in range(i))]
+    return [meshes[i] for i in keep], [scores[i] for i in keep]
+
+
+@dataclass
+class FaceMemory:
+    """What one stream's face stage keeps of its last picked frame to find the same faces
+    in the next (:meth:`FaceAnalyzer.follow`): each face's next landmark region and detector
+    score, and when the detector last ran.  One per stream, its frames in order; small and
+    picklable (a worker checkpoints it with the stream)."""
+
+    detect_interval_s: float
+    rois: list = field(default_factory=list)
+    scores: list = field(default_factory=list)
+    detected_s: float | None = None     # media time of the last detection; None: never
+    detections: int = 0                 # frames detected
+    followed: int = 0                   # frames whose faces were followed instead
+
+    def due(self, frame: DecodedFrame) -> bool:
+        """Whether ``frame`` must be detected: its GOP's first picked frame, no face to
+        follow (so a face entering an empty picture is found at once), ``detect_interval_s``
+        (0: every frame) since the last detection, or time went back."""
+        last = self.detected_s
+        return (frame.gop_start or not self.rois or last is None or frame.time_s < last
+                or frame.time_s - last >= self.detect_interval_s - 1e-9)
+
+    def forget(self) -> None:
+        """Remember nothing: the next frame is detected."""
+        self.rois, self.scores, self.detected_s = [], [], None
+
+    def remember(self, rois: list, scores: list, *, detected_s: float | None = None) -> None:
+        self.rois, self.scores = rois, [float(s) for s in scores]
+        if detected_s is not None:
+            self.detected_s = detected_s
+            self.detections += 1
+
+
+def face_memory(settings) -> FaceMemory | None:
+    """A new stream's :class:`FaceMemory` under ``settings``, or None where every frame is
+    detected: ``detect_interval_s`` 0, or the facellava profile (its crops are cut from
+    detector boxes)."""
+    if settings.detect_interval_s <= 0 or settings.profile == "facellava":
+        return None
+    return FaceMemory(settings.detect_interval_s)
 
 
 def box_iou(a, b) -> float:
@@ -333,6 +405,37 @@ class FaceAnalyzer:
 
     def __call__(self, image: np.ndarray) -> FaceDetections:
         """All faces of one [H, W, 3] uint8 RGB frame."""
+        return self._detected(image)[0]
+
+    def follow(self, frame: DecodedFrame, memory: "FaceMemory") -> FaceDetections:
+        """The faces of one stream's next picked ``frame``, given what ``memory`` (that
+        stream's) kept of its previous one; updates ``memory``.
+
+        The detector runs when a detection is due (:meth:`FaceMemory.due`: a GOP's first
+        picked frame, nothing remembered, or ``detect_interval_s`` of media time since the
+        last one).  Between detections each remembered face is found again by the landmark
+        model on the region its previous mesh gives (MediaPipe's own face tracking), and
+        keeps its last detector score; when any of them is not found there, this frame is
+        detected after all.  A face entering an empty picture is found at once (nothing to
+        follow: detected), one entering beside followed faces at the next detection.
+        Not with ``square_crops`` (Face-LLaVA's crops are cut from detector boxes)."""
+        image = frame.image
+        if not self._square_crops and not memory.due(frame):
+            height, width = image.shape[:2]
+            meshes = [self.mesh_in_roi(image, roi) for roi in memory.rois]
+            if all(mesh is not None for mesh in meshes):
+                meshes, scores = _distinct(meshes, memory.scores)
+                memory.remember([mesh_roi(mesh, width, height) for mesh in meshes], scores)
+                memory.followed += 1
+                return self._assembled(image, meshes, scores, [])
+        found, meshes, scores = self._detected(image)
+        height, width = image.shape[:2]
+        memory.remember([mesh_roi(mesh, width, height) for mesh in meshes], scores,
+                        detected_s=frame.time_s)
+        return found
+
+    def _detected(self, image: np.ndarray) -> tuple[FaceDetections, list, list]:
+        """(faces, their meshes, their detector scores) of ``image`` by detection."""
         det_boxes, det_scores, rois = self._detect(image)
         meshes, scores, kept = [], [], []
         for box, score, roi in zip(det_boxes, det_scores, rois):
@@ -341,6 +444,12 @@ class FaceAnalyzer:
                 meshes.append(mesh)
                 scores.append(score)
                 kept.append(box)
+        return self._assembled(image, meshes, scores, kept), meshes, scores
+
+    def _assembled(self, image: np.ndarray, meshes: list, scores: list,
+                   kept: list) -> FaceDetections:
+        """:class:`FaceDetections` of faces with these meshes and scores (``kept``: their
+        detector boxes, for Face-LLaVA's crops)."""
         if not meshes:
             return FaceDetections.empty()
         mesh_a = np.array(meshes)               # one C call, where np.stack makes several

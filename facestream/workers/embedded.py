@@ -26,6 +26,7 @@ from facestream.sinks.jsonl import JsonlSink
 from facestream.sinks.report import ReportSink, RunInfo
 from facestream.types import DecodedFrame
 from facestream.vision.decode import Decoder, StreamInfo
+from facestream.vision.faces import face_memory
 from facestream.workers.compose import Models
 from facestream.workers.pipeline import StreamState
 
@@ -154,10 +155,12 @@ def analyze(spec: SourceSpec, settings: Settings, *, out_dir: Path, stream_id: s
     captions: dict[str, str] = {}       # track id -> its label on the annotated output
     still: tuple[Any, list[tuple[str, Any, str]]] | None = None    # a photo and its faces
     state = StreamState(stream_id, settings, confirm_hits=1 if photo else None)
+    memory = face_memory(settings)      # faces followed between detections
     try:
         try:
             for frame in _prefetch(decoder.frames()):
-                faces = models.faces(frame.image)
+                faces = (models.faces(frame.image) if memory is None
+                         else models.faces.follow(frame, memory))
                 started_ev, windows, ended_ev = state.observe(frame, faces)
                 analysis = models.analyzer.analyze([(state, w) for w in windows])
                 emit(frame, error_events + started_ev + analysis + ended_ev

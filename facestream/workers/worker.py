@@ -64,7 +64,7 @@ from facestream.sinks.kafka_topic import EventsTopicUnavailable
 from facestream.sinks.redis_stream import SinkUnavailable
 from facestream.types import DecodedFrame, FaceDetections
 from facestream.vision.decode import ChunkDecoder, FrameSampler
-from facestream.vision.faces import FaceAnalyzer
+from facestream.vision.faces import FaceAnalyzer, FaceMemory, face_memory
 from facestream.workers import checkpoint
 from facestream.workers.dead_letters import BrokerUnavailable, DeadLetterSender, one_line
 from facestream.workers.embedded import _caption
@@ -96,6 +96,7 @@ class _Stream:
     ended_before: bool = False           # the stream had ended: only chunk 0 restarts it
     order: ChunkOrder = field(default_factory=ChunkOrder)
     clean: tuple[int, bytes | None] | None = None
+    faces: FaceMemory | None = None      # the face stage's memory of its last frame
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "clean": None}
@@ -176,7 +177,9 @@ class FaceStage:
 
     A chunk is decoded on one thread (its stream's :class:`ChunkDecoder` picks frames in
     order), then each of its frames is a task of its own, so even one stream's chunk uses
-    every thread.  Each task checks a :class:`FaceAnalyzer` out of a fixed set, one per
+    every thread — unless the chunk comes with its stream's :class:`FaceMemory`: then its
+    frames follow the faces of the one before (``detect_interval_s``), so they are found
+    in order, one task for the chunk, and the threads share out the streams.  Each task checks a :class:`FaceAnalyzer` out of a fixed set, one per
     thread (MediaPipe graphs are not thread-safe): ``faces`` and ``threads - 1`` more made
     here from ``settings``.  With ``threads=1`` no thread is started and :meth:`submit` does
     the work before it returns.  :attr:`lookahead` is how many chunks a caller should keep
@@ -197,10 +200,12 @@ class FaceStage:
         self._pool = (ThreadPoolExecutor(threads, thread_name_prefix="facestream-faces")
                       if threads > 1 else None)
 
-    def submit(self, decoder: ChunkDecoder, chunk) -> Future:
+    def submit(self, decoder: ChunkDecoder, chunk, memory: FaceMemory | None = None) -> Future:
         """Future of the chunk's :class:`_Decoded`; it raises what ``decoder.decode`` raised
-        (undecodable data).  The frames' futures raise what the face stage raised."""
-        return self._run(self._decode, decoder, chunk)
+        (undecodable data).  The frames' futures raise what the face stage raised.
+        ``memory``: the stream's, to follow its faces from frame to frame (the caller's
+        contract above keeps a stream's chunks in order)."""
+        return self._run(self._decode, decoder, chunk, memory)
 
     def close(self) -> None:
         """Wait for the tasks under way, drop the rest, close the analyzers made here."""
@@ -219,18 +224,34 @@ class FaceStage:
             done.set_exception(exc)
         return done
 
-    def _decode(self, decoder: ChunkDecoder, chunk) -> _Decoded:
+    def _decode(self, decoder: ChunkDecoder, chunk, memory: FaceMemory | None) -> _Decoded:
         start = time.perf_counter()
         frames = decoder.decode(chunk)
         seconds = time.perf_counter() - start
-        return _Decoded([self._run(self._faces, frame) for frame in frames], seconds,
-                        decoder.clock_s)
+        if memory is None:
+            seen = [self._run(self._faces, frame) for frame in frames]
+        else:
+            seen = [Future() for _ in frames]
+            self._run(self._follow, frames, seen, memory)
+        return _Decoded(seen, seconds, decoder.clock_s)
 
-    def _faces(self, frame: DecodedFrame) -> _Seen:
+    def _follow(self, frames: list[DecodedFrame], seen: list[Future],
+                memory: FaceMemory) -> None:
+        """The faces of one chunk's frames in order, each following the one before; a
+        frame that fails makes the next one detect afresh."""
+        for frame, done in zip(frames, seen):
+            try:
+                done.set_result(self._faces(frame, memory))
+            except Exception as exc:
+                memory.forget()
+                done.set_exception(exc)
+
+    def _faces(self, frame: DecodedFrame, memory: FaceMemory | None = None) -> _Seen:
         analyzer = self._analyzers.get()
         try:
             start = time.perf_counter()
-            faces = analyzer(frame.image)
+            faces = (analyzer(frame.image) if memory is None
+                     else analyzer.follow(frame, memory))
             return _Seen(frame, faces, time.perf_counter() - start)
         finally:
             self._analyzers.put(analyzer)
@@ -662,8 +683,10 @@ class Worker:
             # The GOP's first chunk was dropped, lost or never decoded: nothing to continue.
             self._drop(stream, chunk, acc)
             return None
-        return _InFlight(stream, chunk, record, self._face_stage.submit(stream.decoder, chunk),
-                         acc)
+        if stream.faces is None:
+            stream.faces = face_memory(self.settings)
+        return _InFlight(stream, chunk, record,
+                         self._face_stage.submit(stream.decoder, chunk, stream.faces), acc)
 
     def _in_order(self, stream: _Stream, chunk: Chunk, record, acc: _Batch) -> bool:
         """Apply the chunk order policy (:mod:`facestream.workers.ordering`): a gap is
@@ -695,6 +718,7 @@ class Worker:
         acc.after += ended
         stream_id = stream.state.stream_id
         stream.decoder, stream.state = self._fresh(stream_id, fps)
+        stream.faces = None
 
     def _fresh(self, stream_id: str, fps: float | None) -> tuple[ChunkDecoder, StreamState]:
         """A new stream's decoder and state, sampling at ``fps`` (the stream's registered

@@ -96,13 +96,21 @@ def test_timestamps_that_go_backwards_or_jump_are_dead_lettered(clip_chunks, mod
 def test_a_fault_in_the_face_stage_costs_the_chunk_not_the_worker(clip_chunks, models):
     calls = []
 
-    def faces(image):
-        calls.append(image.shape)
-        if len(calls) == 3:
-            raise RuntimeError("mediapipe graph failed")
-        return models.faces(image)
+    class Faces:
+        """The face stage, its third frame failing (detected or followed alike)."""
 
-    broken_models = SimpleNamespace(faces=faces, analyzer=models.analyzer)
+        def __call__(self, image):
+            return self._fail_third() or models.faces(image)
+
+        def follow(self, frame, memory):
+            return self._fail_third() or models.faces.follow(frame, memory)
+
+        def _fail_third(self):
+            calls.append(1)
+            if len(calls) == 3:
+                raise RuntimeError("mediapipe graph failed")
+
+    broken_models = SimpleNamespace(faces=Faces(), analyzer=models.analyzer)
     c = clip_chunks
     report, written, dlq, _ = _run([c[0], c[1], EndOfStream("cam", 1)], broken_models)
     assert [reason for _, reason in dlq.sent] == [
