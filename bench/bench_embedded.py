@@ -14,6 +14,8 @@ process pinned to the first CPU core it may use and every library limited to one
                found (with a mesh).  And against the face stage before 2026-12-01 as bare
                MediaPipe (FaceMesh, with its own detector, on a 1.6x square crop around each
                detection): what running the landmark model straight on the detection saves.
+               FaceAnalyzer detects every frame there; a last row gives the face stage as
+               configured (faces followed between detections, ``detect_interval_s``).
 (c) analyze    the whole embedded pipeline (``facestream.workers.embedded.analyze``) at 10 fps,
                as a multiple of real time (the baseline: the clip's own duration), without
                descriptions, with descriptions following their windows' events (the
@@ -92,7 +94,7 @@ from facestream.retry import Backoff  # noqa: E402
 from facestream.runtime import tune_allocator  # noqa: E402
 from facestream.types import DecodedFrame  # noqa: E402
 from facestream.vision.decode import Decoder  # noqa: E402
-from facestream.vision.faces import LANDMARK_GRAPH, FaceAnalyzer  # noqa: E402
+from facestream.vision.faces import LANDMARK_GRAPH, FaceAnalyzer, face_memory  # noqa: E402
 from facestream.vision.tracker import Tracker  # noqa: E402
 from facestream.workers.compose import Models  # noqa: E402
 from facestream.workers.embedded import analyze  # noqa: E402
@@ -276,13 +278,17 @@ def bench_decode(spec: SourceSpec, settings: Settings, rounds: int) -> dict[str,
 # (b) face stage ------------------------------------------------------------------------
 
 def facestream_faces(analyzer: FaceAnalyzer, settings: Settings,
-                     frames: list[DecodedFrame]) -> Timing:
+                     frames: list[DecodedFrame], *, follow: bool = False) -> Timing:
+    """The face stage detecting every frame, or (``follow``) as configured: faces followed
+    between detections (``detect_interval_s``)."""
     tracker = Tracker(confirm_hits=settings.track_confirm_hits,
                       max_lost_s=settings.track_max_lost_s, min_iou=settings.track_min_iou)
+    memory = face_memory(settings) if follow else None
     faces = 0
     clock = Clock()
     for frame in frames:
-        detections = analyzer(frame.image)
+        detections = (analyzer(frame.image) if memory is None
+                      else analyzer.follow(frame, memory))
         tracker.update(detections.boxes, frame.time_s)
         faces += len(detections)
     return Timing(len(frames), *clock.elapsed(), faces)
@@ -377,6 +383,8 @@ def bench_faces(spec: SourceSpec, settings: Settings, rounds: int) -> dict[str, 
     try:
         return interleaved(rounds, {
             "facestream": lambda: facestream_faces(analyzer, settings, frames),
+            "facestream_follow": lambda: facestream_faces(analyzer, settings, frames,
+                                                          follow=True),
             "bare": lambda: bare_faces(bare, frames),
             "crop_mesh": lambda: bare_faces(crop_mesh, frames),
         })
@@ -528,12 +536,17 @@ def build_rows(decode: dict[str, list[Timing]], faces: dict[str, list[Timing]],
             ("(a) decode @10 fps vs every frame", "facestream_10fps", "bare", decode, 0.9),
             ("(b) face stage @10 fps", "facestream", "bare", faces, FACE_TARGET),
             ("(b) face stage @10 fps vs the crop + FaceMesh stage", "facestream",
-             "crop_mesh", faces, None)):
+             "crop_mesh", faces, None),
+            ("(b) face stage @10 fps, faces followed between detections (the default)",
+             "facestream_follow", "bare", faces, None)):
         for clock, per in CLOCKS:
             rows.append(compared(f"{name} (frames/{per})",
                                  [t.rate(clock) for t in source[key]],
                                  [t.rate(clock) for t in source[baseline]], target))
     rows.append(compared("(b) faces found, with mesh", [t.faces for t in faces["facestream"]],
+                         [t.faces for t in faces["bare"]], None, digits=0))
+    rows.append(compared("(b) faces found, with mesh, followed between detections",
+                         [t.faces for t in faces["facestream_follow"]],
                          [t.faces for t in faces["bare"]], None, digits=0))
     rows.append(compared("(b) faces found, with mesh, vs the crop + FaceMesh stage",
                          [t.faces for t in faces["facestream"]],

@@ -16,23 +16,26 @@ worker's thread), so the machine's load matters less than on a wall clock.  Prin
 stage, CPU seconds, % of the run's CPU and CPU ms per analysed frame; then the ``--top``
 functions by own time.
 
-``--ab spinning|graph|mesh``: a same-run A/B of one change, before against after (as the code
+``--ab spinning|graph|mesh|follow``: a same-run A/B of one change, before against after (as the code
 is now).  ``spinning``: ONNX Runtime's pool threads, before = its default (the threads of the
 encoder's three sessions busy-wait after each run), after = not
 (``facestream.encoder.backends.ONNX_SPINNING`` off); a set of models loaded per side.
 ``graph``: the face stage's MediaPipe calls, before = the solutions' own ``process``, after =
 ``facestream.vision.faces.graph_output``.  ``mesh``: each face's mesh, before = MediaPipe's
 FaceMesh (its own detector, then the landmark model) on a 1.6-box-side crop, after = the
-landmark model alone on the detection's region.  ``--rounds`` interleaved rounds of both sides
+landmark model alone on the detection's region.  ``follow``: the worker setting
+``detect_interval_s``, before = 0 (every analysed frame detected), after = the default
+(faces followed between detections).  ``--rounds`` interleaved rounds of both sides
 over the same chunks, unprofiled, after one untimed warm-up round; per run the CPU seconds
 of the process (``process_time``) and wall seconds, then per side the medians, the
 after/before ratios (median, min-max over the rounds' ratios) and the 1-minute load
 average.  The events of both sides must be the same (else it exits saying so), except for
-``mesh``, which changes the landmarks: there the event counts are printed.
+``mesh`` and ``follow``, which change the landmarks: there the event counts and how far
+the two sides' analysis events agree are printed.
 
     .venv/bin/python bench/profile_worker.py [--streams 8] [--seconds 12] [--gop 2] [--top 25]
                                              [--spinning] [--worker-threads 1]
-                                             [--ab spinning|graph|mesh] [--rounds 3]
+                                             [--ab spinning|graph|mesh|follow] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -218,8 +221,19 @@ def mesh_sides() -> dict[str, Callable[[], Models]]:
     return {"before": side(mesh_in_crop), "after": side(ours)}
 
 
-SIDES = {"spinning": spinning_sides, "graph": graph_sides, "mesh": mesh_sides}
-SAME_EVENTS = {"spinning": True, "graph": True, "mesh": False}   # mesh: other landmarks
+def follow_sides() -> dict[str, Callable[[], Models]]:
+    """--ab follow: the same models; the worker settings differ (``SIDE_SETTINGS``)."""
+    models = Models.load(Settings.load({"describe": False}))
+    return {"before": lambda: models, "after": lambda: models}
+
+
+SIDES = {"spinning": spinning_sides, "graph": graph_sides, "mesh": mesh_sides,
+         "follow": follow_sides}
+# Changes that change the events (other landmarks, faces followed between detections).
+SAME_EVENTS = {"spinning": True, "graph": True, "mesh": False, "follow": False}
+# Worker settings per side, where the change is a setting: follow = every frame detected
+# (before) against faces followed between detections (after, the default).
+SIDE_SETTINGS = {"follow": {"before": {"detect_interval_s": 0.0}, "after": {}}}
 
 
 def agreement(before: list[dict], after: list[dict]) -> dict:
@@ -240,7 +254,7 @@ def agreement(before: list[dict], after: list[dict]) -> dict:
 
 
 def ab(chunks: list, sides: dict[str, Callable[[], Models]], settings: dict,
-       rounds: int, same_events: bool = True) -> dict:
+       rounds: int, same_events: bool = True, side_settings: dict | None = None) -> dict:
     """Interleaved rounds of both sides; each side's callable sets it up and gives its models.
     ``same_events``: the change must not change a single event (else the events are only
     counted)."""
@@ -250,7 +264,8 @@ def ab(chunks: list, sides: dict[str, Callable[[], Models]], settings: dict,
     raw: dict[str, list[dict]] = {}
     for round_ in range(rounds + 1):
         for side, prepare in sides.items():
-            _, events, cpu_s, wall_s = run_worker(chunks, prepare(), settings)
+            _, events, cpu_s, wall_s = run_worker(
+                chunks, prepare(), {**settings, **(side_settings or {}).get(side, {})})
             seen.setdefault(side, [comparable(e) for e in events])
             raw.setdefault(side, events)
             if round_:                              # round 0: warm-up
@@ -303,7 +318,7 @@ def main() -> None:
         try:
             result["ab"] = {"change": args.ab,
                             **ab(chunks, SIDES[args.ab](), settings, args.rounds,
-                                 SAME_EVENTS[args.ab])}
+                                 SAME_EVENTS[args.ab], SIDE_SETTINGS.get(args.ab))}
         finally:
             faces.graph_output = graph_output
             faces.FaceAnalyzer.mesh_in_roi = mesh_in_roi

@@ -31,6 +31,10 @@ class WorkerMetrics:
         self.messages = Counter("facestream_messages", "Kafka messages processed", registry=r)
         self.chunks = Counter("facestream_chunks", "Video chunks decoded", registry=r)
         self.frames = Counter("facestream_frames", "Frames analysed", registry=r)
+        self.detected_frames = Counter(
+            "facestream_detected_frames", "Analysed frames the face detector ran on (on the "
+            "others each face was followed from the frame before: detect_interval_s)",
+            registry=r)
         self.faces = Counter("facestream_faces", "Faces found in analysed frames", registry=r)
         self.windows = Counter("facestream_windows", "Analysis windows closed", registry=r)
         self.events = Counter("facestream_events", "Events written to Redis", ["type"], registry=r)

@@ -135,6 +135,7 @@ class _Seen:
     frame: DecodedFrame
     faces: FaceDetections
     seconds: float                 # wall seconds the face stage took
+    detected: bool = True          # the detector ran (else its faces were followed)
 
 
 @dataclass(frozen=True, eq=False)
@@ -250,9 +251,12 @@ class FaceStage:
         analyzer = self._analyzers.get()
         try:
             start = time.perf_counter()
-            faces = (analyzer(frame.image) if memory is None
-                     else analyzer.follow(frame, memory))
-            return _Seen(frame, faces, time.perf_counter() - start)
+            if memory is None:
+                return _Seen(frame, analyzer(frame.image), time.perf_counter() - start)
+            detections = memory.detections
+            faces = analyzer.follow(frame, memory)
+            return _Seen(frame, faces, time.perf_counter() - start,
+                         memory.detections > detections)
         finally:
             self._analyzers.put(analyzer)
 
@@ -771,6 +775,7 @@ class Worker:
                 seen = future.result()
                 self.metrics.stage_seconds.labels("faces").observe(seen.seconds)
                 self.metrics.frames.inc()
+                self.metrics.detected_frames.inc(seen.detected)
                 self.metrics.faces.inc(len(seen.faces))
                 started, closed, ended = stream.state.observe(seen.frame, seen.faces)
                 self._snapshot_due(stream, seen.frame)

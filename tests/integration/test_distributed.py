@@ -270,6 +270,10 @@ def test_redis_outage_delays_events_but_loses_none(isolated, models, sample, tmp
         metrics = http(port, "/metrics")[1]
         assert metric(metrics, "facestream_redis_retries_total") >= 1
         assert metric(metrics, "facestream_frames_total") >= 190
+        # Faces followed between detections: the detector ran at each GOP's first frame
+        # and about once a second, not on every frame.
+        detected = metric(metrics, "facestream_detected_frames_total")
+        assert 7 <= detected < metric(metrics, "facestream_frames_total") / 2
         assert metric(metrics, 'facestream_events_total{type="facestream.face.analysis"}') >= 19
     finally:
         services_cli("start-redis")
