@@ -39,8 +39,9 @@ the rounds, is compared with the theoretical count, median offline throughput / 
 per stream).
 
 Both sides alike: ``--worker-threads`` (default ``1,2``) measures each setting of
-``worker_threads`` in the same run; the first (one thread: every stage on the consuming
-thread) is the baseline of the ratios.  Each setting first runs one untimed offline
+``worker_threads`` in the same run, with each of ``--detect-intervals`` (default: the
+setting's own; e.g. ``0,1``: every frame detected, then faces followed between detections
+once a second); the first configuration is the baseline of the ratios.  Each setting first runs one untimed offline
 measurement (warm-up: model sessions, MediaPipe graphs, the OS file cache, the broker), then
 ``--rounds`` (default 3) offline rounds and ``--realtime-rounds`` (default: ``--rounds``)
 real-time rounds, in which every setting runs once, in turn (offline run by run, real time
@@ -55,6 +56,7 @@ runs) take about 15 minutes on a 2-core machine; ``--rounds 3 --realtime-rounds 
     .venv/bin/python bench/bench_distributed.py [--rounds N] [--realtime-rounds N]
                                                 [--stream-counts 1,2,4,6,8]
                                                 [--offline-streams N] [--worker-threads N,N]
+                                                [--detect-intervals S,S]
                                                 [--start-services]
     ./dev bench                        # every bench/bench_*.py
 
@@ -153,11 +155,25 @@ def publish_streams(spec: SourceSpec, settings: Settings, stream_ids: list[str],
 DESCRIBE = False            # --describe: the worker writes descriptions (on change, follow)
 
 
-def measurement_settings(endpoints: Endpoints, tag: str, *, worker_threads: int = 0) -> Settings:
+@dataclass(frozen=True)
+class Side:
+    """One worker configuration measured: ``worker_threads`` and ``detect_interval_s``
+    (None: the setting's default)."""
+
+    threads: int = 0
+    detect: float | None = None
+
+    def label(self) -> str:
+        return f"worker_threads={self.threads}" + (
+            "" if self.detect is None else f", detect_interval_s={self.detect:g}")
+
+
+def measurement_settings(endpoints: Endpoints, tag: str, side: Side = Side()) -> Settings:
     """Settings with this measurement's own topic, group and Redis keys.  The worker's
     metrics endpoint is off (its port may be another worker's); its counters still run."""
+    detect = {} if side.detect is None else {"detect_interval_s": side.detect}
     return Settings.load({**endpoints.overrides(), "describe": DESCRIBE, "fps": FPS,
-                          "metrics_port": 0, "worker_threads": worker_threads,
+                          "metrics_port": 0, "worker_threads": side.threads, **detect,
                           "video_topic": f"bench-{tag}.video", "dlq_topic": f"bench-{tag}.dlq",
                           "consumer_group": f"bench-{tag}", "events_stream": f"bench:{tag}:events",
                           "checkpoint_prefix": f"bench:{tag}:checkpoint"})
@@ -258,9 +274,9 @@ def stream_ids(tag: str, count: int) -> list[str]:
 
 
 def measure_offline(endpoints: Endpoints, models, pool: Executor, spec: SourceSpec,
-                    streams: int, *, worker_threads: int) -> Offline:
+                    streams: int, *, side: Side) -> Offline:
     tag = f"offline-{uuid.uuid4().hex[:8]}"
-    settings = measurement_settings(endpoints, tag, worker_threads=worker_threads)
+    settings = measurement_settings(endpoints, tag, side)
     ids = stream_ids(tag, streams)
     with fresh_topic(endpoints.kafka_bootstrap, settings.video_topic, partitions=PARTITIONS):
         pool.submit(publish_streams, spec, settings, ids, realtime=False, stagger_s=0).result()
@@ -300,9 +316,9 @@ def growth(points: list[tuple[float, float]]) -> float:
 
 
 def measure_realtime(endpoints: Endpoints, models, pool: Executor, spec: SourceSpec,
-                     streams: int, chunk_period_s: float, *, worker_threads: int) -> Realtime:
+                     streams: int, chunk_period_s: float, *, side: Side) -> Realtime:
     tag = f"rt{streams}-{uuid.uuid4().hex[:8]}"
-    settings = measurement_settings(endpoints, tag, worker_threads=worker_threads)
+    settings = measurement_settings(endpoints, tag, side)
     ids = stream_ids(tag, streams)
     with fresh_topic(endpoints.kafka_bootstrap, settings.video_topic, partitions=PARTITIONS):
         sent, report, seconds, cpu_s = run_worker(
@@ -358,9 +374,9 @@ def ratio_text(values: list[float], baseline: list[float]) -> str:
             f"({min(per_round):.2f}-{max(per_round):.2f})")
 
 
-def print_report(n: int, baseline: int, offlines: dict[int, list[Offline]],
-                 rounds: dict[int, list[list[Realtime]]]) -> None:
-    """One worker_threads setting: offline rounds, real-time rounds by stream count."""
+def print_report(n: Side, baseline: Side, offlines: dict[Side, list[Offline]],
+                 rounds: dict[Side, list[list[Realtime]]]) -> None:
+    """One worker configuration: offline rounds, real-time rounds by stream count."""
     offline = offlines[n]
     fps = [o.fps for o in offline]
     cpu_fps = [o.cpu_fps for o in offline]
@@ -371,7 +387,7 @@ def print_report(n: int, baseline: int, offlines: dict[int, list[Offline]],
           f"{spread([o.load for o in offline])}) -> {theoretical:.1f} real-time streams at "
           f"{FPS:g} fps in theory")
     if n != baseline:
-        print(f"  vs worker_threads={baseline}: frames per wall s "
+        print(f"  vs {baseline.label()}: frames per wall s "
               f"{ratio_text(fps, [o.fps for o in offlines[baseline]])}, per CPU s "
               f"{ratio_text(cpu_fps, [o.cpu_fps for o in offlines[baseline]])}")
     print(f"{'streams':>7}  {'events':>6}  {'p50 s':>15}  {'p95 s':>15}  {'growth s/s':>22}  "
@@ -440,6 +456,17 @@ def thread_counts(text: str) -> list[int]:
     return counts(text, minimum=0)
 
 
+def intervals(text: str) -> list[float]:
+    """``--detect-intervals``: comma-separated detect_interval_s settings."""
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated seconds, got {text!r}")
+    if not values or min(values) < 0 or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"expected distinct seconds >= 0, got {text!r}")
+    return values
+
+
 def stream_counts(text: str) -> list[int]:
     """``--stream-counts``: comma-separated numbers of concurrent real-time streams."""
     return sorted(counts(text, minimum=1))
@@ -460,6 +487,10 @@ def main() -> None:
     parser.add_argument("--worker-threads", type=thread_counts, default=[1, 2],
                         help="worker_threads settings to measure (0: the default, min(2, "
                              "cores)); the first is the baseline of the ratios (default 1,2)")
+    parser.add_argument("--detect-intervals", type=intervals, default=None,
+                        help="detect_interval_s settings to measure with each worker_threads "
+                             "setting (default: the setting's default only); e.g. 0,1 measures "
+                             "every frame detected against faces followed between detections")
     parser.add_argument("--start-services", action="store_true",
                         help="start a private Kafka and Redis even if the environment names some")
     parser.add_argument("--describe", action="store_true",
@@ -482,29 +513,30 @@ def main() -> None:
     spawn = multiprocessing.get_context("spawn")
     started = time.monotonic()
     load_before = os.getloadavg()
-    settings_list = args.worker_threads
+    settings_list = [Side(threads, detect) for threads in args.worker_threads
+                     for detect in (args.detect_intervals or [None])]
     with services(start=args.start_services) as endpoints, \
             ProcessPoolExecutor(1, mp_context=spawn) as pool:
         models = Models.load(base)
 
         def offline(n: int) -> Offline:
             return measure_offline(endpoints, models, pool, spec, args.offline_streams,
-                                   worker_threads=n)
+                                   side=n)
 
         for n in settings_list:                 # warm-up, not counted
             offline(n)
-        offlines: dict[int, list[Offline]] = {n: [] for n in settings_list}
+        offlines: dict[Side, list[Offline]] = {n: [] for n in settings_list}
         for _ in range(args.rounds):
             for n in settings_list:
                 offlines[n].append(offline(n))
-        rounds: dict[int, list[list[Realtime]]] = {n: [] for n in settings_list}
+        rounds: dict[Side, list[list[Realtime]]] = {n: [] for n in settings_list}
         for _ in range(realtime_rounds):
             for n in settings_list:
                 rounds[n].append([])
             for streams in args.stream_counts:
                 for n in settings_list:
                     rounds[n][-1].append(measure_realtime(endpoints, models, pool, spec,
-                                                          streams, period, worker_threads=n))
+                                                          streams, period, side=n))
     load_after = os.getloadavg()
 
     print(f"clip {spec.target}, {FPS:g} fps analysis, descriptions "
@@ -515,11 +547,12 @@ def main() -> None:
           f"{time.monotonic() - started:.0f} s")
     print(f"warm-up offline run of every setting, then {args.rounds} offline and "
           f"{realtime_rounds} real-time interleaved rounds: median (min-max); ratio = median / "
-          f"median of worker_threads={settings_list[0]} (min-max of the per-round ratios)")
+          f"median of {settings_list[0].label()} (min-max of the per-round ratios)")
     baseline = settings_list[0]
-    threads = {n: worker_threads(Settings.load({"worker_threads": n})) for n in settings_list}
+    threads = {n: worker_threads(Settings.load({"worker_threads": n.threads}))
+               for n in settings_list}
     for n in settings_list:
-        print(f"\nworker_threads={n} ({threads[n]} threads)")
+        print(f"\n{n.label()} ({threads[n]} threads)")
         print_report(n, baseline, offlines, rounds)
     base_fps = [o.fps for o in offlines[baseline]]
     base_cpu_fps = [o.cpu_fps for o in offlines[baseline]]
@@ -532,7 +565,7 @@ def main() -> None:
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in load_after],
         "by_worker_threads": [
-            {"worker_threads": n, "threads": threads[n],
+            {"worker_threads": n.threads, "detect_interval_s": n.detect, "threads": threads[n],
              "offline_ratio_wall": round(statistics.median(o.fps for o in offlines[n])
                                          / statistics.median(base_fps), 3),
              "offline_ratio_wall_by_round": [round(o.fps / b, 3)

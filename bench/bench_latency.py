@@ -29,7 +29,10 @@ measurement) and ``round_max_s=0``, so the ratio is that of those two changes.
 ``--baseline descriptions`` compares the worker with descriptions on (after: SmolLM2 writing
 a sentence for the windows the scheduler picks, following their events) against the same
 worker without (before), both with 0.5 s chunks: whether the structured events keep their
-latency while sentences are written beside them.  One ``Worker`` (``--no-describe`` unless
+latency while sentences are written beside them.  ``--baseline detect`` compares the worker
+detecting faces on every analysed frame (before: ``detect_interval_s=0``) against the default
+(after: faces followed by their mesh between detections), both with 0.5 s chunks.  One
+``Worker`` (``--no-describe`` unless
 that baseline's after side, ``FACESTREAM_FPS=5``,
 ``worker_threads`` default, metrics endpoint off) runs in a thread of this process with its
 models loaded once and consumes a topic of the measurement's own (6 partitions), with its
@@ -62,7 +65,7 @@ estimate first.  ``--quick``: 1 and 4 streams, 2 and 4 s GOPs, one round (2.5 mi
 
     .venv/bin/python bench/bench_latency.py [--streams 1,4,8] [--gops 1,2,4] [--rounds N]
                                             [--seconds S] [--quick] [--start-services]
-                                            [--baseline gop|previous]
+                                            [--baseline gop|previous|descriptions|detect]
 
 Kafka and Redis: as ``bench/bench_distributed.py`` (``--start-services``, else the pair
 FACESTREAM_KAFKA_BOOTSTRAP and FACESTREAM_REDIS_URL name; see bench/services.py).  The
@@ -109,7 +112,7 @@ from bench_distributed import (CLIP, FPS, PARTITIONS, forget,  # noqa: E402
 from services import Endpoints, fresh_topic, services  # noqa: E402
 
 SIDES = {"before": 0.0, "after": 0.5}          # side -> chunk_max_s
-BASELINES = ("gop", "previous", "descriptions")                 # --baseline: what before is
+BASELINES = ("gop", "previous", "descriptions", "detect")       # --baseline: what before is
 GOPS = (1.0, 2.0, 4.0)
 STREAMS = (1, 4, 8)
 SECONDS = 12.0
@@ -312,6 +315,9 @@ def side_settings(side: str, baseline: str) -> dict:
         return {"chunk_max_s": SIDES["after"], "round_max_s": 0.0}
     if baseline == "descriptions":
         return {"chunk_max_s": SIDES["after"], "describe": side == "after"}
+    if baseline == "detect":            # before: the detector on every analysed frame
+        return {"chunk_max_s": SIDES["after"], **({"detect_interval_s": 0.0}
+                                                  if side == "before" else {})}
     return {"chunk_max_s": SIDES[side]}
 
 
@@ -515,7 +521,9 @@ def main() -> None:
                         help="before = whole GOPs (gop, the default), or 0.5 s chunks as the "
                              "worker handled them before windows closed at a frame's end and "
                              "rounds were bounded (previous), or the same worker without "
-                             "descriptions, after = with them (descriptions)")
+                             "descriptions, after = with them (descriptions), or detecting "
+                             "every analysed frame, after = faces followed between "
+                             "detections (detect)")
     args = parser.parse_args()
     preset = QUICK if args.quick else {"streams": list(STREAMS), "gops": list(GOPS), "rounds": 2}
     streams = args.streams or preset["streams"]
@@ -587,7 +595,9 @@ def main() -> None:
     before = {"previous": f"chunk_max_s {SIDES['after']:g}, windows closed at the last "
                           "frame's time, round_max_s 0 (the previous worker)",
               "descriptions": f"chunk_max_s {SIDES['after']:g}, no descriptions",
-              "gop": f"chunk_max_s {SIDES['before']:g} (whole GOPs)"}[args.baseline]
+              "gop": f"chunk_max_s {SIDES['before']:g} (whole GOPs)",
+              "detect": f"chunk_max_s {SIDES['after']:g}, detect_interval_s 0 (the detector "
+                        "on every analysed frame)"}[args.baseline]
     after = "with descriptions (follow), " if args.baseline == "descriptions" else ""
     print(f"before = {before}, after = {after}chunk_max_s {SIDES['after']:g}, round_max_s "
           f"{base.round_max_s:g}; warm-up run of each side, then {rounds} interleaved rounds: "
