@@ -202,8 +202,8 @@ def _distinct(meshes: list, scores: list) -> tuple[list, list]:
 class FaceMemory:
     """What one stream's face stage keeps of its last picked frame to find the same faces
     in the next (:meth:`FaceAnalyzer.follow`): each face's next landmark region and detector
-    score, and when the detector last ran.  One per stream, its frames in order; small and
-    picklable (a worker checkpoints it with the stream)."""
+    score, and when the detector last ran.  One per stream, its frames in order.  Needed
+    only within a GOP (detection restarts at each), so a worker does not checkpoint it."""
 
     detect_interval_s: float
     rois: list = field(default_factory=list)

@@ -96,10 +96,13 @@ class _Stream:
     ended_before: bool = False           # the stream had ended: only chunk 0 restarts it
     order: ChunkOrder = field(default_factory=ChunkOrder)
     clean: tuple[int, bytes | None] | None = None
-    faces: FaceMemory | None = None      # the face stage's memory of its last frame
+    faces: FaceMemory | None = None      # the face stage's memory of its last frame (not
+                                         # checkpointed)
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "clean": None}
+        # A checkpoint is taken between GOPs, where the face stage detects afresh: its
+        # memory is not needed there (and the checkpoint's format stays as it was).
+        return {**self.__dict__, "clean": None, "faces": None}
 
 
 @dataclass
