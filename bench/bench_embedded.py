@@ -294,7 +294,27 @@ def facestream_faces(analyzer: FaceAnalyzer, settings: Settings,
     return Timing(len(frames), *clock.elapsed(), faces)
 
 
-class BareMediaPipe:
+class _BareStage:
+    """Bare MediaPipe: the full-range detector through ``process``, then :meth:`_mesh_found`
+    for each detection; subclasses set ``_second`` (the mesh graph) and that method."""
+
+    def __init__(self, settings: Settings) -> None:
+        from mediapipe.python.solutions import face_detection
+
+        self._detector = face_detection.FaceDetection(
+            model_selection=1, min_detection_confidence=settings.min_detection_confidence)
+
+    def close(self) -> None:
+        self._detector.close()
+        self._second.close()
+
+    def __call__(self, image: np.ndarray) -> int:
+        """Faces with a mesh in one RGB frame."""
+        return sum(self._mesh_found(image, detection)
+                   for detection in self._detector.process(image).detections or ())
+
+
+class BareMediaPipe(_BareStage):
     """The least that facestream's face stage must do: detect, then run the face-landmark
     graph on each detection's region (MediaPipe's face-mesh region: box centre, long side
     x 1.5, turned upright by the eyes), both through MediaPipe's ``process``."""
@@ -304,69 +324,47 @@ class BareMediaPipe:
         from mediapipe.framework import calculator_pb2
         from mediapipe.framework.formats import rect_pb2
         from mediapipe.python import solution_base
-        from mediapipe.python.solutions import face_detection
 
-        self._detector = face_detection.FaceDetection(
-            model_selection=1, min_detection_confidence=settings.min_detection_confidence)
+        super().__init__(settings)
         config = text_format.Parse(LANDMARK_GRAPH, calculator_pb2.CalculatorGraphConfig())
-        self._landmarks = solution_base.SolutionBase(graph_config=config,
-                                                     side_inputs={"with_attention": False})
+        self._second = solution_base.SolutionBase(graph_config=config,
+                                                  side_inputs={"with_attention": False})
         self._rect = rect_pb2.NormalizedRect
 
-    def close(self) -> None:
-        self._detector.close()
-        self._landmarks.close()
-
-    def __call__(self, image: np.ndarray) -> int:
-        """Faces with a mesh in one RGB frame."""
+    def _mesh_found(self, image: np.ndarray, detection) -> bool:
         height, width = image.shape[:2]
-        found = 0
-        for detection in self._detector.process(image).detections or ():
-            rel = detection.location_data.relative_bounding_box
-            eye_r, eye_l = detection.location_data.relative_keypoints[:2]
-            angle = -math.atan2(-(eye_l.y - eye_r.y) * height, (eye_l.x - eye_r.x) * width)
-            side = max(rel.width * width, rel.height * height) * 1.5
-            roi = self._rect(x_center=rel.xmin + rel.width / 2,
-                             y_center=rel.ymin + rel.height / 2,
-                             width=side / width, height=side / height, rotation=angle)
-            if self._landmarks.process({"image": image, "roi": roi}).face_landmarks:
-                found += 1
-        return found
+        rel = detection.location_data.relative_bounding_box
+        eye_r, eye_l = detection.location_data.relative_keypoints[:2]
+        angle = -math.atan2(-(eye_l.y - eye_r.y) * height, (eye_l.x - eye_r.x) * width)
+        side = max(rel.width * width, rel.height * height) * 1.5
+        roi = self._rect(x_center=rel.xmin + rel.width / 2, y_center=rel.ymin + rel.height / 2,
+                         width=side / width, height=side / height, rotation=angle)
+        return bool(self._second.process({"image": image, "roi": roi}).face_landmarks)
 
 
-class CropMeshMediaPipe:
+class CropMeshMediaPipe(_BareStage):
     """The face stage before 2026-12-01 as bare MediaPipe: detect, then FaceMesh (which runs
     its own short-range detector first) on a 1.6x square crop around each detection."""
 
     def __init__(self, settings: Settings) -> None:
-        from mediapipe.python.solutions import face_detection, face_mesh
+        from mediapipe.python.solutions import face_mesh
 
-        self._detector = face_detection.FaceDetection(
-            model_selection=1, min_detection_confidence=settings.min_detection_confidence)
-        self._mesh = face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1,
-                                        min_detection_confidence=0.3)
+        super().__init__(settings)
+        self._second = face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1,
+                                          min_detection_confidence=0.3)
 
-    def close(self) -> None:
-        self._detector.close()
-        self._mesh.close()
-
-    def __call__(self, image: np.ndarray) -> int:
-        """Faces with a mesh in one RGB frame."""
+    def _mesh_found(self, image: np.ndarray, detection) -> bool:
         height, width = image.shape[:2]
-        found = 0
-        for detection in self._detector.process(image).detections or ():
-            rel = detection.location_data.relative_bounding_box
-            cx, cy = (rel.xmin + rel.width / 2) * width, (rel.ymin + rel.height / 2) * height
-            half = max(rel.width * width, rel.height * height) * 1.6 / 2
-            x1, y1 = int(max(0, cx - half)), int(max(0, cy - half))
-            x2, y2 = int(min(width, cx + half)), int(min(height, cy + half))
-            crop = np.ascontiguousarray(image[y1:y2, x1:x2])
-            if self._mesh.process(crop).multi_face_landmarks:
-                found += 1
-        return found
+        rel = detection.location_data.relative_bounding_box
+        cx, cy = (rel.xmin + rel.width / 2) * width, (rel.ymin + rel.height / 2) * height
+        half = max(rel.width * width, rel.height * height) * 1.6 / 2
+        x1, y1 = int(max(0, cx - half)), int(max(0, cy - half))
+        x2, y2 = int(min(width, cx + half)), int(min(height, cy + half))
+        crop = np.ascontiguousarray(image[y1:y2, x1:x2])
+        return bool(self._second.process(crop).multi_face_landmarks)
 
 
-def bare_faces(bare: BareMediaPipe | CropMeshMediaPipe, frames: list[DecodedFrame]) -> Timing:
+def bare_faces(bare: _BareStage, frames: list[DecodedFrame]) -> Timing:
     faces = 0
     clock = Clock()
     for frame in frames:
