@@ -41,11 +41,11 @@ per stream).
 Both sides alike: ``--worker-threads`` (default ``1,2``) measures each setting of
 ``worker_threads`` in the same run, with each of ``--detect-intervals`` (default: the
 setting's own; e.g. ``0,1``: every frame detected, then faces followed between detections
-once a second); the first configuration is the baseline of the ratios.  Each setting first runs one untimed offline
-measurement (warm-up: model sessions, MediaPipe graphs, the OS file cache, the broker), then
-``--rounds`` (default 3) offline rounds and ``--realtime-rounds`` (default: ``--rounds``)
-real-time rounds, in which every setting runs once, in turn (offline run by run, real time
-N by N), so drift on a shared machine hits all of them.  Figures are medians over the rounds
+once a second); the first configuration is the baseline of the ratios.  Each setting first
+runs one untimed offline measurement (warm-up: model sessions, MediaPipe graphs, the OS file
+cache, the broker), then ``--rounds`` (default 3) offline rounds and ``--realtime-rounds``
+(default: ``--rounds``) real-time rounds, in which every setting runs once, in turn (offline
+run by run, real time N by N), so drift on a shared machine hits all of them.  Figures are medians over the rounds
 with their spread (min-max); a ratio is median / median of the baseline setting, its spread
 the min-max of the per-round ratios; "kept up" counts the rounds.  The 1-minute load average
 is printed with every measurement.  The last line is ``RESULT {json}`` with every number.

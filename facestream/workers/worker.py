@@ -181,14 +181,15 @@ class FaceStage:
 
     A chunk is decoded on one thread (its stream's :class:`ChunkDecoder` picks frames in
     order), then each of its frames is a task of its own, so even one stream's chunk uses
-    every thread — unless the chunk comes with its stream's :class:`FaceMemory`: then its
-    frames follow the faces of the one before (``detect_interval_s``), so they are found
-    in order, one task for the chunk, and the threads share out the streams.  Each task checks a :class:`FaceAnalyzer` out of a fixed set, one per
-    thread (MediaPipe graphs are not thread-safe): ``faces`` and ``threads - 1`` more made
-    here from ``settings``.  With ``threads=1`` no thread is started and :meth:`submit` does
-    the work before it returns.  :attr:`lookahead` is how many chunks a caller should keep
-    submitted ahead of the one it waits for: enough to keep the threads busy, few enough
-    not to hold many chunks' frames (2 per thread beyond the first; 0 with one thread).
+    every thread — unless the chunk comes with its stream's :class:`FaceMemory`: then each
+    frame follows the faces of the one before (``detect_interval_s``), so they are found in
+    order, one task for the chunk, and the threads share out the streams.  Each task checks
+    a :class:`FaceAnalyzer` out of a fixed set, one per thread (MediaPipe graphs are not
+    thread-safe): ``faces`` and ``threads - 1`` more made here from ``settings``.  With
+    ``threads=1`` no thread is started and :meth:`submit` does the work before it returns.
+    :attr:`lookahead` is how many chunks a caller should keep submitted ahead of the one it
+    waits for: enough to keep the threads busy, few enough not to hold many chunks' frames
+    (2 per thread beyond the first; 0 with one thread).
 
     Not thread-safe: one caller.  The caller must not submit a decoder's next chunk before
     the future of its previous one and of that chunk's frames are done.
