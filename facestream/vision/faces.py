@@ -32,7 +32,7 @@ import numpy as np
 from facestream.errors import AssetError, ConfigError
 from facestream.types import MESH_POINTS, DecodedFrame, FaceDetections
 from facestream.vision.crops import make_chips, reference_region, square_region
-from facestream.vision.float32 import f32
+from facestream.vision.float32 import atan2f, f32
 from facestream.vision.landmarks import ibug68_from_mesh
 
 ROI_SCALE = 1.5         # the landmark model's square, in long sides of the detector's box
@@ -161,8 +161,7 @@ def detection_roi(detection, width: int, height: int) -> tuple[float, float, flo
     right_eye, left_eye = detection.location_data.relative_keypoints[:2]
     x0, y0 = f32(right_eye.x * width), f32(right_eye.y * height)
     x1, y1 = f32(left_eye.x * width), f32(left_eye.y * height)
-    # float32 atan2 (libm's atan2f, as MediaPipe's C++ calls it; not the rounded double).
-    angle = f32(0.0 - float(np.arctan2(np.float32(-f32(y1 - y0)), np.float32(f32(x1 - x0)))))
+    angle = f32(0.0 - atan2f(-f32(y1 - y0), f32(x1 - x0)))
     angle = f32(angle - 2 * math.pi * math.floor((angle + math.pi) / (2 * math.pi)))
     side = max(f32(rel.width * width), f32(rel.height * height))
     return (f32(rel.xmin + f32(rel.width / 2)), f32(rel.ymin + f32(rel.height / 2)),

@@ -73,3 +73,24 @@ def test_detections_are_ordered_widest_first_and_stably(max_faces, monkeypatch):
     assert boxes.dtype == scores.dtype == np.float32 and boxes.shape == (len(order), 4)
     np.testing.assert_array_equal(boxes, ref[order])
     np.testing.assert_array_equal(scores, ref_scores[order])
+
+
+def test_atan2f_is_the_c_librarys_float32_atan2():
+    """MediaPipe's calculators call C's atan2f; the face stage's region must use the same
+    function (the rounded double differs by an ulp on a fifth of inputs)."""
+    import ctypes
+    import ctypes.util
+
+    from facestream.vision.float32 import atan2f
+
+    libm = ctypes.CDLL(ctypes.util.find_library("m"))
+    libm.atan2f.restype = ctypes.c_float
+    libm.atan2f.argtypes = (ctypes.c_float, ctypes.c_float)
+    rng = np.random.default_rng(4)
+    ys = rng.normal(0, 30, 3000).astype(np.float32).tolist()
+    xs = rng.normal(60, 20, 3000).astype(np.float32).tolist()
+    got = [atan2f(y, x) for y, x in zip(ys, xs)]
+    assert got == [libm.atan2f(y, x) for y, x in zip(ys, xs)]
+    # Not the double atan2 rounded: somewhere they part (so the test tells them apart).
+    import math
+    assert any(g != f32(math.atan2(y, x)) for g, y, x in zip(got, ys, xs))
