@@ -87,7 +87,8 @@ class Settings:
     """Settings shared by ``analyze``, the workers and the benchmarks."""
 
     cache_dir: Path = field(default_factory=_default_cache_dir, metadata=_doc(
-        "Where `facestream models pull` puts model files and sample media."))
+        "Where `facestream models pull` puts model files and sample media (default "
+        "$XDG_CACHE_HOME/facestream, else ~/.cache/facestream)."))
     fps: float = field(default=10.0, metadata=_doc(
         "Analysis rate in frames per second of media time; frames are picked by timestamp.",
         ge=0.1, le=120))
@@ -542,6 +543,38 @@ class Settings:
         return cls(**values)
 
     @classmethod
+    def reference(cls) -> str:
+        """docs/SETTINGS.md: every setting, its environment variable, default, allowed values
+        and meaning, in Markdown (``python -m facestream.config`` prints it)."""
+        lines = ["# Settings", "",
+                 "Every facestream process (`analyze`, `worker`, `ingest`, `serve`, ...) reads "
+                 "the same settings: defaults, then `FACESTREAM_<NAME>` environment variables, "
+                 "then command-line options where a command has one. An unknown "
+                 "`FACESTREAM_*` name or a value out of range stops the process with a "
+                 "one-line error naming it. This page is generated from "
+                 "`facestream/config.py` (`python -m facestream.config > docs/SETTINGS.md`; a "
+                 "test keeps it current).", "",
+                 "| environment variable | default | allowed | meaning |",
+                 "|---|---|---|---|"]
+        for f in dataclasses.fields(cls):
+            meta = f.metadata
+            if f.default_factory is not dataclasses.MISSING:
+                default = "(see meaning)"
+            elif isinstance(f.default, bool):
+                default = f"`{str(f.default).lower()}`"
+            else:
+                default = f"`{f.default}`" if f.default not in ("", None) else "(empty)"
+            if meta.get("choices"):
+                allowed = ", ".join(f"`{c}`" for c in meta["choices"])
+            else:
+                bounds = [f">= {meta['ge']:g}" if meta.get("ge") is not None else "",
+                          f"<= {meta['le']:g}" if meta.get("le") is not None else ""]
+                allowed = ", ".join(b for b in bounds if b)
+            doc = " ".join(meta["doc"].split()).replace("|", "\\|")
+            lines.append(f"| `{ENV_PREFIX}{f.name.upper()}` | {default} | {allowed} | {doc} |")
+        return "\n".join(lines) + "\n"
+
+    @classmethod
     def describe_fields(cls) -> list[tuple[str, str, Any]]:
         """(name, doc, default) for every setting, for help text and docs."""
         out = []
@@ -572,3 +605,7 @@ def _coerce(f: dataclasses.Field, value: Any, *, source: str) -> Any:
         return str(value)
     except (TypeError, ValueError):
         raise ConfigError(f"setting {source}={value!r}: expected {kind}") from None
+
+
+if __name__ == "__main__":
+    print(Settings.reference(), end="")

@@ -86,6 +86,19 @@ def test_every_setting_is_documented():
         assert doc and doc[0].isupper(), name
 
 
+def test_the_settings_reference_is_current():
+    """docs/SETTINGS.md is what ``python -m facestream.config`` prints: a setting added,
+    renamed or re-documented without regenerating it fails here."""
+    written = (REPO / "docs" / "SETTINGS.md").read_text(encoding="utf-8")
+    assert written == Settings.reference(), (
+        "docs/SETTINGS.md is stale: run `.venv/bin/python -m facestream.config > "
+        "docs/SETTINGS.md`")
+    rows = [line for line in written.splitlines() if line.startswith("| `FACESTREAM_")]
+    assert len(rows) == len(Settings.describe_fields())
+    assert all(line.count(" | ") == 3 for line in rows)        # no stray pipe in a cell
+    assert "| `FACESTREAM_DETECT_INTERVAL_S` | `1.0` | >= 0, <= 10 |" in written
+
+
 def test_every_facestream_variable_the_repo_uses_is_a_setting_or_tooling():
     """``Settings.load`` refuses an unknown ``FACESTREAM_*`` variable, so every such name the
     repo's own scripts, services, benchmarks, tests and docs read or set must be a setting or
