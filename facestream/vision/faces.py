@@ -148,6 +148,11 @@ class LandmarkModel:
         self._graph.close()
 
 
+def _upright(angle: float) -> float:
+    """``angle`` (radians) brought into [-pi, pi), as MediaPipe's ``NormalizeRadians``."""
+    return angle - 2 * math.pi * math.floor((angle + math.pi) / (2 * math.pi))
+
+
 def detection_roi(detection, width: int, height: int) -> tuple[float, float, float, float,
                                                                 float]:
     """The landmark model's region of interest for a BlazeFace detection in a ``width`` ×
@@ -161,8 +166,7 @@ def detection_roi(detection, width: int, height: int) -> tuple[float, float, flo
     right_eye, left_eye = detection.location_data.relative_keypoints[:2]
     x0, y0 = f32(right_eye.x * width), f32(right_eye.y * height)
     x1, y1 = f32(left_eye.x * width), f32(left_eye.y * height)
-    angle = f32(0.0 - atan2f(-f32(y1 - y0), f32(x1 - x0)))
-    angle = f32(angle - 2 * math.pi * math.floor((angle + math.pi) / (2 * math.pi)))
+    angle = f32(_upright(f32(0.0 - atan2f(-f32(y1 - y0), f32(x1 - x0)))))
     side = max(f32(rel.width * width), f32(rel.height * height))
     return (f32(rel.xmin + f32(rel.width / 2)), f32(rel.ymin + f32(rel.height / 2)),
             f32(f32(side / width) * ROI_SCALE), f32(f32(side / height) * ROI_SCALE), angle)
@@ -182,8 +186,7 @@ def mesh_roi(mesh: np.ndarray, width: int, height: int) -> tuple[float, float, f
     x1, y1 = (float(v) for v in mesh[:, :2].min(0))
     x2, y2 = (float(v) for v in mesh[:, :2].max(0))
     (ax, ay), (bx, by) = (mesh[i, :2].tolist() for i in _EYE_CORNERS)
-    angle = -math.atan2(-(by - ay), bx - ax)
-    angle -= 2 * math.pi * math.floor((angle + math.pi) / (2 * math.pi))
+    angle = _upright(-math.atan2(-(by - ay), bx - ax))
     side = max(x2 - x1, y2 - y1) * ROI_SCALE
     return ((x1 + x2) / 2 / width, (y1 + y2) / 2 / height, side / width, side / height, angle)
 
@@ -224,8 +227,11 @@ class FaceMemory:
         self.rois, self.scores, self.detected_s = [], [], None
 
     def remember(self, rois: list, scores: list, *, detected_s: float | None = None) -> None:
+        """Keep a frame's faces: detected at ``detected_s``, or (None) followed."""
         self.rois, self.scores = rois, [float(s) for s in scores]
-        if detected_s is not None:
+        if detected_s is None:
+            self.followed += 1
+        else:
             self.detected_s = detected_s
             self.detections += 1
 
@@ -419,16 +425,14 @@ class FaceAnalyzer:
         follow: detected), one entering beside followed faces at the next detection.
         Not with ``square_crops`` (Face-LLaVA's crops are cut from detector boxes)."""
         image = frame.image
+        height, width = image.shape[:2]
         if not self._square_crops and not memory.due(frame):
-            height, width = image.shape[:2]
             meshes = [self.mesh_in_roi(image, roi) for roi in memory.rois]
             if all(mesh is not None for mesh in meshes):
                 meshes, scores = _distinct(meshes, memory.scores)
                 memory.remember([mesh_roi(mesh, width, height) for mesh in meshes], scores)
-                memory.followed += 1
                 return self._assembled(image, meshes, scores, [])
         found, meshes, scores = self._detected(image)
-        height, width = image.shape[:2]
         memory.remember([mesh_roi(mesh, width, height) for mesh in meshes], scores,
                         detected_s=frame.time_s)
         return found
