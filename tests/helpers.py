@@ -120,7 +120,7 @@ def comparable(event: dict) -> tuple[str, str, str]:
 
 def one_poll_worker(messages, models, *, sink=None, topic: str = "unit.video",
                     partition_per_stream: bool = False, **settings):
-    """One poll of ``messages`` (chunks, end markers, or raw ``(key, value, headers)``) on
+    """One poll of ``messages`` (chunks, end or clock markers, or raw ``(key, value, headers)``) on
     one partition (``partition_per_stream``: each key on a partition of its own, so every
     round takes a message of each stream) through a :class:`~facestream.workers.worker.Worker`
     with in-memory transports and ``settings`` (describe off, one thread by default); returns
@@ -128,7 +128,7 @@ def one_poll_worker(messages, models, *, sink=None, topic: str = "unit.video",
     from kafka import TopicPartition
 
     from facestream.config import Settings
-    from facestream.ingest.chunks import EndOfStream
+    from facestream.ingest.chunks import EndOfStream, MediaClock
     from facestream.workers.worker import Worker
 
     records: dict[int, list[Record]] = {} if partition_per_stream else {0: []}
@@ -136,7 +136,7 @@ def one_poll_worker(messages, models, *, sink=None, topic: str = "unit.video",
     for message in messages:
         if isinstance(message, tuple):
             key, value, headers = message
-        elif isinstance(message, EndOfStream):
+        elif isinstance(message, (EndOfStream, MediaClock)):
             key, value, headers = message.stream_id.encode(), b"", message.headers()
         else:
             key, value, headers = message.stream_id.encode(), message.payload, message.headers()

@@ -23,6 +23,10 @@ frame, where the publisher knows it (live sources: the source's own clock where 
 one, see :func:`source_capture`, else the ingest time; paced files).  Each is bounded
 where it is parsed (the bounds below; docs/RELIABILITY.md).  A chunk larger than the
 broker's message limit is split into parts that :class:`PartAssembler` puts back together.
+
+Two markers travel on the same partition, with an empty value: :class:`EndOfStream`
+(``fs-end``: no chunk follows) and :class:`MediaClock` (``fs-clock``: a live source is
+down, and its media time will go on no earlier than the marker's).
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ _PACKET = struct.Struct("<qqqBI")
 _REQUIRED = ("fs-stream", "fs-seq", "fs-part", "fs-codec", "fs-time-base", "fs-origin-pts",
              "fs-pts", "fs-size", "fs-format")
 END_HEADER = "fs-end"
+CLOCK_HEADER = "fs-clock"
 
 # Bounds on what a message may say (docs/RELIABILITY.md).  A message outside them is refused
 # with the bound it broke, never clamped or rewritten.
@@ -86,15 +91,45 @@ class EndOfStream:
                 (END_HEADER, b"1"), ("fs-format", FORMAT.encode())]
 
 
+@dataclass(frozen=True)
+class MediaClock:
+    """A live source's publisher, after the source dropped: no chunk of the stream after
+    ``last_seq`` has a frame before media time ``media_us`` (microseconds), so its windows
+    that end by then can close now rather than when the source is back.  Sent before each
+    reconnect wait; the media time a reconnected source resumes at is never less (see
+    :meth:`facestream.ingest.sources.Reconnector.resume_s`).  Being in the log, it closes
+    the same windows on every replay."""
+
+    stream_id: str
+    last_seq: int
+    media_us: int
+
+    @property
+    def media_s(self) -> float:
+        return self.media_us / 1e6
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        return [("fs-stream", self.stream_id.encode()), ("fs-seq", str(self.last_seq).encode()),
+                (CLOCK_HEADER, str(self.media_us).encode()), ("fs-format", FORMAT.encode())]
+
+
 def parse_message(headers: Iterable[tuple[str, bytes]] | None, value: bytes | None, *,
-                  key: bytes | None = None) -> "Chunk | EndOfStream":
-    """A video-topic message as a Chunk (or part of one) or an EndOfStream marker; ChunkError
-    naming the first header or byte that is wrong.  With ``key`` (the Kafka message key) the
-    message's ``fs-stream`` must equal it: a stream's messages are ordered only on its key."""
+                  key: bytes | None = None) -> "Chunk | EndOfStream | MediaClock":
+    """A video-topic message as a Chunk (or part of one), an EndOfStream or a MediaClock
+    marker; ChunkError naming the first header or byte that is wrong.  With ``key`` (the
+    Kafka message key) the message's ``fs-stream`` must equal it: a stream's messages are
+    ordered only on its key."""
     h = _header_map(headers)
+    message: Chunk | EndOfStream | MediaClock
+    if END_HEADER in h and CLOCK_HEADER in h:
+        raise ChunkError(f"headers {END_HEADER} and {CLOCK_HEADER} together: a marker is one "
+                         "or the other")
     if END_HEADER in h:
-        stream_id = _stream_id(h)
-        message: Chunk | EndOfStream = EndOfStream(stream_id, _int(h, "fs-seq", 0, MAX_SEQ))
+        message = EndOfStream(_stream_id(h), _int(h, "fs-seq", 0, MAX_SEQ))
+    elif CLOCK_HEADER in h:
+        limit = int(MAX_MEDIA_S * 1e6)
+        message = MediaClock(_stream_id(h), _int(h, "fs-seq", 0, MAX_SEQ),
+                             _int(h, CLOCK_HEADER, -limit, limit))
     else:
         message = Chunk.from_message(h.items(), value)
     if key is not None and key != message.stream_id.encode():

@@ -21,12 +21,15 @@ import av
 from facestream.config import Settings
 from facestream.errors import FacestreamError, InputError
 from facestream.ingest.broker import connect
-from facestream.ingest.chunks import Chunk, EndOfStream, gop_chunks
+from facestream.ingest.chunks import Chunk, EndOfStream, MediaClock, gop_chunks
 from facestream.ingest.sources import Reconnector, SourceSpec, Stopped
 from facestream.retry import Backoff
 
 # Kafka adds record and batch framing around a message: keep well under the broker limit.
 _FRAMING_BYTES = 16_384
+# A MediaClock is sent this far before the media time a reconnected source resumes at: its
+# chunks' origin is rounded to their time base.
+_CLOCK_MARGIN_S = 0.001
 
 
 class BrokerError(FacestreamError):
@@ -39,7 +42,9 @@ class IngestReport:
     messages: int = 0
     bytes: int = 0
     media_s: float = 0.0
+    reached_s: float = 0.0               # media time at the end of the last frame sent
     reconnects: int = 0
+    clocks: int = 0                      # MediaClock markers sent while a source was down
     errors: list[str] = field(default_factory=list)
 
 
@@ -79,6 +84,11 @@ class ChunkPublisher:
         self._producer.send(topic or self._settings.video_topic, key=stream_id, value=b"",
                             headers=marker.headers())
 
+    def clock(self, marker: MediaClock, *, topic: str | None = None) -> None:
+        """Tell the workers where the stream's media time will go on (its source is down)."""
+        self._producer.send(topic or self._settings.video_topic, key=marker.stream_id,
+                            value=b"", headers=marker.headers())
+
     def flush(self, timeout_s: float = 60.0) -> None:
         from kafka.errors import KafkaError
 
@@ -106,7 +116,9 @@ def ingest(spec: SourceSpec, settings: Settings, *, stream_id: str, realtime: bo
     supervisor's per-stream settings).  ``backoff`` replaces the settings' reconnect backoff
     (the supervisor's has no end); ``retry_open`` retries a first open that fails as it
     would a drop; ``on_retry(attempt, reason, delay_s)`` hears of each wait before a
-    reconnect, ``on_chunk(chunk)`` of each chunk once it is queued.
+    reconnect, ``on_chunk(chunk)`` of each chunk once it is queued.  Before each reconnect
+    wait, a :class:`MediaClock` tells the workers how far the stream's media time has gone
+    (the windows that end by then close while the source is down).
 
     Blocking.  Raises InputError if the source cannot be used, SourceDropped when a live
     source stays down after the bounded reconnects, BrokerError when Kafka fails.
@@ -118,8 +130,22 @@ def ingest(spec: SourceSpec, settings: Settings, *, stream_id: str, realtime: bo
     last_seq = -1
     backoff = backoff or Backoff(settings.reconnect_attempts, settings.reconnect_backoff_s,
                                  settings.reconnect_backoff_max_s)
+
+    def waiting(attempt: int, reason: str, delay_s: float) -> None:
+        # The source is down and is not tried again for delay_s: what it sends if it is
+        # back then starts no earlier than link.resume_s then (less a margin for the
+        # origin's rounding to the time base), so the windows that end by then close now.
+        if last_seq >= 0:
+            resume_s = link.resume_s(report.reached_s, after_s=delay_s)
+            resume_us = int((resume_s - _CLOCK_MARGIN_S) * 1e6)
+            publisher.clock(MediaClock(stream_id, last_seq, resume_us), topic=topic)
+            publisher.flush()
+            report.clocks += 1
+        if on_retry is not None:
+            on_retry(attempt, reason, delay_s)
+
     link = Reconnector(spec, timeout_s=settings.open_timeout_s, backoff=backoff,
-                       on_error=report.errors.append, on_retry=on_retry, stop=stop)
+                       on_error=report.errors.append, on_retry=waiting, stop=stop)
     try:
         cut = settings.chunk_max_s if spec.live and settings.chunk_max_s > 0 else None
         for chunk in _source_chunks(spec, link, stream_id, report, on_error,
@@ -167,7 +193,7 @@ def _source_chunks(spec: SourceSpec, link: Reconnector, stream_id: str, report: 
         container = link.open(retry=retry_open)
     finally:
         report.reconnects = link.reconnects
-    base_seq, following, offset_s, reached_s = 0, 0, 0.0, 0.0
+    base_seq, following, offset_s = 0, 0, 0.0
     try:
         while True:
             try:
@@ -177,7 +203,7 @@ def _source_chunks(spec: SourceSpec, link: Reconnector, stream_id: str, report: 
                     chunk = replace(chunk, seq=chunk.seq + base_seq,
                                     origin_pts=chunk.origin_pts - shift, live=spec.live)
                     following = chunk.seq + 1
-                    reached_s = max(reached_s, _end_s(chunk))
+                    report.reached_s = max(report.reached_s, _end_s(chunk))
                     yield chunk
                     link.recovered()       # a good chunk resets the backoff
                 if not spec.live:
@@ -198,7 +224,7 @@ def _source_chunks(spec: SourceSpec, link: Reconnector, stream_id: str, report: 
                 report.reconnects = link.reconnects
             base_seq = following
             # (workers refuse a chunk that starts before its predecessor)
-            offset_s = link.resume_s(reached_s)
+            offset_s = link.resume_s(report.reached_s)
     finally:
         container.close()
 

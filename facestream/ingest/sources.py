@@ -205,5 +205,6 @@ class Reconnector:
         if self._stop.is_set() or self._stop.wait(delay):
             raise Stopped("stopped while waiting to reconnect")
 
-    def resume_s(self, reached_s: float) -> float:
-        return max(self._clock() - self._started, reached_s)
+    def resume_s(self, reached_s: float, *, after_s: float = 0.0) -> float:
+        """Where media time goes on after a reconnect now (or ``after_s`` from now)."""
+        return max(self._clock() - self._started + after_s, reached_s)

@@ -67,6 +67,9 @@ class WorkerMetrics:
             "facestream_carried_chunks", "Chunks still in the face stage when a round "
             "delivered its events after round_max_s (each counts once per round it waits)",
             registry=r)
+        self.media_clocks = Counter(
+            "facestream_media_clocks", "MediaClock markers applied: a live source was down and "
+            "its windows closed without waiting for it", registry=r)
         self.round_seconds = Histogram(
             "facestream_round_seconds", "Wall seconds of one round: its chunks decoded and "
             "their faces found, its windows analysed, its events delivered",

@@ -55,7 +55,8 @@ from facestream import events
 from facestream.config import Settings
 from facestream.errors import AssetError, FacestreamError, bounded
 from facestream.ingest.broker import connect
-from facestream.ingest.chunks import Chunk, ChunkError, EndOfStream, PartAssembler, parse_message
+from facestream.ingest.chunks import (Chunk, ChunkError, EndOfStream, MediaClock, PartAssembler,
+                                      parse_message)
 from facestream.ingest.sources import is_stream_id
 from facestream.ingest.supervision import RateWindow, chunk_topic
 from facestream.sinks.annotate import draw
@@ -277,6 +278,7 @@ class WorkerReport:
     resumed: int = 0
     skipped: int = 0                      # messages already covered by a checkpoint
     dropped_chunks: int = 0               # live chunks dropped: the worker fell behind
+    media_clocks: int = 0                 # MediaClock markers applied (a live source was down)
 
 
 class Worker:
@@ -648,7 +650,8 @@ class Worker:
                               f"{type(exc).__name__}: {exc}", acc)
             return None
 
-    def _take(self, tp, record, message: Chunk | EndOfStream, acc: _Batch) -> _InFlight | None:
+    def _take(self, tp, record, message: Chunk | EndOfStream | MediaClock,
+              acc: _Batch) -> _InFlight | None:
         stream = self._stream(message.stream_id, tp, acc, fps=getattr(message, "fps", None))
         if record.offset < stream.next_offset:
             self.report.skipped += 1           # already in the checkpoint's state
@@ -659,6 +662,9 @@ class Worker:
         acc.touched[message.stream_id] = tp
         if isinstance(message, EndOfStream):
             self._end(stream, acc)
+            return None
+        if isinstance(message, MediaClock):
+            self._media_clock(stream, message, acc)
             return None
         chunk = self._assembler.add(message, token=record, now=self._clock())
         if chunk is None:                       # a part: wait for the rest
@@ -695,6 +701,18 @@ class Worker:
             stream.faces = face_memory(self.settings)
         return _InFlight(stream, chunk, record,
                          self._face_stage.submit(stream.decoder, chunk, stream.faces), acc)
+
+    def _media_clock(self, stream: _Stream, marker: MediaClock, acc: _Batch) -> None:
+        """The stream's source is down: its windows that end by the media time it will
+        resume at close now.  Only right after the chunk the marker follows and between
+        GOPs (where the decoder holds no frame back); otherwise the windows close as usual,
+        when frames come again."""
+        if (stream.ended_before or stream.decoder.mid_gop
+                or stream.order.next_seq != marker.last_seq + 1):
+            return
+        self.report.media_clocks += 1
+        self.metrics.media_clocks.inc()
+        acc.windows += [(stream.state, w) for w in stream.state.advance(marker.media_s)]
 
     def _in_order(self, stream: _Stream, chunk: Chunk, record, acc: _Batch) -> bool:
         """Apply the chunk order policy (:mod:`facestream.workers.ordering`): a gap is

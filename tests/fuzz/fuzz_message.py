@@ -1,9 +1,9 @@
 """Fuzz target ``message``: the video-topic message and header parser,
 :func:`facestream.ingest.chunks.parse_message`.
 
-Contract: for any headers (str name, bytes value), any value and any key it returns a Chunk or
-an EndOfStream, or raises ChunkError with a message of at most 300 characters; nothing else
-escapes.  A Chunk it returns keeps every bound at the top of chunks.py, and its headers
+Contract: for any headers (str name, bytes value), any value and any key it returns a Chunk,
+an EndOfStream or a MediaClock, or raises ChunkError with a message of at most 300
+characters; nothing else escapes.  A Chunk it returns keeps every bound at the top of chunks.py, and its headers
 round-trip: ``parse_message(chunk.headers(), chunk.payload)`` gives back the same fields.
 
 Input layout (see _fuzzlib.Provider): flags (bit 0: a key follows, bit 1: value is None),
@@ -94,6 +94,12 @@ def check(headers, value, key) -> None:
         assert key == message.stream_id.encode()
     if isinstance(message, chunks.EndOfStream):
         assert is_stream_id(message.stream_id) and 0 <= message.last_seq <= chunks.MAX_SEQ
+        again = chunks.parse_message(message.headers(), None, key=message.stream_id.encode())
+        assert again == message, (again, message)
+        return
+    if isinstance(message, chunks.MediaClock):
+        assert is_stream_id(message.stream_id) and 0 <= message.last_seq <= chunks.MAX_SEQ
+        assert abs(message.media_us) <= chunks.MAX_MEDIA_S * 1e6
         again = chunks.parse_message(message.headers(), None, key=message.stream_id.encode())
         assert again == message, (again, message)
         return

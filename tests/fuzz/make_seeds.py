@@ -77,11 +77,13 @@ def message_seeds(real) -> dict[str, bytes]:
     small = replace(mp4, payload=chunks.pack([chunks.Packet(mp4.first_pts, mp4.first_pts, 512,
                                                             True, b"\0\0\0\1e" * 4)]))
     eos = chunks.EndOfStream("cam", 5)
+    clock = chunks.MediaClock("cam", 5, 12_500_000)
     return {
         "hevc-mov": w(mov.headers(), mov.payload, b"cam"),
         "h264-mp4": w(mp4.headers(), mp4.payload),
         "part-2-of-3": w(part.headers(), part.payload, b"cam"),
         "end-of-stream": w(eos.headers(), None, b"cam"),
+        "media-clock": w(clock.headers(), None, b"cam"),
         "live": w(with_headers(small, fs_live=b"1"), small.payload),
         "key-differs": w(small.headers(), small.payload, b"other"),
         "missing-pts": w(with_headers(small, fs_pts=None), small.payload),

@@ -8,7 +8,8 @@ import av
 import numpy as np
 import pytest
 
-from facestream.ingest.chunks import (Chunk, ChunkError, EndOfStream, Packet, PartAssembler,
+from facestream.ingest.chunks import (Chunk, ChunkError, EndOfStream, MediaClock, Packet,
+                                      PartAssembler,
                                       gop_chunks, pack, parse_message, unpack)
 from facestream.ingest.sources import parse_source
 from facestream.retry import Backoff
@@ -132,6 +133,30 @@ def test_end_markers_are_bounded_too():
                        for k, v in EndOfStream("cam1", 1).headers()], b"")
     with pytest.raises(ChunkError, match="not a stream id"):
         parse_message(EndOfStream("../x", 1).headers(), b"")
+
+
+def test_clock_markers_round_trip_and_are_bounded():
+    marker = MediaClock("cam1", 7, 12_345_678)
+    assert parse_message(marker.headers(), b"", key=b"cam1") == marker
+    assert marker.media_s == 12.345678
+    limit = 2 ** 31 * 10 ** 6
+    assert parse_message(MediaClock("cam1", 0, -limit).headers(), b"").media_us == -limit
+
+    def changed(name, value, base=marker):
+        return [(k, value if k == name else v) for k, v in base.headers()]
+
+    with pytest.raises(ChunkError, match="fs-clock '1.5': not an integer"):
+        parse_message(changed("fs-clock", b"1.5"), b"")
+    with pytest.raises(ChunkError, match=f"fs-clock {limit + 1} is outside"):
+        parse_message(changed("fs-clock", str(limit + 1).encode()), b"")
+    with pytest.raises(ChunkError, match="fs-seq -1 is outside"):
+        parse_message(changed("fs-seq", b"-1"), b"")
+    with pytest.raises(ChunkError, match="missing headers: fs-seq"):
+        parse_message([(k, v) for k, v in marker.headers() if k != "fs-seq"], b"")
+    with pytest.raises(ChunkError, match="fs-end and fs-clock together"):
+        parse_message(marker.headers() + [("fs-end", b"1")], b"")
+    with pytest.raises(ChunkError, match="differs"):
+        parse_message(marker.headers(), b"", key=b"cam2")
 
 
 def test_packet_timestamps_far_from_the_chunk_are_refused():

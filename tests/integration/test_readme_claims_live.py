@@ -17,7 +17,7 @@ import uuid
 import pytest
 
 from facestream import events
-from facestream.ingest.chunks import Chunk, EndOfStream, parse_message
+from facestream.ingest.chunks import Chunk, EndOfStream, MediaClock, parse_message
 from tests.helpers import run_cli
 from tests.integration.helpers import BOOTSTRAP
 from tests.media import HttpCamera, remux_video
@@ -45,8 +45,10 @@ def _topic(topic: str, timeout_s: float = 60) -> list:
         consumer.close()
 
 
-def _chunks_and_end(messages, stream_id: str):
-    """(chunks in log order with their message timestamps, the end marker) of a stream."""
+def _chunks_and_end(messages, stream_id: str, clocks: list | None = None):
+    """(chunks in log order with their message timestamps, the end marker) of a stream;
+    its MediaClock markers go to ``clocks``, if given, each with the number of chunks
+    before it."""
     chunks, ends = [], []
     for m in sorted(messages, key=lambda m: (m.partition, m.offset)):
         if m.key != stream_id.encode():
@@ -54,6 +56,9 @@ def _chunks_and_end(messages, stream_id: str):
         item = parse_message(m.headers, m.value, key=m.key)
         if isinstance(item, EndOfStream):
             ends.append(item)
+        elif isinstance(item, MediaClock):
+            if clocks is not None:
+                clocks.append((len(chunks), item))
         else:
             assert isinstance(item, Chunk) and item.parts == 1
             chunks.append((item, m.timestamp))
@@ -100,7 +105,8 @@ def test_ingest_reconnects_a_live_source_that_drops(isolated, sample):
     assert lines[-1].startswith(f"facestream: error: source {camera.url}")
     assert lines[-1].endswith("gave up after 2 reconnects"), proc.stderr
 
-    chunks, end = _chunks_and_end(_topic(isolated[0].video_topic), "cam")
+    clocks: list[tuple[int, MediaClock]] = []
+    chunks, end = _chunks_and_end(_topic(isolated[0].video_topic), "cam", clocks)
     assert [c.seq for c, _ in chunks] == list(range(len(chunks)))
     assert end.last_seq == len(chunks) - 1
     assert all(c.live for c, _ in chunks)
@@ -115,6 +121,19 @@ def test_ingest_reconnects_a_live_source_that_drops(isolated, sample):
     # workers refuse a chunk that starts before the one before it.
     starts = [c.start_s for c, _ in chunks]
     assert all(b > a for a, b in zip(starts, starts[1:])), starts
+    # Before each reconnect wait (3: one after the first drop, two after the second), a
+    # MediaClock right after the last chunk sent says how far media time has gone: at least
+    # to the end of the last frame sent (less the 1 ms rounding margin), and no chunk after
+    # it starts before it.
+    assert [(after, m.last_seq) for after, m in clocks] == [
+        (restarts[0], restarts[0] - 1), (len(chunks), len(chunks) - 1),
+        (len(chunks), len(chunks) - 1)], clocks
+    for after, marker in clocks:
+        last = chunks[after - 1][0]
+        last_end = float((max(p.pts + p.duration for p in last.packets()) - last.origin_pts)
+                         * last.time_base)
+        assert marker.media_s >= last_end - 0.0011, (marker, last_end)
+        assert after == len(chunks) or chunks[after][0].start_s >= marker.media_s
 
 
 def _live_chunks(isolated, clip, chunk_max_s: str) -> list[Chunk]:
