@@ -107,6 +107,13 @@ class Settings:
         "them is found at the next detection.  0: detect on every analysed frame.  The "
         "facellava profile always detects.",
         ge=0, le=10))
+    detect_motion_threshold: float = field(default=8.0, metadata=_doc(
+        "A picture with no face is detected again before detect_interval_s only when it "
+        "changed since its last detection: some pixel of its 64-pixel-wide grey thumbnail "
+        "(each the mean of the area it covers) moved by more than this many levels of 255.  "
+        "A static camera's empty scene then costs a thumbnail per frame, not a detection; a "
+        "face entering it changes it.  0: detect an empty picture on every analysed frame.",
+        ge=0, le=255))
     track_confirm_hits: int = field(default=2, metadata=_doc(
         "Detections needed before a tentative track is confirmed.", ge=1, le=30))
     track_max_lost_s: float = field(default=1.0, metadata=_doc(

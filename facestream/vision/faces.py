@@ -27,6 +27,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from facestream.errors import AssetError, ConfigError
@@ -204,27 +205,50 @@ def _distinct(meshes: list, scores: list) -> tuple[list, list]:
 class FaceMemory:
     """What one stream's face stage keeps of its last picked frame to find the same faces
     in the next (:meth:`FaceAnalyzer.follow`): each face's next landmark region and detector
-    score, and when the detector last ran.  One per stream, its frames in order.  Needed
-    only within a GOP (detection restarts at each), so a worker does not checkpoint it."""
+    score, when the detector last ran, and, while the picture is empty, a thumbnail of the
+    frame it last ran on.  One per stream, its frames in order.  Needed only within a GOP
+    (detection restarts at each), so a worker does not checkpoint it.
+
+    ``motion_threshold`` > 0 gates detection on empty pictures: one that has not changed
+    since its last detection (no pixel of its grey thumbnail, :func:`thumbnail`, moved by
+    more than that many levels of 255) is not detected again until ``detect_interval_s``
+    has passed; nothing enters a picture without changing it.  0: an empty picture is
+    detected on every frame."""
 
     detect_interval_s: float
+    motion_threshold: float = 0.0
     rois: list = field(default_factory=list)
     scores: list = field(default_factory=list)
     detected_s: float | None = None     # media time of the last detection; None: never
+    still: np.ndarray | None = None     # thumbnail of the last detection, if it found no face
     detections: int = 0                 # frames detected
     followed: int = 0                   # frames whose faces were followed instead
+    unchanged: int = 0                  # empty frames not detected: nothing had moved
+    _thumb: np.ndarray | None = field(default=None, repr=False)     # the frame being judged
 
     def due(self, frame: DecodedFrame) -> bool:
-        """Whether ``frame`` must be detected: its GOP's first picked frame, no face to
-        follow (so a face entering an empty picture is found at once), ``detect_interval_s``
-        (0: every frame) since the last detection, or time went back."""
+        """Whether ``frame`` must be detected: its GOP's first picked frame,
+        ``detect_interval_s`` (0: every frame) since the last detection, time went back, or
+        no face to follow (so a face entering an empty picture is found at once) unless the
+        motion gate saw the picture unchanged since its last detection."""
         last = self.detected_s
-        return (frame.gop_start or not self.rois or last is None or frame.time_s < last
-                or frame.time_s - last >= self.detect_interval_s - 1e-9)
+        due = (frame.gop_start or last is None or frame.time_s < last
+               or frame.time_s - last >= self.detect_interval_s - 1e-9)
+        self._thumb = None
+        if self.motion_threshold <= 0 or (self.rois and not due):
+            return due or not self.rois
+        self._thumb = thumbnail(frame.image)
+        if due or self.rois:
+            return True
+        if self.still is None or self.still.shape != self._thumb.shape or int(
+                np.abs(self._thumb - self.still).max()) > self.motion_threshold:
+            return True
+        self.unchanged += 1
+        return False
 
     def forget(self) -> None:
         """Remember nothing: the next frame is detected."""
-        self.rois, self.scores, self.detected_s = [], [], None
+        self.rois, self.scores, self.detected_s, self.still = [], [], None, None
 
     def remember(self, rois: list, scores: list, *, detected_s: float | None = None) -> None:
         """Keep a frame's faces: detected at ``detected_s``, or (None) followed."""
@@ -234,6 +258,19 @@ class FaceMemory:
         else:
             self.detected_s = detected_s
             self.detections += 1
+            self.still = self._thumb if not rois else None
+
+
+THUMB_WIDTH = 64
+
+
+def thumbnail(image: np.ndarray) -> np.ndarray:
+    """``image`` (RGB) as a grey thumbnail THUMB_WIDTH wide, each pixel the mean of the
+    area it covers (so sensor noise and compression ripple average out): int16."""
+    height, width = image.shape[:2]
+    size = (THUMB_WIDTH, max(1, round(THUMB_WIDTH * height / width)))
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    return cv2.resize(grey, size, interpolation=cv2.INTER_AREA).astype(np.int16)
 
 
 def face_memory(settings) -> FaceMemory | None:
@@ -242,7 +279,7 @@ def face_memory(settings) -> FaceMemory | None:
     detector boxes)."""
     if settings.detect_interval_s <= 0 or settings.profile == "facellava":
         return None
-    return FaceMemory(settings.detect_interval_s)
+    return FaceMemory(settings.detect_interval_s, settings.detect_motion_threshold)
 
 
 def box_iou(a, b) -> float:
@@ -422,7 +459,8 @@ class FaceAnalyzer:
         model on the region its previous mesh gives (MediaPipe's own face tracking), and
         keeps its last detector score; when any of them is not found there, this frame is
         detected after all.  A face entering an empty picture is found at once (nothing to
-        follow: detected), one entering beside followed faces at the next detection.
+        follow: detected, unless the motion gate saw nothing change), one entering beside
+        followed faces at the next detection.
         Not with ``square_crops`` (Face-LLaVA's crops are cut from detector boxes)."""
         image = frame.image
         height, width = image.shape[:2]

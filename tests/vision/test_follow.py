@@ -11,7 +11,7 @@ from facestream.ingest.sources import parse_source
 from facestream.scenes import load_rgb
 from facestream.types import DecodedFrame
 from facestream.vision.decode import Decoder
-from facestream.vision.faces import FaceMemory, box_iou, face_memory
+from facestream.vision.faces import FaceMemory, box_iou, face_memory, thumbnail
 
 
 def _decoded(path, fps: float) -> list[DecodedFrame]:
@@ -125,10 +125,79 @@ def test_two_regions_drifting_onto_one_face_follow_it_once(sample, face_analyzer
     assert len(memory.rois) == 1 and memory.followed == 1
 
 
+def _static_scene(sample, seconds: float, *, face_at: float | None = None,
+                  seed: int = 0) -> list[DecodedFrame]:
+    """A static camera's empty scene at 5 fps (no_face.mp4's first frame), every frame with
+    fresh sensor noise (uniform, +-4 levels); from ``face_at`` on, single_face.jpg at half
+    size stands in its top left corner."""
+    background = _decoded(sample("no_face.mp4"), 5.0)[0].image
+    face = load_rgb(sample("single_face.jpg"))[::2, ::2]
+    rng = np.random.default_rng(seed)
+    frames = []
+    for i in range(round(seconds * 5)):
+        image = background.copy()
+        if face_at is not None and i / 5 >= face_at - 1e-9:
+            image[:face.shape[0], :face.shape[1]] = face
+        noise = rng.integers(-4, 5, image.shape)
+        image = np.clip(image.astype(np.int16) + noise, 0, 255).astype(np.uint8)
+        frames.append(_frame(image, i / 5, gop_start=i == 0))
+    return frames
+
+
+def test_an_unchanged_empty_picture_is_detected_once_per_interval_not_every_frame(
+        sample, counted):
+    analyzer, runs = counted
+    frames = _static_scene(sample, 3.0)
+    memory = FaceMemory(1.0, motion_threshold=8)
+    assert all(len(analyzer.follow(frame, memory)) == 0 for frame in frames)
+    assert len(runs) == memory.detections == 3                 # at 0, 1 and 2 s
+    assert memory.unchanged == len(frames) - 3
+    # Without the gate, every frame of it is detected.
+    runs.clear()
+    every = FaceMemory(1.0)
+    assert all(len(analyzer.follow(frame, every)) == 0 for frame in frames)
+    assert len(runs) == len(frames)
+
+
+def test_a_face_entering_a_static_empty_picture_is_found_on_its_first_frame(sample, counted):
+    analyzer, runs = counted
+    frames = _static_scene(sample, 2.0, face_at=0.6)
+    memory = FaceMemory(1.0, motion_threshold=8)
+    found = [len(analyzer.follow(frame, memory)) for frame in frames]
+    assert found == [0, 0, 0, 1, 1, 1, 1, 1, 1, 1]
+    assert memory.unchanged == 2                               # 0.2 and 0.4 s
+    # ... and the frames with the face are those detection on every frame gives.
+    assert found == [len(analyzer(frame.image)) for frame in frames]
+
+
+def test_the_motion_gate_sees_a_small_change_and_ignores_noise():
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (360, 640, 3), dtype=np.uint8)
+    still = thumbnail(image)
+    assert still.shape == (36, 64) and still.dtype == np.int16
+    noisy = np.clip(image.astype(np.int16) + rng.integers(-8, 9, image.shape), 0, 255)
+    assert np.abs(thumbnail(noisy.astype(np.uint8)) - still).max() <= 8
+    changed = image.copy()
+    changed[100:120, 200:220] = 255 - changed[100:120, 200:220]      # 20 x 20 pixels
+    assert np.abs(thumbnail(changed) - still).max() > 8
+    memory = FaceMemory(1.0, motion_threshold=8)
+    assert memory.due(_frame(image, 0.0, gop_start=True))
+    memory.remember([], [], detected_s=0.0)
+    assert not memory.due(_frame(noisy.astype(np.uint8), 0.2))
+    assert memory.due(_frame(changed, 0.4))
+    memory.remember([], [], detected_s=0.4)                  # compared with this one now
+    assert not memory.due(_frame(changed, 0.6))
+    assert memory.due(_frame(changed, 1.4))                  # the interval
+    memory.remember([(0.5, 0.5, 0.2, 0.2, 0.0)], [0.9], detected_s=1.4)
+    assert memory.still is None                              # a face: followed, no gate
+
+
 def test_which_streams_follow_faces():
     assert face_memory(Settings.load()).detect_interval_s == 1.0
     assert face_memory(Settings.load({"detect_interval_s": 0.5})).detect_interval_s == 0.5
     assert face_memory(Settings.load({"detect_interval_s": 0})) is None
+    assert face_memory(Settings.load()).motion_threshold == 8
+    assert face_memory(Settings.load({"detect_motion_threshold": 0})).motion_threshold == 0
     # The facellava profile: its crops are cut from detector boxes.
     facellava = Settings.load({"profile": "facellava", "facellava_checkpoint": "/models/fl"})
     assert face_memory(facellava) is None
