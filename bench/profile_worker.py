@@ -16,7 +16,12 @@ worker's thread), so the machine's load matters less than on a wall clock.  Prin
 stage, CPU seconds, % of the run's CPU and CPU ms per analysed frame; then the ``--top``
 functions by own time.
 
-``--ab spinning|graph|mesh|follow``: a same-run A/B of one change, before against after (as the code
+``--scene static``: instead of the sample clip, a static camera: the first frame of the sample
+no_face.mp4 (an empty room, 960x540) with fresh sensor noise in every frame (uniform, +-4
+levels), and from half way on single_face.jpg at half size in its top left corner (a person
+who came in), encoded as above at 24 fps (cached beside the live-latency recordings).
+
+``--ab spinning|graph|mesh|follow|motion``: a same-run A/B of one change, before against after (as the code
 is now).  ``spinning``: ONNX Runtime's pool threads, before = its default (the threads of the
 encoder's three sessions busy-wait after each run), after = not
 (``facestream.encoder.backends.ONNX_SPINNING`` off); a set of models loaded per side.
@@ -25,17 +30,21 @@ encoder's three sessions busy-wait after each run), after = not
 FaceMesh (its own detector, then the landmark model) on a 1.6-box-side crop, after = the
 landmark model alone on the detection's region.  ``follow``: the worker setting
 ``detect_interval_s``, before = 0 (every analysed frame detected), after = the default
-(faces followed between detections).  ``--rounds`` interleaved rounds of both sides
+(faces followed between detections).  ``motion``: the worker setting
+``detect_motion_threshold``, before = 0 (an empty picture detected on every analysed
+frame), after = the default (not while it has not changed; use it with ``--scene static``,
+where it applies).  ``--rounds`` interleaved rounds of both sides
 over the same chunks, unprofiled, after one untimed warm-up round; per run the CPU seconds
 of the process (``process_time``) and wall seconds, then per side the medians, the
 after/before ratios (median, min-max over the rounds' ratios) and the 1-minute load
 average.  The events of both sides must be the same (else it exits saying so), except for
-``mesh`` and ``follow``, which change the landmarks: there the event counts and how far
-the two sides' analysis events agree are printed.
+``mesh``, ``follow`` and ``motion``, which may change the landmarks: there the event counts
+and how far the two sides' analysis events agree are printed.
 
     .venv/bin/python bench/profile_worker.py [--streams 8] [--seconds 12] [--gop 2] [--top 25]
                                              [--spinning] [--worker-threads 1]
-                                             [--ab spinning|graph|mesh|follow] [--rounds 3]
+                                             [--ab spinning|graph|mesh|follow|motion]
+                                             [--rounds 3] [--scene clip|static]
 """
 
 from __future__ import annotations
@@ -51,6 +60,7 @@ import pstats  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+from fractions import Fraction  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Callable  # noqa: E402
 
@@ -67,7 +77,7 @@ from facestream.vision import faces  # noqa: E402
 from facestream.workers.compose import Models  # noqa: E402
 
 from bench_distributed import CLIP, FPS  # noqa: E402
-from bench_latency import record  # noqa: E402
+from bench_latency import CACHE, record  # noqa: E402
 from tests.helpers import MemorySink, comparable, one_poll_worker  # noqa: E402
 
 CHUNK_MAX_S = 0.5
@@ -100,6 +110,42 @@ class SerialisingSink(MemorySink):
         for event in batch:
             json.dumps(event, separators=(",", ":"), ensure_ascii=False)
         return super().write(batch, status)
+
+
+def static_recording(base: Settings, gop_s: float, seconds: float) -> str:
+    """The ``--scene static`` camera (see the module docstring) as MPEG-TS, cached."""
+    from facestream.scenes import load_rgb
+
+    rate = 24
+    path = CACHE / f"static-room-gop{gop_s:g}-{seconds:g}s.ts"
+    if path.exists():
+        return str(path)
+    with av.open(str(assets.sample(base.cache_dir, "no_face.mp4"))) as src:
+        room = next(src.decode(video=0)).to_ndarray(format="rgb24")
+    face = load_rgb(assets.sample(base.cache_dir, "single_face.jpg"))[::2, ::2]
+    rng = np.random.default_rng(0)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    with av.open(str(partial), "w", format="mpegts") as dst:
+        gop = round(gop_s * rate)
+        out = dst.add_stream("libx264", rate=rate, options={
+            "g": str(gop), "bf": "0", "tune": "zerolatency", "preset": "veryfast",
+            "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0"})
+        out.width, out.height, out.pix_fmt = room.shape[1], room.shape[0], "yuv420p"
+        for i in range(round(seconds * rate)):
+            image = room.copy()
+            if i >= seconds * rate / 2:
+                image[:face.shape[0], :face.shape[1]] = face
+            image = np.clip(image.astype(np.int16) + rng.integers(-4, 5, image.shape), 0, 255)
+            frame = av.VideoFrame.from_ndarray(image.astype(np.uint8), format="rgb24") \
+                .reformat(format="yuv420p")
+            frame.pts, frame.time_base = i, Fraction(1, rate)
+            for packet in out.encode(frame):
+                dst.mux(packet)
+        for packet in out.encode():
+            dst.mux(packet)
+    partial.replace(path)
+    return str(path)
 
 
 def live_chunks(path: str, streams: int) -> list:
@@ -229,12 +275,15 @@ def follow_sides() -> dict[str, Callable[[], Models]]:
 
 
 SIDES = {"spinning": spinning_sides, "graph": graph_sides, "mesh": mesh_sides,
-         "follow": follow_sides}
+         "follow": follow_sides, "motion": follow_sides}
 # Changes that change the events (other landmarks, faces followed between detections).
-SAME_EVENTS = {"spinning": True, "graph": True, "mesh": False, "follow": False}
+SAME_EVENTS = {"spinning": True, "graph": True, "mesh": False, "follow": False,
+               "motion": False}
 # Worker settings per side, where the change is a setting: follow = every frame detected
-# (before) against faces followed between detections (after, the default).
-SIDE_SETTINGS = {"follow": {"before": {"detect_interval_s": 0.0}, "after": {}}}
+# (before) against faces followed between detections (after, the default); motion = an
+# empty picture detected on every frame (before) against the motion gate (after).
+SIDE_SETTINGS = {"follow": {"before": {"detect_interval_s": 0.0}, "after": {}},
+                 "motion": {"before": {"detect_motion_threshold": 0.0}, "after": {}}}
 
 
 def agreement(before: list[dict], after: list[dict]) -> dict:
@@ -304,15 +353,22 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="--ab rounds")
     parser.add_argument("--spinning", action="store_true",
                         help="profile with ONNX Runtime's threads spinning (the before side)")
+    parser.add_argument("--scene", choices=("clip", "static"), default="clip",
+                        help="the live-latency camera (clip) or a static camera's room "
+                             "(static, see above)")
     parser.add_argument("--worker-threads", type=int, default=1,
                         help="face-stage threads; only 1 is profiled whole (--ab: any, 0 = "
                              "the worker's default)")
     args = parser.parse_args()
     base = Settings.load()
-    recording = record(assets.sample(base.cache_dir, CLIP), args.gop, args.seconds)
-    chunks = live_chunks(recording.path, args.streams)
+    if args.scene == "static":
+        chunks = live_chunks(static_recording(base, args.gop, args.seconds), args.streams)
+    else:
+        recording = record(assets.sample(base.cache_dir, CLIP), args.gop, args.seconds)
+        chunks = live_chunks(recording.path, args.streams)
     settings = {"fps": FPS, "worker_threads": args.worker_threads}
     result = {"streams": args.streams, "seconds": args.seconds, "gop_s": args.gop,
+              "scene": args.scene,
               "worker_threads": args.worker_threads}
     if args.ab:
         graph_output, mesh_in_roi = faces.graph_output, faces.FaceAnalyzer.mesh_in_roi
