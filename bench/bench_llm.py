@@ -18,9 +18,10 @@ prompts:
     The engine runs as facestream serves: with the shared system prompt (the chat
     template's, 31 tokens) as its prefix cache, the requests admitted in a step prefilled
     together in one packed forward, at most ``llm_prefill_chunk``'s default (512) prompt
-    positions per step.  Two extra rows at batch 8: without the prefix cache, and with
+    positions per step, and (on CPU in fp32) its MLPs and output head on oneDNN-packed
+    copies of their weights.  Three extra rows at batch 8: without the prefix cache, with
     each request's prefill run as a forward of its own (the one-by-one baseline,
-    ``pack_prefill=False``).  On CPU, prefill of these short prompts costs as much compute
+    ``pack_prefill=False``), and on the model's plain weights (``packed_weights=False``).  On CPU, prefill of these short prompts costs as much compute
     as the answers, so the prefix cache and packed prefill matter as much as batching.
     ``--long-prompts`` puts the same ~200-token passage after every question (prompts of
     235-257 tokens: the passage is not in the shared prefix), where prefill dominates.
@@ -47,8 +48,10 @@ prompts:
     each timed run is ``--steps`` calls of ``Engine.step``, i.e. decode + token choice + the
     host reading and accepting the tokens.  Variants, on the same engine and cache: the
     static path eagerly (``static``), the static path replaying CUDA graphs (``graphs``,
-    cuda only), and the path it replaced (``rebuilt``: Python lists and fresh tensors every
-    step, exactly ``max(slot) + 1`` rows and the exact key span).  All are warmed up (graphs
+    cuda only), the static path with the model's plain output head instead of the engine's
+    oneDNN-packed copy (``plain``, CPU fp32 only; printed as ``packed head: static / plain``),
+    and the path it replaced (``rebuilt``: Python lists and fresh tensors every step, exactly
+    ``max(slot) + 1`` rows and the exact key span).  All are warmed up (graphs
     captured), then ``--rounds`` rounds run each variant once, in turn; medians of ms per
     step and the ratio ``rebuilt`` / variant.
 
@@ -87,6 +90,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from facestream.llm import packed as packing  # noqa: E402
 from facestream.llm.engine import Engine  # noqa: E402
 from facestream.llm.kv_cache import decode_step  # noqa: E402
 from facestream.llm.requests import GenerationRequest  # noqa: E402
@@ -132,12 +136,14 @@ class EngineRun:
     batch: int
     prefix_cache: bool = True
     packed_prefill: bool = True
+    packed_weights: bool = True
 
     @property
     def label(self) -> str:
         return (f"engine, max_batch {self.batch}" + ("" if self.prefix_cache else
                                                      ", no prefix cache")
-                + ("" if self.packed_prefill else ", prefill one by one"))
+                + ("" if self.packed_prefill else ", prefill one by one")
+                + ("" if self.packed_weights else ", plain weights"))
 
 
 @dataclass(frozen=True)
@@ -206,7 +212,8 @@ def smollm2_bench(*, model_dir: Path, new_tokens: int, batches: tuple[int, ...],
     prefix = prompts[0][:shared]            # the chat template's system prompt
     extra = 8 if 8 in batches else max(batches)
     runs = [EngineRun(batch) for batch in batches]
-    runs += [EngineRun(extra, prefix_cache=False), EngineRun(extra, packed_prefill=False)]
+    runs += [EngineRun(extra, prefix_cache=False), EngineRun(extra, packed_prefill=False),
+             EngineRun(extra, packed_weights=False)]
 
     def hf_pass() -> float:
         """Tokens/s of HF generate, one prompt at a time, over all prompts."""
@@ -222,7 +229,8 @@ def smollm2_bench(*, model_dir: Path, new_tokens: int, batches: tuple[int, ...],
     def engine_pass(run: EngineRun, tag: str) -> float:
         engine = Engine(model, tokenizer, max_batch=run.batch,
                         prefix_ids=prefix if run.prefix_cache else (),
-                        pack_prefill=run.packed_prefill, max_seq_len=max(lengths) + new_tokens)
+                        pack_prefill=run.packed_prefill, packed_weights=run.packed_weights,
+                        max_seq_len=max(lengths) + new_tokens)
         start = time.perf_counter()
         results = engine.generate(requests(tag))
         return sum(len(r.token_ids) for r in results) / (time.perf_counter() - start)
@@ -257,7 +265,8 @@ def smollm2_bench(*, model_dir: Path, new_tokens: int, batches: tuple[int, ...],
               f"{tps / base_tps:>8.2f}", flush=True)
         emit({"bench": "llm_cpu", "run": "engine", "max_batch": run.batch,
               "prefix_cache_tokens": len(prefix) if run.prefix_cache else 0,
-              "packed_prefill": run.packed_prefill, "long_prompts": long_prompts,
+              "packed_prefill": run.packed_prefill, "packed_weights": run.packed_weights,
+              "long_prompts": long_prompts,
               "tokens_per_s": round(tps, 2), "rounds": [round(x, 2) for x in values],
               "ratio_vs_hf": round(tps / base_tps, 3)})
     batch = 8 if 8 in engine_tps else max(engine_tps)
@@ -487,12 +496,21 @@ def shape_bench(*, shape_name: str, device: torch.device, dtype: torch.dtype,
 
 class SwitchableEngine(Engine):
     """The engine with its decode path picked per step (``variant``): "static" (its own,
-    eager), "graphs" (its own, CUDA graphs) or "rebuilt" (the path the static one replaced,
-    kept here as the baseline)."""
+    eager), "graphs" (its own, CUDA graphs), "plain" (its own, eager, with the model's plain
+    output head instead of the oneDNN-packed one: CPU fp32 only) or "rebuilt" (the path the
+    static one replaced, kept here as the baseline)."""
 
     variant = "static"
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._own_parts = self._parts
+        self.plain_parts = (dataclasses.replace(self._parts, lm_head=self._parts.lm_head.linear)
+                            if self._parts.packed else None)
+
     def _decode(self, active: list[int]):
+        self._decoder._parts = (self.plain_parts if self.variant == "plain"
+                                else self._own_parts)
         if self.variant != "rebuilt":
             self._decoder.cuda_graphs = self.variant == "graphs"
             return super()._decode(active)
@@ -521,6 +539,8 @@ def decode_step_bench(*, shape_name: str, device: torch.device, dtype: torch.dty
     cuda = device.type == "cuda"
     variants = ("rebuilt", "static", "graphs") if cuda else ("rebuilt", "static")
     model = random_llama(shape, device=device, dtype=dtype)
+    if not cuda and packing.usable(next(model.parameters())):
+        variants += ("plain",)
     windows = make_windows(shape, max(batches), device=device, dtype=dtype)
     budget = steps * (rounds + 1) * len(variants) + 2          # tokens per request
     max_seq_len = max(len(w.ids) for w in windows) + budget
@@ -563,6 +583,11 @@ def decode_step_bench(*, shape_name: str, device: torch.device, dtype: torch.dty
         del engine
         if cuda:
             torch.cuda.empty_cache()
+        if "plain" in measured:
+            per_round = [a / b for a, b in zip(measured["static"], measured["plain"])]
+            print(f"{batch:>5} packed head: static / plain "
+                  f"{statistics.median(measured['static']) / statistics.median(measured['plain']):.3f}"
+                  f" ({min(per_round):.3f}-{max(per_round):.3f})", flush=True)
         base = statistics.median(measured["rebuilt"])
         for variant, values in measured.items():
             ms = statistics.median(values)

@@ -62,13 +62,15 @@ class Engine(SlotEngine):
     whole prompts).  ``pack_prefill`` False runs each request's prefill chunk as a forward of
     its own (the one-by-one baseline the benchmark compares against).  ``cuda_graphs``: on
     CUDA, replay the decode step from CUDA graphs (setting ``llm_cuda_graphs``); no effect
-    elsewhere."""
+    elsewhere.  ``packed_weights``: on CPU in fp32, the output head runs on a copy of
+    its weight reordered for oneDNN (:mod:`facestream.llm.packed`: faster for a batch, at
+    the cost of that weight's memory twice); no effect elsewhere."""
 
     def __init__(self, model, tokenizer, *, max_batch: int, max_seq_len: int,
                  queue_size: int = 256, image_token_id: int | None = None,
                  prefix_ids: tuple[int, ...] = (), prefill_chunk: int = 512,
                  pack_prefill: bool = True, device=None, dtype=None,
-                 cuda_graphs: bool = True) -> None:
+                 cuda_graphs: bool = True, packed_weights: bool = True) -> None:
         check_sizes(max_batch=max_batch, max_seq_len=max_seq_len, queue_size=queue_size)
         if prefill_chunk < 0:
             raise ConfigError(f"LLM engine: prefill_chunk={prefill_chunk}; need >= 0 "
@@ -79,7 +81,8 @@ class Engine(SlotEngine):
         if (param.device, param.dtype) != (self.device, self.dtype):
             model.to(device=self.device, dtype=self.dtype)
         model.eval()
-        self._parts = LlamaParts.from_model(model, max_seq_len=max_seq_len)
+        self._parts = LlamaParts.from_model(model, max_seq_len=max_seq_len,
+                                            packed=packed_weights)
         super().__init__(max_batch=max_batch, max_seq_len=max_seq_len, queue_size=queue_size,
                          vocab=self._parts.vocab, hidden=self._parts.hidden,
                          image_token_id=image_token_id, has_tokenizer=tokenizer is not None,

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from facestream.errors import ConfigError
+from facestream.llm import packed as packing
 
 
 @dataclass(frozen=True)
@@ -49,9 +50,12 @@ class LlamaParts:
     sin: torch.Tensor                   # [max_seq_len, head_dim], model dtype
 
     @classmethod
-    def from_model(cls, model: nn.Module, *, max_seq_len: int) -> LlamaParts:
+    def from_model(cls, model: nn.Module, *, max_seq_len: int,
+                   packed: bool = False) -> LlamaParts:
         """Parts of a LLaMA-architecture causal LM (LLaMA, Vicuna, SmolLM2, Mistral without
-        sliding window).  Raises ConfigError for anything else."""
+        sliding window).  Raises ConfigError for anything else.  ``packed``: on CPU in
+        fp32, the output head runs on a copy of its weight reordered for oneDNN
+        (:mod:`facestream.llm.packed`, where it applies; the model is not changed)."""
         config = model.config
         base = getattr(model, "model", None)
         needed = ("embed_tokens", "layers", "norm", "rotary_emb")
@@ -76,11 +80,19 @@ class LlamaParts:
             # The model's own rotary module, so scaled RoPE variants come out as in HF.
             probe = torch.empty(1, device=weight.device, dtype=weight.dtype)
             cos, sin = base.rotary_emb(probe, positions)          # [1, S, head_dim] each
+        lm_head = model.lm_head
+        if packed and isinstance(lm_head, nn.Linear) and packing.usable(lm_head.weight):
+            lm_head = packing.PackedLinear(lm_head)
         return cls(embed=base.embed_tokens, layers=tuple(base.layers), norm=base.norm,
-                   lm_head=model.lm_head, n_heads=n_heads,
+                   lm_head=lm_head, n_heads=n_heads,
                    n_kv_heads=config.num_key_value_heads, head_dim=head_dim,
                    hidden=config.hidden_size, vocab=weight.shape[0],
                    cos=cos[0].contiguous(), sin=sin[0].contiguous())
+
+    @property
+    def packed(self) -> bool:
+        """Whether the output head runs on a oneDNN-packed weight."""
+        return isinstance(self.lm_head, packing.PackedLinear)
 
 
 @dataclass(frozen=True)
