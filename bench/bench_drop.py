@@ -52,15 +52,13 @@ import numpy as np  # noqa: E402
 
 from facestream import assets, events  # noqa: E402
 from facestream.config import Settings  # noqa: E402
-from facestream.errors import SourceDropped  # noqa: E402
-from facestream.ingest.publisher import ChunkPublisher, ingest  # noqa: E402
-from facestream.ingest.sources import parse_source  # noqa: E402
+from facestream.ingest.publisher import ChunkPublisher  # noqa: E402
 from facestream.runtime import tune_allocator  # noqa: E402
 
 from bench_distributed import (CLIP, FPS, PARTITIONS, forget,  # noqa: E402
                                measurement_settings, ratio_text, run_worker, spread,
                                stat_json, stream_counts, stream_ids)
-from bench_latency import Recording, record  # noqa: E402
+from bench_latency import Recording, publish_camera, record  # noqa: E402
 from services import Endpoints, fresh_topic, services  # noqa: E402
 
 SIDES = ("before", "after")            # after: MediaClock markers sent
@@ -150,14 +148,6 @@ class DroppingCameras:
 
 
 # publishers (child process) ------------------------------------------------------------
-
-def publish_camera(url: str, settings: Settings, stream_id: str, delay_s: float) -> None:
-    time.sleep(delay_s)
-    try:
-        ingest(parse_source(url), settings, stream_id=stream_id)
-    except SourceDropped:
-        pass          # the camera is gone for good; the stream's end went out
-
 
 def publish_cameras(recording: Recording, settings: Settings, stream_ids: list[str], *,
                     markers: bool, drop_s: float, down_s: float,

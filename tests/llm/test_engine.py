@@ -18,7 +18,7 @@ import torch
 
 from facestream.config import Settings
 from facestream.errors import ConfigError
-from facestream.llm import decoder
+from facestream.llm import decoder, packed
 from facestream.llm.backends import make_engine
 from facestream.llm.decoder import StaticDecoder, batch_bucket, span_bucket
 from facestream.llm.engine import Engine, nucleus, sample
@@ -339,11 +339,13 @@ def test_bench_shape_path_runs_on_cpu(bench):
 
 
 def test_bench_decode_step_mode_runs_on_cpu(bench):
-    """bench_llm.py --decode-step with the tiny shape: both CPU variants timed per batch."""
+    """bench_llm.py --decode-step with the tiny shape: every CPU variant timed per batch
+    (``plain``, the engine without its packed output head, where packing applies)."""
     rows = bench.decode_step_bench(shape_name="tiny", device=torch.device("cpu"),
                                    dtype=torch.float32, batches=(1, 3), steps=2, rounds=1)
+    variants = ["rebuilt", "static"] + (["plain"] if packed.usable(torch.zeros(1)) else [])
     assert [(r["batch"], r["variant"]) for r in rows] == [
-        (1, "rebuilt"), (1, "static"), (3, "rebuilt"), (3, "static")]
+        (batch, variant) for batch in (1, 3) for variant in variants]
     assert all(r["ms_per_step"] > 0 for r in rows)
 
 
