@@ -58,7 +58,7 @@ from facestream.runtime import tune_allocator  # noqa: E402
 from bench_distributed import (CLIP, FPS, PARTITIONS, forget,  # noqa: E402
                                measurement_settings, ratio_text, run_worker, spread,
                                stat_json, stream_counts, stream_ids)
-from bench_latency import Recording, publish_camera, record  # noqa: E402
+from bench_latency import Cameras, Recording, publish_camera, record  # noqa: E402
 from services import Endpoints, fresh_topic, services  # noqa: E402
 
 SIDES = ("before", "after")            # after: MediaClock markers sent
@@ -70,11 +70,11 @@ BACKOFF = {"reconnect_backoff_s": 0.5, "reconnect_backoff_max_s": 1.0,
 
 # the camera ----------------------------------------------------------------------------
 
-class DroppingCameras:
+class DroppingCameras(Cameras):
     """One HTTP server on 127.0.0.1: per stream, the recording up to ``drop_s`` then a
     closed connection; 503 for ``down_s`` after that; the first ``back_s`` of the recording
     on the next connection; 404 from then on.  ``starts[id]``: wall time of the first
-    connection's media time 0."""
+    connection's media time 0.  (``url`` and ``close`` are the live-latency cameras'.)"""
 
     def __init__(self, recording: Recording, stream_ids: list[str], *, drop_s: float,
                  down_s: float, back_s: float) -> None:
@@ -138,13 +138,6 @@ class DroppingCameras:
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def url(self, stream_id: str) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/{stream_id}.ts"
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 # publishers (child process) ------------------------------------------------------------
