@@ -44,7 +44,7 @@ import socket  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor  # noqa: E402
+from concurrent.futures import Executor, ProcessPoolExecutor  # noqa: E402
 from dataclasses import dataclass, replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -58,7 +58,7 @@ from facestream.runtime import tune_allocator  # noqa: E402
 from bench_distributed import (CLIP, FPS, PARTITIONS, forget,  # noqa: E402
                                measurement_settings, ratio_text, run_worker, spread,
                                stat_json, stream_counts, stream_ids)
-from bench_latency import Cameras, Recording, publish_camera, record  # noqa: E402
+from bench_latency import Cameras, Recording, publish_staggered, record  # noqa: E402
 from services import Endpoints, fresh_topic, services  # noqa: E402
 
 SIDES = ("before", "after")            # after: MediaClock markers sent
@@ -154,14 +154,8 @@ def publish_cameras(recording: Recording, settings: Settings, stream_ids: list[s
     cameras = DroppingCameras(recording, stream_ids, drop_s=drop_s, down_s=down_s,
                               back_s=back_s)
     try:
-        with ThreadPoolExecutor(len(stream_ids)) as threads:
-            futures = [threads.submit(publish_camera, cameras.url(stream_id), settings,
-                                      stream_id, i * recording.gop_s / len(stream_ids))
-                       for i, stream_id in enumerate(stream_ids)]
-            for future in futures:
-                future.result()
+        publish_staggered(cameras, recording, settings, stream_ids)
     finally:
-        cameras.close()
         ChunkPublisher.clock = send_clock
     if missing := sorted(set(stream_ids) - set(cameras.dropped)):
         raise SystemExit(f"cameras {', '.join(missing)} did not reach their drop")

@@ -265,12 +265,10 @@ def publish_camera(url: str, settings: Settings, stream_id: str, delay_s: float)
         pass          # the camera closed after its last frame; the stream's end went out
 
 
-def publish_cameras(recording: Recording, settings: Settings,
-                    stream_ids: list[str]) -> tuple[dict[str, float], list[float]]:
-    """Serve the cameras and publish each (stream i connecting i/N of a GOP after the
-    first) until they end; returns each stream's connection start and the lateness of every
-    camera write (seconds).  Exits if a camera did not send its whole recording."""
-    cameras = Cameras(recording, stream_ids)
+def publish_staggered(cameras: Cameras, recording: Recording, settings: Settings,
+                      stream_ids: list[str]) -> None:
+    """Publish each camera, stream i connecting i/N of a GOP after the first, until they
+    all end; then close the cameras."""
     try:
         with ThreadPoolExecutor(len(stream_ids)) as threads:
             futures = [threads.submit(publish_camera, cameras.url(stream_id), settings,
@@ -280,6 +278,15 @@ def publish_cameras(recording: Recording, settings: Settings,
                 future.result()
     finally:
         cameras.close()
+
+
+def publish_cameras(recording: Recording, settings: Settings,
+                    stream_ids: list[str]) -> tuple[dict[str, float], list[float]]:
+    """Serve the cameras and publish each (stream i connecting i/N of a GOP after the
+    first) until they end; returns each stream's connection start and the lateness of every
+    camera write (seconds).  Exits if a camera did not send its whole recording."""
+    cameras = Cameras(recording, stream_ids)
+    publish_staggered(cameras, recording, settings, stream_ids)
     if missing := sorted(set(stream_ids) - cameras.finished):
         raise SystemExit(f"cameras {', '.join(missing)} did not send their whole recording")
     return cameras.starts, [x for late in cameras.late.values() for x in late]
