@@ -7,10 +7,12 @@ exit codes: 0 success, 1 internal error, 2 unusable input or configuration, 130 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import logging
 import os
 import re
+import signal
 import sys
 import threading
 import time
@@ -300,6 +302,26 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _stop_on_signals(stop: threading.Event):
+    """Within: the first SIGINT or SIGTERM sets ``stop`` (the run finishes what it holds);
+    a second SIGINT interrupts as usual."""
+    def first(signum, frame) -> None:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if not stop.is_set():
+            stop.set()
+            sys.stderr.write("\rfacestream: stopping: analysing the open windows "
+                             "(Ctrl-C again to abandon them)\n")
+            sys.stderr.flush()
+
+    previous = {sig: signal.signal(sig, first) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 class _Progress:
     """A one-line progress bar on stderr, only when stderr is a terminal."""
 
@@ -342,13 +364,20 @@ def _analyze(args: argparse.Namespace) -> int:
     stream_id = stream_id_from(args.stream_id) if args.stream_id else spec.name
     out_dir = args.out or Path("facestream-out") / stream_id
     progress = _Progress(spec.name)
+    stop = threading.Event()
     try:
-        summary = analyze(spec, settings, out_dir=out_dir, stream_id=stream_id,
-                          annotate=args.annotate, report=args.report, progress=progress)
+        # A camera runs until it is stopped: Ctrl-C or SIGTERM ends it like the end of a
+        # file.  A file stopped with Ctrl-C is abandoned (exit 130).
+        with _stop_on_signals(stop) if spec.live else contextlib.nullcontext():
+            summary = analyze(spec, settings, out_dir=out_dir, stream_id=stream_id,
+                              annotate=args.annotate, report=args.report, progress=progress,
+                              stop=stop)
     finally:
         progress.done()
     for warning in summary.warnings:
         print(f"facestream: warning: {warning}", file=sys.stderr)
+    if summary.stopped:
+        print(f"{spec.text}: stopped; the open windows were analysed")
     info = summary.info
     if spec.kind == "image":
         print(f"{spec.text}: photo {info.width}x{info.height}, {summary.frames} "
@@ -464,7 +493,6 @@ def _ingest(args: argparse.Namespace) -> int:
 
 def _worker(args: argparse.Namespace) -> int:
     import faulthandler
-    import signal
 
     from facestream.config import Settings
     from facestream.workers.worker import Worker
@@ -503,7 +531,6 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _ingest_registry(settings) -> int:
-    import signal
 
     from facestream.workers.supervisor import Supervisor
 
@@ -622,7 +649,6 @@ def _encoder(args: argparse.Namespace) -> int:
 
 
 def _llm_serve(args: argparse.Namespace) -> int:
-    import signal
 
     import torch
 

@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Literal
+from typing import Callable, Generator, Iterator, Literal
 from urllib.parse import urlparse
 
 import av
@@ -185,10 +185,23 @@ class Reconnector:
         self._attempt = 0
 
     def reopen(self, message: str, *, reason: str | None = None) -> av.container.InputContainer:
+        steps = self.reopening(message, reason=reason)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value
+
+    def reopening(self, message: str, *, reason: str | None = None
+                  ) -> Generator[float, None, av.container.InputContainer]:
+        """:meth:`reopen` step by step: yields each delay just before waiting it (so a
+        caller that iterates can say, before the wait, where media time will resume:
+        ``resume_s(reached_s, after_s=delay)``), and returns the container."""
         reason = reason or message
         for delay in self._delays:
             self._attempt += 1
             self._on_retry(self._attempt, reason, delay)
+            yield delay
             self._wait(delay)
             self.reconnects += 1
             try:

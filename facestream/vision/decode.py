@@ -32,6 +32,22 @@ class StreamInfo:
     average_fps: float | None
 
 
+@dataclass(frozen=True)
+class SourcePause:
+    """A live source dropped and is about to wait ``delay_s`` before trying to reconnect
+    (:meth:`Decoder.frames` with ``pauses=True``): no frame it gives from now on lies before
+    ``resume_s`` of media time, so windows that end by then can close now."""
+
+    stream_id: str
+    resume_s: float
+    delay_s: float
+
+
+# Below the resume time a pause announces, for float rounding between the two places that
+# compute it (the pause before the wait, the reconnect after it).
+_PAUSE_MARGIN_S = 0.001
+
+
 @dataclass
 class DecodeReport:
     """What happened while decoding, for warnings and the summary.  Filled as frames flow."""
@@ -188,14 +204,15 @@ class Decoder:
     readable frame with a warning there.  A file whose timestamps cannot place its frames
     in media time is an :class:`InputError`.  Live sources that drop are reopened with
     ``backoff``; every drop is reported through ``on_error`` (a message), and when the
-    retries run out :class:`SourceDropped` is raised.  Not thread-safe; one decoder per
-    stream.
+    retries run out :class:`SourceDropped` is raised; with ``stop`` (a threading.Event)
+    set, a wait to reconnect ends at once with :class:`~facestream.ingest.sources.Stopped`.
+    Not thread-safe; one decoder per stream.
     """
 
     def __init__(self, spec: SourceSpec, *, stream_id: str, fps: float, backoff: Backoff,
                  timeout_s: float = 10.0, threads: int = 0,
                  on_error: Callable[[str], None] | None = None,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, stop=None) -> None:
         self.spec = spec
         self.stream_id = stream_id
         self.report = DecodeReport()
@@ -203,7 +220,7 @@ class Decoder:
         self._threads = threads
         self._on_error = on_error or (lambda message: None)
         self._link = Reconnector(spec, timeout_s=timeout_s, backoff=backoff,
-                                 on_error=self._on_error, sleep=sleep)
+                                 on_error=self._on_error, sleep=sleep, stop=stop)
         self._container = self._link.open()
         self._origin: tuple[int, Fraction] | None = None   # first pts and time base
         self._damage = _Damage()        # files: damage met since the last good frame
@@ -246,8 +263,10 @@ class Decoder:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def frames(self) -> Iterator[DecodedFrame]:
-        """Picked frames in presentation order.  Blocking: reads the source as it goes."""
+    def frames(self, *, pauses: bool = False) -> Iterator[DecodedFrame | SourcePause]:
+        """Picked frames in presentation order.  Blocking: reads the source as it goes.
+        With ``pauses``, a live source that dropped also gives a :class:`SourcePause`
+        before each wait to reconnect."""
         sampler = FrameSampler(self._fps)
         offset_s = 0.0          # live sources: media time carried across reconnects
         self._link.restart_clock()
@@ -280,11 +299,21 @@ class Decoder:
             message = f"source {self.spec.text}: {problem} at {self.report.last_time_s:.2f}s"
             self.report.errors.append(message)
             self._on_error(message)
+            reached_s = self.report.last_time_s + 1.0 / self._fps
+            steps = self._link.reopening(message)
             try:
-                self._container = self._link.reopen(message)
+                while True:
+                    try:
+                        delay = next(steps)
+                    except StopIteration as done:
+                        self._container = done.value
+                        break
+                    if pauses:
+                        resume_s = self._link.resume_s(reached_s, after_s=delay)
+                        yield SourcePause(self.stream_id, resume_s - _PAUSE_MARGIN_S, delay)
             finally:
                 self.report.reconnects = self._link.reconnects
-            offset_s = self._link.resume_s(self.report.last_time_s + 1.0 / self._fps)
+            offset_s = self._link.resume_s(reached_s)
 
     def _decode(self, container: av.container.InputContainer, offset_s: float):
         """(frame, pts, media seconds) for every decoded frame.

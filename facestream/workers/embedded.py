@@ -19,13 +19,13 @@ from typing import Any, Callable, Iterator
 from facestream import __version__, events
 from facestream.config import Settings
 from facestream.errors import SourceDropped
-from facestream.ingest.sources import SourceSpec
+from facestream.ingest.sources import SourceSpec, Stopped
 from facestream.retry import Backoff
 from facestream.sinks.annotate import Annotator, label_text, write_image
 from facestream.sinks.jsonl import JsonlSink
 from facestream.sinks.report import ReportSink, RunInfo
 from facestream.types import DecodedFrame
-from facestream.vision.decode import Decoder, StreamInfo
+from facestream.vision.decode import Decoder, SourcePause, StreamInfo
 from facestream.vision.faces import face_memory
 from facestream.workers.compose import Models
 from facestream.workers.pipeline import StreamState
@@ -46,6 +46,7 @@ class Summary:
     llm_calls: int = 0
     tracks: dict[str, str] = field(default_factory=dict)     # track id -> dominant expression
     warnings: list[str] = field(default_factory=list)
+    stopped: bool = False       # ended by ``stop`` (a camera's run is ended so)
 
     @property
     def speed(self) -> float:
@@ -53,75 +54,111 @@ class Summary:
         return self.media_s / self.wall_s if self.wall_s > 0 else 0.0
 
 
-def _prefetch(frames: Iterator[DecodedFrame], depth: int = 4) -> Iterator[DecodedFrame]:
-    """Run ``frames`` in a thread, ``depth`` items ahead; exceptions re-raised here."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
-    stop = threading.Event()
+_END = object()             # after a prefetched iterator's last item
 
-    def produce() -> None:
+
+class _Prefetch:
+    """Iterates ``items`` run in a thread, ``depth`` items ahead; exceptions are re-raised
+    in the iterating thread.  With ``stop`` set, iteration ends at once, even while the
+    thread waits on its source (it ends itself when its next read returns)."""
+
+    _POLL_S = 0.2           # how often a wait for the next item looks at ``stop``
+
+    def __init__(self, items: Iterator[Any], *, depth: int = 4,
+                 stop: threading.Event | None = None) -> None:
+        self._items = items
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = stop or threading.Event()
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._produce, name="facestream-decode",
+                                        daemon=True)
+
+    @property
+    def running(self) -> bool:
+        """Whether the thread still runs (it may be reading the source)."""
+        return self._thread.is_alive()
+
+    def _produce(self) -> None:
         try:
-            for item in frames:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+            for item in self._items:
+                if not self._put(item):
                     return
-            q.put(done)
+            self._put(_END)
         except BaseException as exc:     # handed to the consumer, raised there
-            q.put(exc)
+            self._put(exc)
 
-    thread = threading.Thread(target=produce, name="facestream-decode", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = q.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        thread.join(timeout=5)
+    def _put(self, item: Any) -> bool:
+        while not self._closing.is_set():
+            try:
+                self._queue.put(item, timeout=self._POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> Iterator[Any]:
+        self._thread.start()
+        try:
+            while not self._stop.is_set():
+                try:
+                    item = self._queue.get(timeout=self._POLL_S)
+                except queue.Empty:
+                    continue
+                if isinstance(item, BaseException):
+                    raise item
+                if item is _END:
+                    return
+                yield item
+        finally:
+            self._closing.set()
+            self._thread.join(timeout=5)
 
 
 def analyze(spec: SourceSpec, settings: Settings, *, out_dir: Path, stream_id: str | None = None,
             annotate: bool = False, report: bool = False, models: Models | None = None,
-            progress: Callable[[float, float | None, int], None] | None = None) -> Summary:
+            progress: Callable[[float, float | None, int], None] | None = None,
+            stop: threading.Event | None = None) -> Summary:
     """Analyse ``spec`` into ``out_dir/events.jsonl`` (and with ``annotate``,
     ``annotated.mp4``, or ``annotated.jpg`` for a photo; with ``report``, ``report.html``).
 
     Raises InputError when the source cannot be used at all; damage skipped in the middle of
     a file, a damaged tail or a live source that drops after delivering frames is a warning
-    in the summary and an error event.  The output files are opened when the first frame
-    has been decoded, so a run that fails before (an unusable source, missing model files)
-    leaves ``out_dir`` as it was, an earlier run's outputs included, and creates no folder.
-    The report is written only when the run succeeds (in one rename): a run that fails at
-    any point leaves an earlier ``report.html`` as it was.
+    in the summary and an error event.  While a live source is down, its error events are
+    written at once and the windows that end before it can resume are analysed (it cannot
+    resume before the wall time of the reconnect).  With ``stop`` set the run ends as if
+    the source had ended there (the open windows are analysed, the report is written;
+    ``Summary.stopped``): how a camera's run is ended.  The output files are opened when
+    the first frame has been decoded, so a run that fails before (an unusable source,
+    missing model files) leaves ``out_dir`` as it was, an earlier run's outputs included,
+    and creates no folder.  The report is written only when the run succeeds (in one
+    rename): a run that fails at any point leaves an earlier ``report.html`` as it was.
     """
     stream_id = stream_id or spec.name
     started = time.monotonic()
-    error_events: list[dict[str, Any]] = []
-
+    stop = stop or threading.Event()
+    # Error events, reported from the decoding thread too; written with the next events.
+    errors: queue.SimpleQueue = queue.SimpleQueue()
     errors_seen = 0
 
     def report_error(message: str, *, fatal: bool = False) -> None:
         nonlocal errors_seen
-        error_events.append(events.stream_error(
+        errors.put(events.stream_error(
             stream_id=stream_id, message=message,
             time_s=max(0.0, decoder.report.last_time_s),      # frames before the start: 0
             seq=errors_seen, profile=settings.profile, time_epoch=time.time(), fatal=fatal))
         errors_seen += 1
 
+    def error_events() -> list[dict[str, Any]]:
+        reported = []
+        while not errors.empty():
+            reported.append(errors.get())
+        return reported
+
     backoff = Backoff(settings.reconnect_attempts, settings.reconnect_backoff_s,
                       settings.reconnect_backoff_max_s)
     decoder = Decoder(spec, stream_id=stream_id, fps=settings.fps, backoff=backoff,
                       timeout_s=settings.open_timeout_s, threads=settings.threads,
-                      on_error=report_error)
+                      on_error=report_error, stop=stop)
     photo = spec.kind == "image"
     annotated_path = (out_dir / ("annotated.jpg" if photo else "annotated.mp4")) if annotate \
         else None
@@ -136,9 +173,10 @@ def analyze(spec: SourceSpec, settings: Settings, *, out_dir: Path, stream_id: s
         nonlocal sink, annotator
         if sink is None:
             sink = JsonlSink(out_dir / "events.jsonl")
-            if annotated_path is not None and not photo and frame is not None:
-                height, width = frame.image.shape[:2]
-                annotator = Annotator(annotated_path, width=width, height=height)
+        if annotated_path is not None and not photo and annotator is None \
+                and frame is not None:
+            height, width = frame.image.shape[:2]
+            annotator = Annotator(annotated_path, width=width, height=height)
         sink.write(batch)
         if reporter is not None:
             reporter.write(batch)
@@ -149,6 +187,7 @@ def analyze(spec: SourceSpec, settings: Settings, *, out_dir: Path, stream_id: s
     except BaseException:
         decoder.close()
         raise
+    frames = _Prefetch(decoder.frames(pauses=True), stop=stop)
     llm_calls_before = models.analyzer.llm_calls
     summary = Summary(stream_id, out_dir / "events.jsonl", annotated_path, decoder.info)
     labels: dict[str, Counter] = {}     # track id -> expression label counts, for the summary
@@ -158,14 +197,22 @@ def analyze(spec: SourceSpec, settings: Settings, *, out_dir: Path, stream_id: s
     memory = face_memory(settings)      # faces followed between detections
     try:
         try:
-            for frame in _prefetch(decoder.frames()):
+            for frame in frames:
+                if isinstance(frame, SourcePause):
+                    if summary.frames:          # else the run may still fail, writing nothing
+                        windows = state.advance(frame.resume_s)
+                        analysis = models.analyzer.analyze([(state, w) for w in windows])
+                        emit(None, error_events() + analysis + models.analyzer.completed())
+                        _count_labels(labels, analysis)
+                        _caption(captions, analysis)
+                        summary.windows += len(windows)
+                    continue
                 faces = (models.faces(frame.image) if memory is None
                          else models.faces.follow(frame, memory))
                 started_ev, windows, ended_ev = state.observe(frame, faces)
                 analysis = models.analyzer.analyze([(state, w) for w in windows])
-                emit(frame, error_events + started_ev + analysis + ended_ev
+                emit(frame, error_events() + started_ev + analysis + ended_ev
                      + models.analyzer.completed())
-                error_events.clear()
                 _count_labels(labels, analysis)
                 _caption(captions, analysis)
                 summary.frames += 1
@@ -187,6 +234,9 @@ def analyze(spec: SourceSpec, settings: Settings, *, out_dir: Path, stream_id: s
                 raise
             summary.warnings.append(str(exc))
             report_error(str(exc), fatal=True)
+        except Stopped:
+            pass                                # stopped while waiting to reconnect
+        summary.stopped = stop.is_set()
         damage = decoder.report.warning()     # skipped damage and/or a damaged tail
         if damage:
             summary.warnings.append(f"source {spec.text}: {damage}")
@@ -194,7 +244,7 @@ def analyze(spec: SourceSpec, settings: Settings, *, out_dir: Path, stream_id: s
         windows, ended_ev = state.finish()
         analysis = models.analyzer.analyze([(state, w) for w in windows])
         # The last descriptions before the tracks' ends: the file closes with them.
-        emit(None, error_events + analysis + models.analyzer.completed(wait=True) + ended_ev)
+        emit(None, error_events() + analysis + models.analyzer.completed(wait=True) + ended_ev)
         _count_labels(labels, analysis)
         _caption(captions, analysis)
         summary.windows += len(windows)
@@ -205,7 +255,8 @@ def analyze(spec: SourceSpec, settings: Settings, *, out_dir: Path, stream_id: s
     finally:
         if owned:
             models.close()
-        decoder.close()
+        if not frames.running:      # else its thread may still be in a read: it ends there
+            decoder.close()
         if sink is not None:
             sink.close()
         if annotator is not None:

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import subprocess
+import sys
+import threading
 
 import numpy as np
 import pytest
 
 from facestream import events
+from facestream.config import Settings
 from facestream.errors import SourceDropped
-from facestream.ingest.sources import parse_source
+from facestream.ingest.sources import Stopped, parse_source
 from facestream.retry import Backoff
-from facestream.vision.decode import Decoder
+from facestream.vision.decode import Decoder, SourcePause
+from facestream.workers.embedded import analyze
 from tests.helpers import read_events, run_cli
+from tests.integration.helpers import wait
 from tests.media import HttpCamera
 from facestream.scenes import face_patch, load_rgb, write_clip
 
@@ -130,3 +138,151 @@ def test_camera_that_comes_back_keeps_being_analysed(live_payload, tmp_path):
     for earlier, later in zip(windows, windows[1:]):
         assert later["start_s"] > earlier["end_s"], "media time must run on across reconnects"
     assert len({ev["id"] for ev in evs}) == len(evs)
+
+
+def test_a_camera_that_is_down_gets_its_drop_and_cut_window_written_and_stops_on_ctrl_c(
+        live_payload, tmp_path):
+    """``analyze`` of a camera that drops and stays down: while it is down (it answers 503
+    on every reconnect until the end), events.jsonl already holds the drop's error and the
+    window the drop cut (analysed once the wall clock passed that window's end: the camera
+    cannot resume before); Ctrl-C then ends the run as the end of a file does (exit 0,
+    the summary, the tracks' ends), with no traceback."""
+    server = HttpCamera(live_payload, [0.5, None])
+    events_path = tmp_path / "events.jsonl"
+    env = {**os.environ, "FACESTREAM_RECONNECT_ATTEMPTS": "1000",
+           "FACESTREAM_RECONNECT_BACKOFF_S": "0.2", "FACESTREAM_RECONNECT_BACKOFF_MAX_S": "0.2",
+           "FACESTREAM_OPEN_TIMEOUT_S": str(OPEN_TIMEOUT_S)}
+    proc = subprocess.Popen([sys.executable, "-m", "facestream", "analyze", server.url,
+                             "--out", str(tmp_path), "--no-describe"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        def cut_window_written() -> bool:
+            assert proc.poll() is None, proc.communicate()
+            if not events_path.is_file():
+                return False
+            evs = read_events(events_path)
+            drops = [ev["data"] for ev in evs if ev["type"] == events.STREAM_ERROR]
+            if not drops:
+                return False
+            dropped_at = drops[0]["time_s"]
+            return any(w["start_s"] <= dropped_at and w["end_s"] >= dropped_at - 0.3
+                       for w in (ev["data"]["window"] for ev in evs
+                                 if ev["type"] == events.FACE_ANALYSIS))
+
+        wait(cut_window_written, 300, "the window the drop cut, while the camera is down",
+             every_s=0.2)
+        assert server.requests >= 2            # it was down: every reconnect got a 503
+        written = read_events(events_path)
+        assert not any(ev["type"] == events.TRACK_ENDED for ev in written)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        server.close()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "stopping: analysing the open windows" in err
+    assert "stopped; the open windows were analysed" in out and "tracks: 1" in out, out
+    evs = read_events(events_path)
+    assert evs[:len(written)] == written       # what was written while down stays as it was
+    assert [ev["type"] for ev in evs].count(events.TRACK_ENDED) == 1
+    assert len({ev["id"] for ev in evs}) == len(evs)
+
+
+def test_pauses_precede_each_wait_and_the_camera_resumes_after_them(live_payload):
+    """The Decoder with ``pauses``: before each wait to reconnect (``sleep`` injected and
+    recorded) it gives a SourcePause whose time is no later than any frame after the
+    reconnect; without ``pauses`` nothing but frames comes out."""
+    log: list[tuple[str, float]] = []
+    server = HttpCamera(live_payload, [0.4, None, 1.0, None])
+    try:
+        decoder = Decoder(parse_source(server.url), stream_id="cam", fps=5,
+                          backoff=Backoff(2, 0.05, 0.4, seed=0), timeout_s=OPEN_TIMEOUT_S,
+                          sleep=lambda s: log.append(("sleep", s)))
+        with pytest.raises(SourceDropped):
+            for item in decoder.frames(pauses=True):
+                if isinstance(item, SourcePause):
+                    assert item.stream_id == "cam"
+                    log.append(("pause", item.resume_s))
+                    log.append(("announced", item.delay_s))
+                else:
+                    log.append(("frame", item.time_s))
+        decoder.close()
+    finally:
+        server.close()
+    # Each pause announces the wait that follows it.
+    for i, (kind, value) in enumerate(log):
+        if kind == "announced":
+            assert log[i + 1] == ("sleep", value), log
+    log = [entry for entry in log if entry[0] != "announced"]
+    kinds = [kind for kind, _ in log]
+    first_pause = kinds.index("pause")
+    # frames, a pause, its wait, a failed reconnect (503), a pause, its wait, the camera back
+    # with frames, then the same once more until the two reconnects allowed are spent.
+    wait_twice = ["pause", "sleep", "pause", "sleep"]
+    assert kinds[first_pause:first_pause + 4] == wait_twice, kinds
+    assert kinds[-4:] == wait_twice and kinds[:first_pause] == ["frame"] * first_pause
+    before = [t for kind, t in log[:first_pause] if kind == "frame"]
+    pause = log[first_pause + 2][1]
+    after = [t for kind, t in log[first_pause + 4:-4] if kind == "frame"]
+    assert after and kinds[first_pause + 4:-4] == ["frame"] * len(after)
+    assert pause >= before[-1] + 1 / 5 - 0.002
+    assert min(after) >= pause, (pause, after[:3])
+
+    server = HttpCamera(live_payload, [0.4, None])
+    try:
+        decoder = Decoder(parse_source(server.url), stream_id="cam", fps=5,
+                          backoff=Backoff(2, 0.05, 0.4, seed=0), timeout_s=OPEN_TIMEOUT_S,
+                          sleep=lambda s: None)
+        with pytest.raises(SourceDropped):
+            assert all(not isinstance(item, SourcePause) for item in decoder.frames())
+        decoder.close()
+    finally:
+        server.close()
+
+
+def test_stop_ends_a_wait_to_reconnect(live_payload):
+    """With ``stop`` set, the wait to reconnect ends at once (no sleep, no reconnect)."""
+    stop = threading.Event()
+    server = HttpCamera(live_payload, [0.4, None])
+    try:
+        decoder = Decoder(parse_source(server.url), stream_id="cam", fps=5,
+                          backoff=Backoff(100, 30, 30), timeout_s=OPEN_TIMEOUT_S, stop=stop)
+        with pytest.raises(Stopped):
+            for item in decoder.frames(pauses=True):
+                if isinstance(item, SourcePause):
+                    stop.set()
+        decoder.close()
+    finally:
+        server.close()
+    assert server.requests == 1 and decoder.report.reconnects == 0
+
+
+def test_a_stopped_camera_run_analyses_its_open_windows_and_writes_its_report(
+        live_payload, models, tmp_path):
+    """``analyze(stop=...)`` on a camera still sending: the run ends after the frame during
+    which ``stop`` was set, with that frame's window analysed, the track ended and the
+    report written."""
+    stop = threading.Event()
+    times: list[float] = []
+
+    def progress(time_s: float, duration_s: float | None, frames: int) -> None:
+        times.append(time_s)
+        if frames == 12:
+            stop.set()
+
+    settings = Settings.load({"describe": False, "reconnect_attempts": 1000,
+                              "reconnect_backoff_s": 30, "reconnect_backoff_max_s": 30,
+                              "open_timeout_s": OPEN_TIMEOUT_S})
+    server = HttpCamera(live_payload, [1.0, None])
+    try:
+        summary = analyze(parse_source(server.url), settings, out_dir=tmp_path, models=models,
+                          report=True, progress=progress, stop=stop)
+    finally:
+        server.close()
+    assert summary.stopped and summary.frames == 12 == len(times) and not summary.warnings
+    evs = read_events(tmp_path / "events.jsonl")
+    windows = [ev["data"]["window"] for ev in evs if ev["type"] == events.FACE_ANALYSIS]
+    assert max(w["end_s"] for w in windows) == pytest.approx(times[-1], abs=1e-3)
+    assert [ev["type"] for ev in evs].count(events.TRACK_ENDED) == 1
+    assert summary.report_path == tmp_path / "report.html" and summary.report_path.is_file()
