@@ -653,7 +653,7 @@ def _llm_serve(args: argparse.Namespace) -> int:
     import torch
 
     from facestream import assets
-    from facestream.config import Settings
+    from facestream.config import Settings, loopback
     from facestream.llm.server import LLMServer
 
     settings = Settings.load({"llm_max_batch": args.max_batch,
@@ -668,15 +668,20 @@ def _llm_serve(args: argparse.Namespace) -> int:
                                       max_seq_len=settings.llm_max_seq_len,
                                       queue_size=settings.llm_queue_size,
                                       cuda_graphs=settings.llm_cuda_graphs,
-
-                                      prefill_chunk=settings.llm_prefill_chunk)
+                                      prefill_chunk=settings.llm_prefill_chunk,
+                                      api_key=settings.llm_api_key)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     server.start()
     try:
         print(f"llm: serving {server.model_name} at {server.url} (/v1/completions with prompt "
               f"or prompt_embeds, /v1/models, /health); max batch {settings.llm_max_batch}, "
-              f"max seq len {settings.llm_max_seq_len}", flush=True)
+              f"max seq len {settings.llm_max_seq_len}"
+              + ("; API key required" if settings.llm_api_key else ""), flush=True)
+        if not settings.llm_api_key and not loopback(args.host):
+            print(f"facestream: warning: serving on {args.host} without an API key: anyone "
+                  "who reaches the port can use the model; set FACESTREAM_LLM_API_KEY",
+                  file=sys.stderr, flush=True)
         stop.wait()
     finally:
         server.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -442,6 +443,9 @@ class Settings:
     llm_max_in_flight: int = field(default=8, metadata=_doc(
         "Most requests a process has open at the LLM server at once; more wait their turn.",
         ge=1, le=1024))
+    llm_api_key: str = field(default="", metadata=_doc(
+        "API key of the LLM server (vLLM's --api-key): sent as Authorization: Bearer <key>; "
+        "`facestream llm serve` requires it on its /v1 routes when set.  Empty: none."))
 
     @property
     def encoder_batch_profile(self) -> BatchProfile:
@@ -612,6 +616,16 @@ def _coerce(f: dataclasses.Field, value: Any, *, source: str) -> Any:
         return str(value)
     except (TypeError, ValueError):
         raise ConfigError(f"setting {source}={value!r}: expected {kind}") from None
+
+
+def loopback(host: str) -> bool:
+    """True if ``host`` (an address to listen on) is reachable from this machine only."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 if __name__ == "__main__":

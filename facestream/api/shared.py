@@ -9,12 +9,11 @@ a route says so.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 from typing import Any
 
 from fastapi import Request
 
-from facestream.config import Settings
+from facestream.config import Settings, loopback
 from facestream.errors import ConfigError, bounded, redact
 
 # The cookie and the query parameter that carry the token where a header cannot be set (an
@@ -34,16 +33,6 @@ class ApiError(Exception):
 
     def body(self) -> dict[str, Any]:
         return {"error": self.message, "field": self.field}
-
-
-def loopback(host: str) -> bool:
-    """True if ``host`` (an address to listen on) is reachable from this machine only."""
-    if host.strip().lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def check_exposure(settings: Settings) -> None:

@@ -29,6 +29,9 @@ and its completion protocol):
 * a server started without prompt-embeddings support answers 400 "You must set
   ``--enable-prompt-embeds`` ..."; that becomes a :class:`RemoteEngineError` saying so.
 
+With an API key (``llm_api_key``) every call carries ``Authorization: Bearer <key>`` (vLLM's
+``--api-key``); a 401 or 403 answer is a :class:`RemoteEngineError` naming the setting.
+
 Connection errors and 5xx answers are retried with an injected
 :class:`~facestream.retry.Backoff` (bounded); a timeout is not retried (the server may still
 be working on it).
@@ -144,6 +147,7 @@ class RemoteEngine:
     HTTP requests run at once, from a thread pool; more wait in submission order.
 
     ``sleep`` waits out the backoff's delays between retries (injectable for tests).
+    ``api_key`` is sent as a bearer token (empty: no Authorization header).
 
     ``submit`` is thread-safe and never blocks.  Results have ``ttft_s = nan`` (answers are
     not streamed) and ``latency_s`` from ``submit`` to the answer.  Errors resolve the
@@ -154,7 +158,7 @@ class RemoteEngine:
                  image_token_id: int | None = None, model: str | None = None,
                  timeout_s: float = 120.0, max_in_flight: int = 8,
                  backoff: Backoff = DEFAULT_BACKOFF,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, api_key: str = "") -> None:
         base = endpoint.strip().rstrip("/")
         base = base[:-3] if base.endswith("/v1") else base
         if not re.fullmatch(r"https?://[^/\s]+(/\S*)?", base):
@@ -174,6 +178,8 @@ class RemoteEngine:
         self._image_token_id = image_token_id
         self._model = model
         self._timeout_s, self._backoff, self._sleep = timeout_s, backoff, sleep
+        self._headers = {"Content-Type": "application/json",
+                         **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
         self._pool = ThreadPoolExecutor(max_workers=max_in_flight,
                                         thread_name_prefix="llm-remote")
         self._lock = threading.Lock()
@@ -190,7 +196,8 @@ class RemoteEngine:
             raise ConfigError("llm_endpoint is empty (the in-process engine); set it to the "
                               "LLM server's base URL, e.g. http://llm-host:8000")
         return cls(settings.llm_endpoint, embedding=embedding, image_token_id=image_token_id,
-                   timeout_s=settings.llm_timeout_s, max_in_flight=settings.llm_max_in_flight)
+                   timeout_s=settings.llm_timeout_s, max_in_flight=settings.llm_max_in_flight,
+                   api_key=settings.llm_api_key)
 
     # ---- the engine interface ---------------------------------------------------------
 
@@ -309,8 +316,7 @@ class RemoteEngine:
         attempt = 0
         while True:
             attempt += 1
-            call = urllib.request.Request(url, data=data,
-                                          headers={"Content-Type": "application/json"})
+            call = urllib.request.Request(url, data=data, headers=self._headers)
             try:
                 with urllib.request.urlopen(call, timeout=self._timeout_s) as answer:
                     return json.loads(answer.read())
@@ -342,8 +348,12 @@ class RemoteEngine:
 
 def _refusal(url: str, code: int, message: str, *,
              request: GenerationRequest | None) -> Exception:
-    """The error for a 4xx answer: the endpoint refusing prompt embeddings is a deployment
-    problem; anything else concerns the request."""
+    """The error for a 4xx answer: the endpoint refusing the API key or prompt embeddings
+    is a deployment problem; anything else concerns the request."""
+    if code in (401, 403):
+        return RemoteEngineError(f"LLM endpoint {url} refused the API key (HTTP {code}: "
+                                 f"{message}); set llm_api_key (FACESTREAM_LLM_API_KEY) to "
+                                 "the server's key (vLLM's --api-key)")
     if request is not None and request.visual is not None and _EMBEDS_REFUSED.search(message):
         return RemoteEngineError(f"LLM endpoint {url} refuses prompt embeddings ({message}); "
                                  "start vLLM with --enable-prompt-embeds, or use "

@@ -15,8 +15,12 @@ It speaks the subset of vLLM's OpenAI-compatible server that
   400; other unknown fields are ignored, as vLLM does.
 * ``GET /v1/models`` (the one served model) and ``GET /health``.
 
+With an API key (``llm_api_key``), every ``/v1`` route requires ``Authorization: Bearer
+<key>``, as vLLM's ``--api-key`` does; ``/health`` stays open for probes.
+
 Errors are ``{"error": {"message", "type", "param", "code"}}`` with status 400 (bad request),
-404, 413 (body too large), 503 (queue full or shutting down) or 500 (the engine failed).
+401 (missing or wrong API key), 404, 413 (body too large), 503 (queue full or shutting down)
+or 500 (the engine failed).
 
 Prompt embeddings reach the engine with no new engine API: a prompt of ``seq_len`` image
 placeholders whose "visual tokens" are the whole embedding matrix (the engine splices them
@@ -26,6 +30,7 @@ vocabulary first, so the placeholder id (negative) can never come from a client.
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import threading
@@ -136,12 +141,13 @@ class LLMServer:
     both (blocking).  Each connection gets a thread; concurrent requests batch together in the
     engine (``prefill_chunk``: prompt positions prefilled per step, 0 = whole prompts;
     ``cuda_graphs``: on CUDA only).  ``accept_embeds=False`` answers ``prompt_embeds`` with
-    vLLM's refusal, as a vLLM started without ``--enable-prompt-embeds`` does."""
+    vLLM's refusal, as a vLLM started without ``--enable-prompt-embeds`` does.
+    ``api_key``: required on the ``/v1`` routes (empty: none)."""
 
     def __init__(self, model, tokenizer, *, max_batch: int, max_seq_len: int,
                  host: str = "127.0.0.1", port: int = 8000, model_name: str = "facestream",
                  accept_embeds: bool = True, queue_size: int = 256,
-                 prefill_chunk: int = 512, cuda_graphs: bool = True) -> None:
+                 prefill_chunk: int = 512, cuda_graphs: bool = True, api_key: str = "") -> None:
         self.engine = Engine(model, tokenizer, max_batch=max_batch, max_seq_len=max_seq_len,
                              queue_size=queue_size, image_token_id=_PLACEHOLDER,
                              prefill_chunk=prefill_chunk, cuda_graphs=cuda_graphs)
@@ -149,6 +155,7 @@ class LLMServer:
         self.model_name = model_name
         self.max_seq_len = max_seq_len
         self.accept_embeds = accept_embeds
+        self.api_key = api_key
         self.vocab, self.hidden = model.get_input_embeddings().weight.shape   # [V, hidden]
         self._httpd = _HTTPServer((host, port), _Handler, app=self)
         self._thread: threading.Thread | None = None
@@ -296,10 +303,26 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _HTTPServer
 
+    def _authorized(self) -> bool:
+        """Whether the request may use a /v1 route; if not, it has been answered 401."""
+        expected = self.server.app.api_key
+        if not expected:
+            return True
+        scheme, _, given = (self.headers.get("Authorization") or "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(),
+                                                              expected.encode()):
+            return True
+        self._drain()
+        self._error(401, "missing or wrong API key: send Authorization: Bearer <key> (the "
+                         "server's llm_api_key)")
+        return False
+
     def do_GET(self) -> None:
         app = self.server.app
         if self.path == "/health":
             self._send(200, {})
+        elif self.path.startswith("/v1/") and not self._authorized():
+            return
         elif self.path == "/v1/models":
             self._send(200, {"object": "list", "data": [{
                 "id": app.model_name, "object": "model", "created": int(time.time()),
@@ -308,6 +331,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(404, f"no route GET {self.path}; try /v1/models or /health")
 
     def do_POST(self) -> None:
+        if self.path.startswith("/v1/") and not self._authorized():
+            return
         if self.path != "/v1/completions":
             self._drain()
             self._error(404, f"no route POST {self.path}; try /v1/completions")
@@ -331,13 +356,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _drain(self) -> None:
         length = self.headers.get("Content-Length", "")
+        if not length and self.command == "GET":
+            return
         if length.isdigit() and int(length) <= MAX_BODY_BYTES:
             self.rfile.read(int(length))
         else:
             self.close_connection = True
 
     def _error(self, status: int, message: str) -> None:
-        kind = "BadRequestError" if status < 500 else "InternalServerError"
+        kind = ("AuthenticationError" if status == 401 else
+                "BadRequestError" if status < 500 else "InternalServerError")
         self._send(status, {"error": {"message": " ".join(message.split()), "type": kind,
                                       "param": None, "code": status}})
 

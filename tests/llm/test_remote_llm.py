@@ -12,6 +12,7 @@ import base64
 import io
 import json
 import math
+import os
 import re
 import signal
 import socket
@@ -221,6 +222,35 @@ def test_server_without_embeddings_support(smol, cases):
         client.close()
 
 
+def test_a_server_with_an_api_key_serves_only_requests_that_carry_it(smol, cases):
+    """``LLMServer(api_key=...)``: /v1 routes answer 401 (a JSON error, one line) without
+    the key or with another, /health stays open, and a client with the key gets the same
+    tokens as always."""
+    model, tokenizer = smol
+    request, expected = cases[0]
+    with LLMServer(model, tokenizer, max_batch=1, max_seq_len=96, port=0,
+                   api_key="s3cret") as guarded:
+        body = json.dumps({"prompt": [1, 2, 3], "max_tokens": 1}).encode()
+        for headers in ({}, {"Authorization": "Bearer other"}, {"Authorization": "s3cret"}):
+            for data in (None, body):
+                call = urllib.request.Request(guarded.url + ("/v1/completions" if data else
+                                                             "/v1/models"), data=data,
+                                              headers={"Content-Type": "application/json",
+                                                       **headers})
+                with pytest.raises(urllib.error.HTTPError) as info:
+                    urllib.request.urlopen(call, timeout=WAIT_S)
+                error = json.loads(info.value.read())["error"]
+                assert info.value.code == 401 and error["type"] == "AuthenticationError"
+                assert "API key" in error["message"] and "s3cret" not in error["message"]
+        with urllib.request.urlopen(guarded.url + "/health", timeout=WAIT_S) as answer:
+            assert answer.status == 200
+        client = RemoteEngine(guarded.url, embedding=model.get_input_embeddings().weight,
+                              image_token_id=IMAGE, api_key="s3cret")
+        short = GenerationRequest("k", request.prompt_ids, max_new_tokens=3)
+        assert client.generate([short])[0].token_ids == expected[:3]
+        client.close()
+
+
 def test_models_and_health(server):
     with urllib.request.urlopen(server.url + "/v1/models", timeout=10) as answer:
         listing = json.loads(answer.read())
@@ -305,20 +335,35 @@ class Stub:
     what the client has sent at any point depends on what the test released, not on how
     fast threads run; :meth:`wait_for` waits for a condition on the recorded state."""
 
-    def __init__(self, script: list[tuple[int, dict]], *, hold: bool = False) -> None:
+    def __init__(self, script: list[tuple[int, dict]], *, hold: bool = False,
+                 key: str = "") -> None:
         self.script, self.hold = list(script), hold
         self.bodies: list[dict] = []
+        self.authorizations: list[str | None] = []      # each request's header, in order
         self.active = self.peak = self.permits = 0
         self.opened = False
         self.lock = threading.Condition()
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
+            def refused(self) -> bool:
+                """With ``key``: vLLM's --api-key answer to a request without it."""
+                given = self.headers.get("Authorization")
+                with stub.lock:
+                    stub.authorizations.append(given)
+                if key and given != f"Bearer {key}":
+                    self._send(401, {"error": "Unauthorized"})
+                    return True
+                return False
+
             def do_GET(self):
-                self._send(200, {"object": "list", "data": [{"id": "stub-model"}]})
+                if not self.refused():
+                    self._send(200, {"object": "list", "data": [{"id": "stub-model"}]})
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if self.refused():
+                    return
                 with stub.lock:
                     stub.bodies.append(body)
                     stub.active += 1
@@ -457,6 +502,29 @@ def test_server_errors_are_retried_a_bounded_number_of_times(stub_factory, scrip
     client.close()
 
 
+def test_the_api_key_goes_as_a_bearer_token_and_a_refusal_names_the_setting(stub_factory):
+    """Against an endpoint that wants a key (vLLM's --api-key answers 401 "Unauthorized"):
+    with the key every call carries ``Authorization: Bearer <key>``; without it, or with
+    another, the first call fails at once (no retry) with one line naming llm_api_key and
+    not the key that was sent; with no key set no Authorization header is sent."""
+    stub = stub_factory([(200, completion())], key="k-123")
+    request = GenerationRequest("x", (1, 2), max_new_tokens=2)
+    client = RemoteEngine(stub.url, backoff=FAST, api_key="k-123")
+    assert client.generate([request])[0].text == "hi"
+    client.close()
+    assert stub.authorizations == ["Bearer k-123"] * 2          # /v1/models, the completion
+    for key in ("", "wrong-key-456"):
+        del stub.authorizations[:]
+        client = RemoteEngine(stub.url, backoff=FAST, api_key=key)
+        with pytest.raises(RemoteEngineError, match=r"refused the API key \(HTTP 401: "
+                           r"Unauthorized\); set llm_api_key") as info:
+            client.submit(request).result()
+        client.close()
+        assert "\n" not in str(info.value) and (not key or key not in str(info.value))
+        assert stub.authorizations == [f"Bearer {key}" if key else None]   # not retried
+        assert client.stats["retries"] == 0 and len(stub.bodies) == 1
+
+
 def test_a_400_refuses_the_request_without_retrying(stub_factory):
     stub = stub_factory([(400, {"object": "error", "message": "This model's maximum context "
                                 "length is 64 tokens.", "type": "BadRequestError",
@@ -569,26 +637,36 @@ def test_embedding_table_loads_alone(smol, settings):
 
 
 @pytest.mark.slow
-def test_cli_llm_serve(smol, cases):
-    """`facestream llm serve` as a user runs it: prints its URL, answers, stops on SIGTERM."""
+def test_cli_llm_serve(smol, cases, settings, tmp_path):
+    """`facestream llm serve --model DIR` as a user runs it: serves DIR (named after it),
+    prints its URL, answers only callers with its API key, stops on SIGTERM."""
     model, _ = smol
     request, expected = cases[0]
+    model_dir = tmp_path / "my-llm"
+    model_dir.symlink_to(settings.cache_dir / "models" / "smollm2-135m-instruct",
+                         target_is_directory=True)
     process = subprocess.Popen(
-        [sys.executable, "-m", "facestream", "llm", "serve", "--port", "0", "--max-batch", "2",
-         "--max-seq-len", "96", "--threads", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [sys.executable, "-m", "facestream", "llm", "serve", "--model", str(model_dir),
+         "--port", "0", "--max-batch", "2", "--max-seq-len", "96", "--threads", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "FACESTREAM_LLM_API_KEY": "cli-key"})
     try:
         line = process.stdout.readline()
-        assert line.startswith("llm: serving smollm2-135m-instruct at http://127.0.0.1:"), \
+        assert line.startswith("llm: serving my-llm at http://127.0.0.1:"), \
             line + process.stderr.read()
+        assert line.rstrip().endswith("; API key required"), line
         url = line.split(" at ")[1].split()[0]
-        client = RemoteEngine(url, embedding=model.get_input_embeddings().weight,
-                              image_token_id=IMAGE)
+        with pytest.raises(urllib.error.HTTPError, match="401"):
+            urllib.request.urlopen(url + "/v1/models", timeout=WAIT_S)
+        client = RemoteEngine.from_settings(
+            Settings.load({"llm_endpoint": url, "llm_api_key": "cli-key"}),
+            embedding=model.get_input_embeddings().weight, image_token_id=IMAGE)
         short = GenerationRequest("cli", request.prompt_ids, max_new_tokens=3)
         assert client.generate([short])[0].token_ids == expected[:3]
         client.close()
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
+        assert "warning" not in process.stderr.read()   # a key, and loopback besides
     finally:
         process.kill()
         process.wait()

@@ -124,6 +124,13 @@ app.kubernetes.io/component: {{ .component }}
   value: {{ $values.llm.timeoutS | quote }}
 - name: FACESTREAM_LLM_MAX_IN_FLIGHT
   value: {{ $values.llm.maxInFlight | quote }}
+{{- if $values.llm.apiKeySecret }}
+- name: FACESTREAM_LLM_API_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ $values.llm.apiKeySecret }}
+      key: {{ $values.llm.apiKeyKey }}
+{{- end }}
 {{- end }}
 {{- range $name, $value := $values.settings }}
 - name: {{ printf "FACESTREAM_%s" (upper $name) }}
