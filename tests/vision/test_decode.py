@@ -19,9 +19,9 @@ from facestream.ingest.sources import Stopped, parse_source
 from facestream.retry import Backoff
 from facestream.vision.decode import Decoder, SourcePause
 from facestream.workers.embedded import analyze
-from tests.helpers import read_events, run_cli
+from tests.helpers import check_events_file, read_events, run_cli
 from tests.integration.helpers import wait
-from tests.media import HttpCamera
+from tests.media import HttpCamera, RtspCamera
 from facestream.scenes import face_patch, load_rgb, write_clip
 
 
@@ -48,17 +48,23 @@ def test_frames_are_rgb_in_source_pixels(sample):
 
 
 @pytest.fixture(scope="module")
-def live_payload(sample, face_analyzer, tmp_path_factory):
+def live_frames(sample, face_analyzer) -> list[np.ndarray]:
+    """3 s at 25 fps of a face drifting right."""
     photo = load_rgb(sample("single_face.jpg"))
     box = tuple(int(v) for v in face_analyzer(photo).boxes[0])
     patch = face_patch(photo, box, 200)
     frames = []
-    for i in range(75):                              # 3 s at 25 fps, the face drifting right
+    for i in range(75):
         canvas = np.full((360, 640, 3), 70, np.uint8)
         x = 120 + 2 * i
         canvas[80:280, x:x + 200] = patch
         frames.append(canvas)
-    clip = write_clip(tmp_path_factory.mktemp("live") / "live.ts", frames, fps=25,
+    return frames
+
+
+@pytest.fixture(scope="module")
+def live_payload(live_frames, tmp_path_factory):
+    clip = write_clip(tmp_path_factory.mktemp("live") / "live.ts", live_frames, fps=25,
                       container_format="mpegts")
     return clip.read_bytes()
 
@@ -71,8 +77,8 @@ def live_payload(sample, face_analyzer, tmp_path_factory):
 OPEN_TIMEOUT_S = 60
 
 
-def _run_camera(plan, payload, tmp_path):
-    server = HttpCamera(payload, plan)
+def _run_camera(plan, payload, tmp_path, *, camera=HttpCamera):
+    server = camera(payload, plan)
     try:
         proc = run_cli("analyze", server.url, "--out", str(tmp_path), "--no-describe",
                        env={"FACESTREAM_RECONNECT_ATTEMPTS": "2",
@@ -124,6 +130,30 @@ def test_live_source_reconnects_follow_the_backoff_and_are_bounded(live_payload)
     assert len(errors) == 3 and all("cannot open" in e for e in errors[1:]), errors
     assert str(info.value).startswith(errors[0]) and \
         str(info.value).endswith("gave up after 2 reconnects")
+
+
+def test_an_rtsp_camera_is_analysed_and_reconnected_as_an_http_one_is(live_frames, tmp_path):
+    """``analyze rtsp://...`` against an RTSP camera (RTP over the RTSP connection, H.264
+    per RFC 6184): analysed live; when it drops, reconnected (a 503 while it is down, then
+    the whole clip again, analysed with media time running on); given up after the bounded
+    reconnects, with one warning."""
+    proc, evs, requests = _run_camera([0.5, None, 1.0, None], live_frames, tmp_path,
+                                      camera=RtspCamera)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr and requests == 5, (requests, proc.stderr)
+    warnings = [line for line in proc.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "gave up after 2 reconnects" in warnings[0], warnings
+    errors = [ev["data"] for ev in evs if ev["type"] == events.STREAM_ERROR]
+    assert [e["fatal"] for e in errors] == [False] * (len(errors) - 1) + [True]
+    drop = errors[0]
+    assert 1.0 < drop["time_s"] < 2.0                  # half the clip, then it dropped
+    windows = [ev["data"]["window"] for ev in evs if ev["type"] == events.FACE_ANALYSIS]
+    assert windows[0]["start_s"] < 0.2
+    assert max(w["end_s"] for w in windows) > drop["time_s"] + 2.5
+    for earlier, later in zip(windows, windows[1:]):
+        assert later["start_s"] > earlier["end_s"], "media time must run on across reconnects"
+    assert len({ev["id"] for ev in evs}) == len(evs)
+    check_events_file(tmp_path / "events.jsonl")
 
 
 def test_camera_that_comes_back_keeps_being_analysed(live_payload, tmp_path):
