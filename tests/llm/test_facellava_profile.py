@@ -300,6 +300,31 @@ def test_a_zero_video_window_gives_the_windows_own_frames(checkpoint, track_wind
     torch.testing.assert_close(reaching_image.visual, own_image.visual, rtol=0, atol=0)
 
 
+def test_deepfake_sees_8_frames_and_attributes_and_action_units_the_middle_frame(
+        checkpoint, track_windows, submitted):
+    """The three tasks the chain test does not ask, about a window without a longer clip:
+    the deepfake question gets the visual tokens of the window's 8 reference-picked frames
+    (video form, 8 x 257 placeholders), the attributes and action-unit questions those of
+    its middle frame (image form, 256), each equal to the reference path's tokens."""
+    window = track_windows[0.0][3]
+    load_stage(Settings.load({
+        "profile": "facellava", "facellava_checkpoint": str(checkpoint),
+        "facellava_tasks": "deepfake,attributes,action_units",
+        "facellava_max_new_tokens": NEW_TOKENS})).answer([(window, None)])
+    assert [r.request_id.rsplit("/", 1)[1] for r in submitted] == \
+        ["deepfake", "attributes", "action_units"]
+    model = load_facellava(checkpoint, dtype=torch.float32)
+    with torch.inference_mode():
+        for request, picks, kind in zip(submitted, (VIDEO_PICKS, IMAGE_PICKS, IMAGE_PICKS),
+                                        ("video", "image", "image")):
+            assert request.prompt_ids.count(PLACEHOLDER) == len(picks) * TOKENS_PER_FRAME[kind]
+            crops = np.concatenate([window.samples[i].chips.square for i in picks])
+            marks = np.concatenate([window.samples[i].chips.square_landmarks for i in picks])
+            torch.testing.assert_close(request.visual,
+                                       reference_visual(model, crops, marks, kind),
+                                       rtol=1e-5, atol=1e-5)
+
+
 def test_remote_llm_tier_gives_the_same_answers(checkpoint, window):
     """With ``llm_endpoint`` set, the vision worker loads no LLM: it splices the visual tokens
     into prompt embeddings and sends them to an OpenAI-compatible server (here facestream's
