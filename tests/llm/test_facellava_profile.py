@@ -413,6 +413,33 @@ def test_analyze_with_the_facellava_profile_writes_valid_events(checkpoint, tmp_
         assert data["answers"] == source["answers"]
 
 
+def test_towers_given_on_the_command_line_are_used(tmp_path):
+    """A checkpoint whose config names the towers by their hub ids (as the released one does):
+    without ``--image-tower`` / ``--video-tower`` it is a one-line error naming them; with
+    them, pointing at local tower directories, the run writes the profile's answers."""
+    def hub_ids(config: dict) -> None:
+        config["mm_image_tower"] = "LanguageBind/LanguageBind_Image"
+        config["mm_video_tower"] = "LanguageBind/LanguageBind_Video_merge"
+
+    released = write_tiny_checkpoint(tmp_path / "released", cross_attn_type="masked",
+                                     tokenizer="sentencepiece", edit_config=hub_ids)
+    args = ["analyze", "sample:single_face.jpg", "--profile", "facellava", "--checkpoint",
+            str(released), "--tasks", "expression,age"]
+    env = {"FACESTREAM_FACELLAVA_MAX_NEW_TOKENS": str(NEW_TOKENS)}
+    refused = run_cli(*args, "--out", str(tmp_path / "refused"), env=env)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and "facellava_image_tower" in lines[0], refused.stderr
+    out = tmp_path / "out"
+    result = run_cli(*args, "--out", str(out), "--image-tower",
+                     str(released / "LanguageBind_Image"), "--video-tower",
+                     str(released / "LanguageBind_Video_merge"), env=env)
+    assert result.returncode == 0, result.stderr
+    analysis = [e["data"] for e in read_events(out / "events.jsonl")
+                if e["type"] == events.FACE_ANALYSIS]
+    assert analysis and set(analysis[0]["answers"]) == {"expression", "age"}
+
+
 @pytest.mark.parametrize("args, message", [
     (["--profile", "facellava"], "needs facellava_checkpoint"),
     (["--profile", "facellava", "--checkpoint", "/nonexistent/facellava"], "/nonexistent/facellava"),
