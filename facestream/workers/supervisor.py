@@ -390,6 +390,8 @@ class Supervisor:
         for publisher in publishers:
             if publisher.thread is not None:
                 publisher.thread.join(timeout=self.settings.open_timeout_s + 5)
+            if publisher.outcome in ("ended", "failed"):
+                continue                    # its final state stands (a failure stays visible)
             self._announce(publisher.status.ended("supervisor stopped"), publisher.status)
         self._publishers.clear()
         self.metrics.publishers.set(0)

@@ -279,3 +279,40 @@ def test_a_changed_spec_restarts_the_publisher_with_it(isolated, sample):
     assert stamps[0] == b"2" and stamps[-1] == b"5", stamps
     assert [e["data"]["fps"] for e in _status_events(settings, "cam")
             if e["data"]["state"] == "connecting"] == [2.0, 5.0]
+
+
+def test_with_a_reconnect_limit_a_camera_that_stays_down_fails_and_the_others_go_on(
+        isolated, sample):
+    """``supervisor_reconnect_attempts=2``: a registered camera that never answers is tried
+    on opening and twice more, then its state is ``failed`` with the reason, and it is not
+    tried again; a camera beside it goes live and stays so."""
+    from facestream.workers.supervisor import Supervisor
+
+    settings = _settings(isolated, supervisor_reconnect_attempts=2)
+    dead_url = f"http://127.0.0.1:{free_port()}/live.ts"      # nothing listens: refused
+    camera = HttpCamera(_mpegts(sample(CLIP)), [1.0])
+    registry = Registry(settings)
+    registry.put(StreamSpec("dead", dead_url), stream_id="dead")
+    registry.put(StreamSpec("alive", camera.url), stream_id="alive")
+    supervisor = Supervisor(settings, log=lambda line: None)
+    runner = _start(supervisor)
+    try:
+        wait(lambda: stream_status(settings, "dead").get("state") == "failed", 60,
+             "the camera that stays down to be given up")
+        wait(lambda: stream_status(settings, "alive").get("state") == "live", 60,
+             "the other camera to go live")
+        states = [(e["data"]["state"], e["data"]["attempt"], e["data"]["reason"])
+                  for e in _status_events(settings, "dead")]
+        assert [(s, a) for s, a, _ in states] == [
+            ("connecting", 0), ("reconnecting", 1), ("reconnecting", 2), ("failed", 2)], states
+        assert "gave up after 2 reconnects" in states[-1][2], states[-1]
+        assert "refused" in stream_status(settings, "dead")["last_error"].lower()
+        assert "dead" not in supervisor.streams and "alive" in supervisor.streams
+        assert supervisor.status("dead").reconnects == 2
+    finally:
+        supervisor.stop()
+        runner.join(timeout=60)
+        camera.close()
+    assert not runner.is_alive()
+    assert stream_status(settings, "dead")["state"] == "failed"       # stopping keeps it
+    assert stream_status(settings, "alive")["state"] == "ended"
