@@ -77,6 +77,12 @@ class WorkerMetrics:
         self.batch_windows = Histogram("facestream_batch_windows",
                                        "Windows per model batch (all streams)",
                                        buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
+        self.rebalances = Counter(
+            "facestream_rebalances", "Partition assignments this worker received from its "
+            "consumer group (its first join included): more than one means the group "
+            "rebalanced", registry=r)
+        self.partitions = Gauge("facestream_assigned_partitions",
+                                "Video-topic partitions this worker holds", registry=r)
         self.streams = Gauge("facestream_streams", "Streams this worker owns", registry=r)
         self.open_windows = Gauge("facestream_open_windows",
                                   "Tracks with a window still collecting frames", registry=r)

@@ -412,6 +412,8 @@ class Worker:
         worker takes them over from their checkpoints.  Partitions that stay keep their
         streams as they are, since the consumer keeps their positions too (it does not
         read them again from the committed offset)."""
+        self.metrics.rebalances.inc()
+        self.metrics.partitions.set(len(assigned))
         lost, self._revoked = self._revoked - set(assigned), set()
         for tp in lost:
             self._consumed.pop(tp, None)
