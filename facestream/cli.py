@@ -303,15 +303,14 @@ def _models(args: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
-def _stop_on_signals(stop: threading.Event):
-    """Within: the first SIGINT or SIGTERM sets ``stop`` (the run finishes what it holds);
-    a second SIGINT interrupts as usual."""
+def _stop_on_signals(stop: threading.Event, doing: str):
+    """Within: the first SIGINT or SIGTERM sets ``stop`` and says so (the run finishes
+    ``doing``); a second SIGINT interrupts as usual."""
     def first(signum, frame) -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         if not stop.is_set():
             stop.set()
-            sys.stderr.write("\rfacestream: stopping: analysing the open windows "
-                             "(Ctrl-C again to abandon them)\n")
+            sys.stderr.write(f"\rfacestream: stopping: {doing} (Ctrl-C again to abandon)\n")
             sys.stderr.flush()
 
     previous = {sig: signal.signal(sig, first) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -368,7 +367,8 @@ def _analyze(args: argparse.Namespace) -> int:
     try:
         # A camera runs until it is stopped: Ctrl-C or SIGTERM ends it like the end of a
         # file.  A file stopped with Ctrl-C is abandoned (exit 130).
-        with _stop_on_signals(stop) if spec.live else contextlib.nullcontext():
+        with _stop_on_signals(stop, "analysing the open windows") if spec.live \
+                else contextlib.nullcontext():
             summary = analyze(spec, settings, out_dir=out_dir, stream_id=stream_id,
                               annotate=args.annotate, report=args.report, progress=progress,
                               stop=stop)
@@ -482,9 +482,17 @@ def _ingest(args: argparse.Namespace) -> int:
     spec = parse_source(_resolve_source(args.source, settings))
     stream_id = stream_id_from(args.stream_id)
     topic = chunk_topic(settings.video_topic, args.profile)
-    report = ingest(spec, settings, stream_id=stream_id, realtime=args.realtime,
-                    topic=topic, fps=args.fps, profile=args.profile,
-                    on_error=lambda msg: print(f"facestream: warning: {msg}", file=sys.stderr))
+    stop = threading.Event()
+    # A camera is published until it is stopped: Ctrl-C or SIGTERM ends its stream for the
+    # workers as the end of a file does.
+    with _stop_on_signals(stop, "ending the stream for the workers") if spec.live \
+            else contextlib.nullcontext():
+        report = ingest(spec, settings, stream_id=stream_id, realtime=args.realtime,
+                        topic=topic, fps=args.fps, profile=args.profile, stop=stop,
+                        on_error=lambda msg: print(f"facestream: warning: {msg}",
+                                                  file=sys.stderr))
+    if stop.is_set():
+        print(f"{spec.text}: stopped; the workers were told the stream ended")
     print(f"{stream_id}: {report.chunks} chunks ({report.messages} messages, "
           f"{report.bytes / 1e6:.1f} MB, {report.media_s:.1f}s of media) to "
           f"{topic} at {settings.kafka_bootstrap}")

@@ -19,7 +19,7 @@ import pytest
 from facestream import events
 from facestream.ingest.chunks import Chunk, EndOfStream, MediaClock, parse_message
 from tests.helpers import run_cli
-from tests.integration.helpers import BOOTSTRAP
+from tests.integration.helpers import BOOTSTRAP, wait
 from tests.media import HttpCamera, remux_video
 
 pytestmark = pytest.mark.integration
@@ -134,6 +134,46 @@ def test_ingest_reconnects_a_live_source_that_drops(isolated, sample):
                          * last.time_base)
         assert marker.media_s >= last_end - 0.0011, (marker, last_end)
         assert after == len(chunks) or chunks[after][0].start_s >= marker.media_s
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
+def test_ingest_of_a_camera_ends_its_stream_for_the_workers_when_stopped(isolated, sample, sig):
+    """A camera is published until it is stopped: SIGTERM or Ctrl-C while the camera is down
+    (waiting to reconnect, with reconnects left) ends the run at once, with exit 0, the
+    summary, no traceback, and an end marker right after the last chunk, so the workers
+    close the stream as at the end of a file."""
+    settings, env = isolated
+    camera = HttpCamera(_mpegts(sample("face_noface.mov")), [0.5, None])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "facestream", "ingest", camera.url, "--stream-id", "cam"],
+        env={**os.environ, **env, "FACESTREAM_RECONNECT_ATTEMPTS": "1000",
+             "FACESTREAM_RECONNECT_BACKOFF_S": "30", "FACESTREAM_RECONNECT_BACKOFF_MAX_S": "30",
+             "FACESTREAM_OPEN_TIMEOUT_S": "60"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        def waiting() -> bool:       # the drop's MediaClock: the camera is down, 30 s to wait
+            assert proc.poll() is None, proc.communicate()
+            try:
+                messages = _topic(settings.video_topic)
+            except (AssertionError, TypeError, ValueError):   # the topic is not there yet
+                return False
+            return any(parse_message(m.headers, m.value, key=m.key).__class__ is MediaClock
+                       for m in messages)
+
+        wait(waiting, 120, "the camera to drop (its MediaClock)", every_s=0.2)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        camera.close()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "stopping: ending the stream for the workers" in err
+    assert "stopped; the workers were told the stream ended" in out, out
+    assert camera.requests == 1                        # stopped before trying again
+    chunks, end = _chunks_and_end(_topic(settings.video_topic), "cam")
+    assert chunks and end.last_seq == chunks[-1][0].seq == len(chunks) - 1
+    assert f"cam: {len(chunks)} chunks" in out, out
 
 
 def _live_chunks(isolated, clip, chunk_max_s: str) -> list[Chunk]:
