@@ -40,7 +40,6 @@ import argparse  # noqa: E402
 import http.server  # noqa: E402
 import json  # noqa: E402
 import multiprocessing  # noqa: E402
-import socket  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
@@ -58,7 +57,8 @@ from facestream.runtime import tune_allocator  # noqa: E402
 from bench_distributed import (CLIP, FPS, PARTITIONS, forget,  # noqa: E402
                                measurement_settings, ratio_text, run_worker, spread,
                                stat_json, stream_counts, stream_ids)
-from bench_latency import Cameras, Recording, publish_staggered, record  # noqa: E402
+from bench_latency import (Cameras, Recording, publish_staggered, record,  # noqa: E402
+                           start_stream)
 from services import Endpoints, fresh_topic, services  # noqa: E402
 
 SIDES = ("before", "after")            # after: MediaClock markers sent
@@ -105,12 +105,7 @@ class DroppingCameras(Cameras):
                     self.send_error(503, "camera down")
                     return
                 until = drop_s if count == 0 else back_s
-                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                self.send_response(200)
-                self.send_header("Content-Type", "video/mp2t")
-                self.send_header("Transfer-Encoding", "chunked")
-                self.send_header("Connection", "close")
-                self.end_headers()
+                start_stream(self)
                 start, sent = time.time(), 0
                 if count == 0:
                     outer.starts[stream_id] = start

@@ -194,6 +194,17 @@ def record(clip: Path, gop_s: float, seconds: float) -> Recording:
                      tuple(pts for pts, _, _ in packets), (*starts[1:], len(data)))
 
 
+def start_stream(handler: http.server.BaseHTTPRequestHandler) -> None:
+    """Answer a camera request with the head of a live MPEG-TS stream of unknown length
+    (chunked, closed at its end, no Nagle delay on its writes)."""
+    handler.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    handler.send_response(200)
+    handler.send_header("Content-Type", "video/mp2t")
+    handler.send_header("Transfer-Encoding", "chunked")
+    handler.send_header("Connection", "close")
+    handler.end_headers()
+
+
 class Cameras:
     """One HTTP server on 127.0.0.1 serving ``recording`` as a live camera at
     ``/<stream id>.ts`` for each of ``stream_ids``, once each (a second request gets 404).
@@ -221,12 +232,7 @@ class Cameras:
                 if not known:
                     self.send_error(404, "no such camera, or already streaming")
                     return
-                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                self.send_response(200)
-                self.send_header("Content-Type", "video/mp2t")
-                self.send_header("Transfer-Encoding", "chunked")
-                self.send_header("Connection", "close")
-                self.end_headers()
+                start_stream(self)
                 start, sent, late = time.time(), 0, []
                 outer.starts[stream_id], outer.late[stream_id] = start, late
                 try:
