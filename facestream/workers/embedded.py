@@ -195,6 +195,7 @@ def analyze(spec: SourceSpec, settings: Settings, *, out_dir: Path, stream_id: s
     still: tuple[Any, list[tuple[str, Any, str]]] | None = None    # a photo and its faces
     state = StreamState(stream_id, settings, confirm_hits=1 if photo else None)
     memory = face_memory(settings)      # faces followed between detections
+    analysed_s = 0.0                    # media time of the last frame analysed
     try:
         try:
             for frame in frames:
@@ -216,6 +217,7 @@ def analyze(spec: SourceSpec, settings: Settings, *, out_dir: Path, stream_id: s
                 _count_labels(labels, analysis)
                 _caption(captions, analysis)
                 summary.frames += 1
+                analysed_s = frame.time_s
                 summary.windows += len(windows)
                 visible = (_overlay(state, captions) if reporter is not None
                            or annotated_path is not None else None)
@@ -264,7 +266,9 @@ def analyze(spec: SourceSpec, settings: Settings, *, out_dir: Path, stream_id: s
     summary.events = sink.count if sink is not None else 0
     if annotated_path is not None and not annotated_path.is_file():
         summary.annotated_path = None       # a video whose source gave no frame
-    summary.media_s = decoder.report.last_time_s if not photo else 0.0
+    # Stopped: frames decoded ahead of the analysis were not analysed.
+    summary.media_s = 0.0 if photo else analysed_s if summary.stopped \
+        else decoder.report.last_time_s
     summary.wall_s = time.monotonic() - started
     summary.llm_calls = models.analyzer.llm_calls - llm_calls_before
     summary.tracks = {tid: counts.most_common(1)[0][0]

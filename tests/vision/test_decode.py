@@ -311,6 +311,7 @@ def test_a_stopped_camera_run_analyses_its_open_windows_and_writes_its_report(
     finally:
         server.close()
     assert summary.stopped and summary.frames == 12 == len(times) and not summary.warnings
+    assert summary.media_s == times[-1]          # not the frames decoded ahead of it
     evs = read_events(tmp_path / "events.jsonl")
     windows = [ev["data"]["window"] for ev in evs if ev["type"] == events.FACE_ANALYSIS]
     assert max(w["end_s"] for w in windows) == pytest.approx(times[-1], abs=1e-3)
