@@ -539,7 +539,6 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _ingest_registry(settings) -> int:
-
     from facestream.workers.supervisor import Supervisor
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
@@ -657,7 +656,6 @@ def _encoder(args: argparse.Namespace) -> int:
 
 
 def _llm_serve(args: argparse.Namespace) -> int:
-
     import torch
 
     from facestream import assets
