@@ -350,6 +350,11 @@ class _Progress:
             sys.stderr.write("\r" + " " * 110 + "\r")
             sys.stderr.flush()
 
+    def say(self, line: str) -> None:
+        """``line`` on stderr, on a line of its own (the bar goes on below it)."""
+        self.done()
+        print(f"facestream: {line}", file=sys.stderr, flush=True)
+
 
 def _analyze(args: argparse.Namespace) -> int:
     from facestream.config import Settings
@@ -371,7 +376,7 @@ def _analyze(args: argparse.Namespace) -> int:
                 else contextlib.nullcontext():
             summary = analyze(spec, settings, out_dir=out_dir, stream_id=stream_id,
                               annotate=args.annotate, report=args.report, progress=progress,
-                              stop=stop)
+                              stop=stop, on_wait=progress.say)
     finally:
         progress.done()
     for warning in summary.warnings:

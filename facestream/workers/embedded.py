@@ -117,7 +117,8 @@ class _Prefetch:
 def analyze(spec: SourceSpec, settings: Settings, *, out_dir: Path, stream_id: str | None = None,
             annotate: bool = False, report: bool = False, models: Models | None = None,
             progress: Callable[[float, float | None, int], None] | None = None,
-            stop: threading.Event | None = None) -> Summary:
+            stop: threading.Event | None = None,
+            on_wait: Callable[[str], None] | None = None) -> Summary:
     """Analyse ``spec`` into ``out_dir/events.jsonl`` (and with ``annotate``,
     ``annotated.mp4``, or ``annotated.jpg`` for a photo; with ``report``, ``report.html``).
 
@@ -127,7 +128,8 @@ def analyze(spec: SourceSpec, settings: Settings, *, out_dir: Path, stream_id: s
     written at once and the windows that end before it can resume are analysed (it cannot
     resume before the wall time of the reconnect).  With ``stop`` set the run ends as if
     the source had ended there (the open windows are analysed, the report is written;
-    ``Summary.stopped``): how a camera's run is ended.  The output files are opened when
+    ``Summary.stopped``): how a camera's run is ended.  ``on_wait`` hears, in one line, of
+    each wait before a reconnect (why the source is down, how long until the next try).  The output files are opened when
     the first frame has been decoded, so a run that fails before (an unusable source,
     missing model files) leaves ``out_dir`` as it was, an earlier run's outputs included,
     and creates no folder.  The report is written only when the run succeeds (in one
@@ -139,9 +141,11 @@ def analyze(spec: SourceSpec, settings: Settings, *, out_dir: Path, stream_id: s
     # Error events, reported from the decoding thread too; written with the next events.
     errors: queue.SimpleQueue = queue.SimpleQueue()
     errors_seen = 0
+    last_error = ""
 
     def report_error(message: str, *, fatal: bool = False) -> None:
-        nonlocal errors_seen
+        nonlocal errors_seen, last_error
+        last_error = message
         errors.put(events.stream_error(
             stream_id=stream_id, message=message,
             time_s=max(0.0, decoder.report.last_time_s),      # frames before the start: 0
@@ -200,6 +204,8 @@ def analyze(spec: SourceSpec, settings: Settings, *, out_dir: Path, stream_id: s
         try:
             for frame in frames:
                 if isinstance(frame, SourcePause):
+                    if on_wait is not None:
+                        on_wait(f"{last_error}; trying again in {frame.delay_s:.1f}s")
                     if summary.frames:          # else the run may still fail, writing nothing
                         windows = state.advance(frame.resume_s)
                         analysis = models.analyzer.analyze([(state, w) for w in windows])

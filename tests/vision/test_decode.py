@@ -212,6 +212,13 @@ def test_a_camera_that_is_down_gets_its_drop_and_cut_window_written_and_stops_on
         server.close()
     assert proc.returncode == 0, err
     assert "Traceback" not in err and "stopping: analysing the open windows" in err
+    lines = err.splitlines()
+    # While it was down, each wait was announced (why, and when it is tried again).
+    waits = [i for i, line in enumerate(lines) if re.fullmatch(
+        rf"facestream: source {re.escape(server.url)}: .+; trying again in 0\.2s", line)]
+    assert waits and waits[0] < lines.index(next(line for line in lines if "stopping:" in line))
+    drop = next(ev["data"] for ev in written if ev["type"] == events.STREAM_ERROR)
+    assert lines[waits[0]] == f"facestream: {drop['message']}; trying again in 0.2s"
     assert "stopped; the open windows were analysed" in out and "tracks: 1" in out, out
     evs = read_events(events_path)
     assert evs[:len(written)] == written       # what was written while down stays as it was
