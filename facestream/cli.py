@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from facestream import __version__
-from facestream.errors import ConfigError, FacestreamError
+from facestream.errors import ConfigError, FacestreamError, redact
 from facestream.runtime import tune_allocator
 from facestream.vocabulary import PROFILES
 
@@ -518,7 +518,7 @@ def _worker(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     faulthandler.register(signal.SIGUSR1, all_threads=True)     # kill -USR1: where is it?
     print(f"worker: consuming {settings.video_topic} at {settings.kafka_bootstrap} as "
-          f"{settings.consumer_group}, events to {settings.redis_url}", file=sys.stderr)
+          f"{settings.consumer_group}, events to {redact(settings.redis_url)}", file=sys.stderr)
     report = worker.run()
     print(f"worker: {report.chunks} chunks, {report.frames} frames, {report.events} events, "
           f"{report.dead_letters} dead letters", file=sys.stderr)
@@ -551,7 +551,7 @@ def _ingest_registry(settings) -> int:
     runner = Supervisor(settings, log=lambda msg: print(msg, file=sys.stderr, flush=True))
     signal.signal(signal.SIGTERM, lambda *_: runner.stop())
     print(f"supervisor: publishing the streams registered in {settings.registry_topic}, "
-          f"status to {settings.redis_url} ({settings.stream_status_prefix}:ID)",
+          f"status to {redact(settings.redis_url)} ({settings.stream_status_prefix}:ID)",
           file=sys.stderr, flush=True)
     try:
         runner.run()

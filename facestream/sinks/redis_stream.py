@@ -18,7 +18,7 @@ import time
 from typing import Any, Iterable, Mapping
 
 from facestream.config import Settings
-from facestream.errors import FacestreamError, bounded
+from facestream.errors import FacestreamError, bounded, redact
 
 # redis-py prefixes a pipeline's error with the failed command and its arguments, which can
 # be a whole pickled checkpoint: never show those.
@@ -31,7 +31,7 @@ class SinkUnavailable(FacestreamError):
 
 def _unavailable(settings: Settings, exc: Exception) -> SinkUnavailable:
     reason = _PIPELINE_COMMAND.sub("", str(exc)).splitlines()[0] if str(exc) else ""
-    return SinkUnavailable(f"Redis at {settings.redis_url}: "
+    return SinkUnavailable(f"Redis at {redact(settings.redis_url)}: "
                            f"{bounded(reason or type(exc).__name__, 200)}")
 
 
