@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 
 import av
 
-from facestream.errors import InputError, SourceDropped, bounded
+from facestream.errors import InputError, SourceDropped, bounded, redact
 from facestream.retry import Backoff
 
 SourceKind = Literal["file", "image", "url", "webcam"]
@@ -35,7 +35,7 @@ STREAM_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 class SourceSpec:
     """A source, resolved.  ``target`` and ``format`` are what the demuxer opens."""
 
-    text: str                 # as the user gave it
+    text: str                 # as the user gave it, any password as *** (for messages)
     kind: SourceKind
     target: str               # file path, URL or device
     format: str | None        # forced demuxer (webcams), else probed
@@ -53,7 +53,7 @@ def parse_source(text: str) -> SourceSpec:
     try:
         return _parse_source(text)
     except (OSError, RuntimeError, ValueError) as exc:
-        raise InputError(f"source {bounded(repr(text), 80)}: cannot be used "
+        raise InputError(f"source {bounded(repr(redact(text)), 80)}: cannot be used "
                          f"({bounded(str(exc) or type(exc).__name__, 80)})") from None
 
 
@@ -70,11 +70,11 @@ def _parse_source(text: str) -> SourceSpec:
     if scheme in URL_SCHEMES:
         parsed = urlparse(text)
         stem = Path(parsed.path).stem or parsed.hostname or "stream"
-        return SourceSpec(text, "url", text, None, stream_id_from(stem))
+        return SourceSpec(redact(text), "url", text, None, stream_id_from(stem))
     if scheme == "file":
         text = urlparse(text).path
     elif len(scheme) > 1 and "://" in text:
-        raise InputError(f"source {text}: unsupported scheme {scheme!r}; use a file, "
+        raise InputError(f"source {redact(text)}: unsupported scheme {scheme!r}; use a file, "
                          f"webcam:N or one of {', '.join(sorted(URL_SCHEMES))}")
     path = Path(text).expanduser()
     if not path.exists():

@@ -18,6 +18,15 @@ def test_parse_live_sources(text, kind, target, live):
     assert (spec.kind, spec.target, spec.live) == (kind, target, live)
 
 
+def test_a_password_in_a_source_url_is_opened_but_never_shown():
+    spec = parse_source("rtsp://admin:s3cret@cam.example.com:554/live")
+    assert spec.target == "rtsp://admin:s3cret@cam.example.com:554/live"      # what is opened
+    assert spec.text == "rtsp://admin:***@cam.example.com:554/live"           # what is said
+    with pytest.raises(InputError) as info:
+        parse_source("ftp://admin:s3cret@host/x.mp4")
+    assert "s3cret" not in str(info.value) and "admin:***@" in str(info.value)
+
+
 def test_parse_files_and_images(tmp_path):
     clip, photo = tmp_path / "my clip.mp4", tmp_path / "face.JPG"
     clip.write_bytes(b"x")

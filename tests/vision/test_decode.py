@@ -77,10 +77,11 @@ def live_payload(live_frames, tmp_path_factory):
 OPEN_TIMEOUT_S = 60
 
 
-def _run_camera(plan, payload, tmp_path, *, camera=HttpCamera):
+def _run_camera(plan, payload, tmp_path, *, camera=HttpCamera, credentials: str = ""):
     server = camera(payload, plan)
+    url = server.url.replace("://", f"://{credentials}@") if credentials else server.url
     try:
-        proc = run_cli("analyze", server.url, "--out", str(tmp_path), "--no-describe",
+        proc = run_cli("analyze", url, "--out", str(tmp_path), "--no-describe",
                        env={"FACESTREAM_RECONNECT_ATTEMPTS": "2",
                             "FACESTREAM_RECONNECT_BACKOFF_S": "0.05",
                             "FACESTREAM_OPEN_TIMEOUT_S": str(OPEN_TIMEOUT_S)}, timeout=600)
@@ -100,6 +101,19 @@ def test_camera_that_drops_and_stays_down_is_reported(live_payload, tmp_path):
     assert len(errors) == 4                    # the drop, two failed reconnects, giving up
     assert [e["fatal"] for e in errors] == [False, False, False, True]
     assert any(ev["type"] == events.FACE_ANALYSIS for ev in evs), "frames before the drop"
+
+
+def test_a_camera_password_is_never_shown(live_payload, tmp_path):
+    """A camera URL with a user and password (as `analyze` gets it): the run works, and the
+    password is in no line printed and no event written (its messages show ``***``)."""
+    proc, evs, _ = _run_camera([0.6, None], live_payload, tmp_path,
+                               credentials="admin:s3cret-pw")
+    assert proc.returncode == 0, proc.stderr
+    assert any(ev["type"] == events.FACE_ANALYSIS for ev in evs)
+    written = (tmp_path / "events.jsonl").read_text()
+    for text in (proc.stdout, proc.stderr, written):
+        assert "s3cret-pw" not in text
+    assert "admin:***@" in proc.stderr and "admin:***@" in written
 
 
 def test_live_source_reconnects_follow_the_backoff_and_are_bounded(live_payload):
