@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 
+import numpy as np
 import pytest
 
 from facestream import events
@@ -319,3 +320,47 @@ def test_events_tail_json_and_group(isolated):
         assert client.xpending(key, group)["pending"] == 0, f"{group} did not acknowledge"
     groups = {g["name"].decode() for g in client.xinfo_groups(key)}
     assert groups == {"first-group", "second-group"}
+
+
+def test_an_rtsp_camera_through_ingest_and_a_worker_gives_what_analyze_gives(
+        isolated, models, face_analyzer, sample, tmp_path):
+    """README's cameras are RTSP: one (tests/media.py's RtspCamera: RTP over the RTSP
+    connection, H.264 per RFC 6184) published by `facestream ingest` and analysed by a
+    worker gives the events `facestream analyze` gives for the same camera: the same ids,
+    windows and labels."""
+    from facestream.scenes import face_patch, load_rgb
+    from tests.helpers import comparable, read_events
+    from tests.integration.helpers import events_in_redis
+    from tests.integration.test_distributed import _run_worker
+    from tests.media import RtspCamera
+
+    settings, env = isolated
+    photo = load_rgb(sample("single_face.jpg"))
+    patch = face_patch(photo, tuple(int(v) for v in face_analyzer(photo).boxes[0]), 200)
+    frames = []
+    for i in range(75):                          # 3 s at 25 fps, the face drifting right
+        canvas = np.full((360, 640, 3), 70, np.uint8)
+        canvas[80:280, 120 + 2 * i:320 + 2 * i] = patch
+        frames.append(canvas)
+    camera = RtspCamera(frames, [1.0, None, 1.0, None])   # the clip, down; again, down
+    quick = {"FACESTREAM_RECONNECT_ATTEMPTS": "1", "FACESTREAM_RECONNECT_BACKOFF_S": "0.05",
+             "FACESTREAM_OPEN_TIMEOUT_S": "60"}
+    try:
+        published = run_cli("ingest", camera.url, "--stream-id", "rtsp-cam", timeout=300,
+                            env={**env, **quick})
+        analysed = run_cli("analyze", camera.url, "--stream-id", "rtsp-cam", "--no-describe",
+                           "--out", str(tmp_path / "embedded"), timeout=300,
+                           env={**env, **quick})
+    finally:
+        camera.close()
+    assert published.returncode == 2 and "gave up after 1 reconnects" in published.stderr
+    assert analysed.returncode == 0, analysed.stderr
+    _run_worker(settings, models, streams_to_end=1)
+    expected = {e["id"]: e for e in read_events(tmp_path / "embedded" / "events.jsonl")
+                if e["type"] != events.STREAM_ERROR}
+    got = [e for e in events_in_redis(settings, f"{settings.events_stream}:rtsp-cam")
+           if e["type"] != events.STREAM_ERROR]
+    assert any(e["type"] == events.FACE_ANALYSIS for e in got)
+    assert {e["id"] for e in got} == set(expected)
+    for e in got:
+        assert comparable(e) == comparable(expected[e["id"]])
