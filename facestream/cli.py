@@ -381,6 +381,9 @@ def _analyze(args: argparse.Namespace) -> int:
         progress.done()
     for warning in summary.warnings:
         print(f"facestream: warning: {warning}", file=sys.stderr)
+    if summary.stopped and not summary.frames:
+        print(f"{spec.text}: stopped before its first frame; nothing was written")
+        return 0
     if summary.stopped:
         print(f"{spec.text}: stopped; the open windows were analysed")
     info = summary.info

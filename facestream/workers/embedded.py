@@ -251,8 +251,11 @@ def analyze(spec: SourceSpec, settings: Settings, *, out_dir: Path, stream_id: s
             report_error(damage)
         windows, ended_ev = state.finish()
         analysis = models.analyzer.analyze([(state, w) for w in windows])
-        # The last descriptions before the tracks' ends: the file closes with them.
-        emit(None, error_events() + analysis + models.analyzer.completed(wait=True) + ended_ev)
+        # The last descriptions before the tracks' ends: the file closes with them.  (A run
+        # stopped before its first frame writes nothing: an earlier run's files stay.)
+        if summary.frames or not summary.stopped:
+            emit(None, error_events() + analysis + models.analyzer.completed(wait=True)
+                 + ended_ev)
         _count_labels(labels, analysis)
         _caption(captions, analysis)
         summary.windows += len(windows)
@@ -279,7 +282,7 @@ def analyze(spec: SourceSpec, settings: Settings, *, out_dir: Path, stream_id: s
     summary.llm_calls = models.analyzer.llm_calls - llm_calls_before
     summary.tracks = {tid: counts.most_common(1)[0][0]
                       for tid, counts in sorted(labels.items(), key=lambda kv: int(kv[0][1:]))}
-    if reporter is not None:
+    if reporter is not None and (summary.frames or not summary.stopped):
         info = decoder.info
         summary.report_path = reporter.finish(RunInfo(
             source=spec.text, photo=photo, width=info.width, height=info.height,

@@ -338,3 +338,22 @@ def test_a_stopped_camera_run_analyses_its_open_windows_and_writes_its_report(
     assert max(w["end_s"] for w in windows) == pytest.approx(times[-1], abs=1e-3)
     assert [ev["type"] for ev in evs].count(events.TRACK_ENDED) == 1
     assert summary.report_path == tmp_path / "report.html" and summary.report_path.is_file()
+
+
+def test_a_camera_run_stopped_before_its_first_frame_leaves_the_earlier_outputs(
+        live_payload, models, tmp_path):
+    """Stopped before any frame was analysed (Ctrl-C at once), a camera's run writes
+    nothing: the output folder keeps an earlier run's events and report as they were."""
+    (tmp_path / "events.jsonl").write_text("earlier\n")
+    (tmp_path / "report.html").write_text("earlier report")
+    stop = threading.Event()
+    stop.set()
+    server = HttpCamera(live_payload, [1.0])
+    try:
+        summary = analyze(parse_source(server.url), Settings.load({"describe": False}),
+                          out_dir=tmp_path, models=models, report=True, stop=stop)
+    finally:
+        server.close()
+    assert summary.stopped and summary.frames == 0 and summary.report_path is None
+    assert (tmp_path / "events.jsonl").read_text() == "earlier\n"
+    assert (tmp_path / "report.html").read_text() == "earlier report"
