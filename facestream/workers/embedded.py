@@ -200,6 +200,15 @@ def analyze(spec: SourceSpec, settings: Settings, *, out_dir: Path, stream_id: s
     state = StreamState(stream_id, settings, confirm_hits=1 if photo else None)
     memory = face_memory(settings)      # faces followed between detections
     analysed_s = 0.0                    # media time of the last frame analysed
+
+    def analysed(windows: list) -> list[dict[str, Any]]:
+        """The closed ``windows``' analysis events, counted for the summary and captions."""
+        analysis = models.analyzer.analyze([(state, w) for w in windows])
+        _count_labels(labels, analysis)
+        _caption(captions, analysis)
+        summary.windows += len(windows)
+        return analysis
+
     try:
         try:
             for frame in frames:
@@ -207,24 +216,16 @@ def analyze(spec: SourceSpec, settings: Settings, *, out_dir: Path, stream_id: s
                     if on_wait is not None:
                         on_wait(f"{last_error}; trying again in {frame.delay_s:.1f}s")
                     if summary.frames:          # else the run may still fail, writing nothing
-                        windows = state.advance(frame.resume_s)
-                        analysis = models.analyzer.analyze([(state, w) for w in windows])
-                        emit(None, error_events() + analysis + models.analyzer.completed())
-                        _count_labels(labels, analysis)
-                        _caption(captions, analysis)
-                        summary.windows += len(windows)
+                        emit(None, error_events() + analysed(state.advance(frame.resume_s))
+                             + models.analyzer.completed())
                     continue
                 faces = (models.faces(frame.image) if memory is None
                          else models.faces.follow(frame, memory))
                 started_ev, windows, ended_ev = state.observe(frame, faces)
-                analysis = models.analyzer.analyze([(state, w) for w in windows])
-                emit(frame, error_events() + started_ev + analysis + ended_ev
+                emit(frame, error_events() + started_ev + analysed(windows) + ended_ev
                      + models.analyzer.completed())
-                _count_labels(labels, analysis)
-                _caption(captions, analysis)
                 summary.frames += 1
                 analysed_s = frame.time_s
-                summary.windows += len(windows)
                 visible = (_overlay(state, captions) if reporter is not None
                            or annotated_path is not None else None)
                 if reporter is not None:
@@ -250,15 +251,12 @@ def analyze(spec: SourceSpec, settings: Settings, *, out_dir: Path, stream_id: s
             summary.warnings.append(f"source {spec.text}: {damage}")
             report_error(damage)
         windows, ended_ev = state.finish()
-        analysis = models.analyzer.analyze([(state, w) for w in windows])
+        analysis = analysed(windows)
         # The last descriptions before the tracks' ends: the file closes with them.  (A run
         # stopped before its first frame writes nothing: an earlier run's files stay.)
         if summary.frames or not summary.stopped:
             emit(None, error_events() + analysis + models.analyzer.completed(wait=True)
                  + ended_ev)
-        _count_labels(labels, analysis)
-        _caption(captions, analysis)
-        summary.windows += len(windows)
         if still is not None:
             image, faces = still
             write_image(annotated_path, image,
